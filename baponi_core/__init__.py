@@ -1,0 +1,1 @@
+"""Transport-agnostic core of the Baponi self-hosted sandbox."""

@@ -1,0 +1,239 @@
+"""Wire models: what requests may carry and what responses look like.
+
+Validation mirrors the official SDK's ``validate_execute_params`` message for
+message, so a client sees the same words whether it checks locally or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, field_validator
+
+from baponi_core import limits
+from baponi_core.errors import ValidationError
+
+Status = Literal[
+    "queued", "running", "success", "failed", "timeout", "blocked", "oom", "seccomp", "cancelled"
+]
+DeliveryMode = Literal["inline", "streaming", "webhook"]
+
+
+def _utf8(value: str, what: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid UTF-8") from None
+    return value
+
+
+class ExecuteRequest(BaseModel):
+    """Body of ``POST /v1/sandbox/execute``. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    code: StrictStr
+    language: StrictStr = "python"
+    timeout: StrictInt = limits.DEFAULT_TIMEOUT
+    thread_id: StrictStr | None = None
+    metadata: dict[StrictStr, Any] | None = None
+    env_vars: dict[StrictStr, Any] | None = None
+    sub_paths: list[Any] | None = None
+    webhook_url: StrictStr | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, code: str) -> str:
+        if not code:
+            raise ValueError("code must not be empty")
+        if len(_utf8(code, "code").encode("utf-8")) > limits.MAX_CODE_BYTES:
+            raise ValueError(f"code exceeds maximum size of {limits.MAX_CODE_BYTES} bytes")
+        return code
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, language: str) -> str:
+        if language not in limits.LANGUAGES:
+            raise ValueError(
+                f"unsupported language {language!r}, must be one of: {', '.join(limits.LANGUAGES)}"
+            )
+        return language
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: int) -> int:
+        if not limits.MIN_TIMEOUT <= timeout <= limits.MAX_TIMEOUT:
+            raise ValueError(
+                f"timeout must be between {limits.MIN_TIMEOUT} and {limits.MAX_TIMEOUT} seconds"
+            )
+        return timeout
+
+    @field_validator("thread_id")
+    @classmethod
+    def _thread_id(cls, thread_id: str | None) -> str | None:
+        if thread_id is None:
+            return None
+        if not thread_id:
+            raise ValueError("thread_id must not be empty when provided")
+        if len(thread_id) > limits.MAX_THREAD_ID_LENGTH:
+            raise ValueError(
+                f"thread_id exceeds maximum length of {limits.MAX_THREAD_ID_LENGTH} characters"
+            )
+        if not limits.THREAD_ID_PATTERN.match(thread_id) or not thread_id.isascii():
+            raise ValueError(
+                "thread_id must start with alphanumeric and contain only "
+                "alphanumeric, hyphens, or underscores"
+            )
+        return thread_id
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        if metadata is None:
+            return None
+        if len(metadata) > limits.MAX_METADATA_KEYS:
+            raise ValueError(f"metadata exceeds maximum of {limits.MAX_METADATA_KEYS} keys")
+        for key, value in metadata.items():
+            if not key or len(key) > limits.MAX_METADATA_KEY_LENGTH:
+                raise ValueError(
+                    f"metadata key must be 1-{limits.MAX_METADATA_KEY_LENGTH} characters, "
+                    f"got {len(key)}"
+                )
+            if not limits.METADATA_KEY_PATTERN.match(key) or not key.isascii():
+                raise ValueError(
+                    f"metadata key {key!r} must start with alphanumeric and contain "
+                    "only alphanumeric, underscores, hyphens, or dots"
+                )
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"metadata value for key {key!r} must be a string, got {_json_type(value)}"
+                )
+            if len(_utf8(value, "metadata values")) > limits.MAX_METADATA_VALUE_LENGTH:
+                raise ValueError(
+                    f"metadata value for key {key!r} exceeds maximum of "
+                    f"{limits.MAX_METADATA_VALUE_LENGTH} characters"
+                )
+        return metadata
+
+    @field_validator("sub_paths")
+    @classmethod
+    def _sub_paths(cls, sub_paths: list[Any] | None) -> list[Any] | None:
+        if sub_paths is None:
+            return None
+        if len(sub_paths) > limits.MAX_SUB_PATHS:
+            raise ValueError(f"sub_paths exceeds maximum of {limits.MAX_SUB_PATHS} entries")
+        for path in sub_paths:
+            if not isinstance(path, str):
+                raise ValueError(f"sub_paths entries must be strings, got {_json_type(path)}")
+            if len(_utf8(path, "sub_paths")) > limits.MAX_SUB_PATH_LENGTH:
+                raise ValueError(
+                    f"sub_path exceeds maximum length of {limits.MAX_SUB_PATH_LENGTH} characters"
+                )
+            if not path.startswith("/data/"):
+                raise ValueError(f"sub_path must start with /data/, got {path!r}")
+            if limits.SUB_PATH_DANGEROUS.search(path):
+                raise ValueError(f"sub_path contains dangerous characters: {path!r}")
+        return sub_paths
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_vars(cls, env_vars: dict[str, Any] | None) -> dict[str, Any] | None:
+        if env_vars is None:
+            return None
+        if len(env_vars) > limits.MAX_ENV_VARS:
+            raise ValueError(f"Too many environment variables (maximum {limits.MAX_ENV_VARS})")
+        total = 0
+        for key, value in env_vars.items():
+            _check_env_var(key, value)
+            total += len(key) + len(value)
+        if total > limits.MAX_ENV_TOTAL:
+            raise ValueError("Total environment variable size exceeds limit (64KB)")
+        return env_vars
+
+
+def _check_env_var(key: str, value: Any) -> None:
+    if not key.isascii():
+        raise ValueError("Environment variable keys must contain only ASCII characters")
+    if not key or len(key) > limits.MAX_ENV_KEY_LENGTH:
+        raise ValueError(
+            f"Environment variable keys must be 1-{limits.MAX_ENV_KEY_LENGTH} characters"
+        )
+    if not limits.ENV_KEY_PATTERN.match(key):
+        raise ValueError(
+            "Environment variable keys must start with an uppercase letter "
+            "and contain only uppercase letters, digits, and underscores"
+        )
+    if not isinstance(value, str):
+        raise ValueError(
+            f"Environment variable value for key {key!r} must be a string, got {_json_type(value)}"
+        )
+    if len(value) > limits.MAX_ENV_VALUE_LENGTH:
+        raise ValueError(
+            f"Environment variable values must be at most {limits.MAX_ENV_VALUE_LENGTH} characters"
+        )
+    if any(b == 0 or (b < 32 and b not in (9, 10, 13)) for b in _utf8(value, "env").encode()):
+        raise ValueError("Environment variable values cannot contain null bytes or control characters")
+    if key in limits.RESERVED_ENV_NAMES or key.startswith(limits.RESERVED_ENV_PREFIXES):
+        raise ValueError("This environment variable name is reserved by the system")
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+class SandboxResult(BaseModel):
+    """What the inline mode answers; ``success`` is ``exit_code == 0``."""
+
+    success: bool
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None
+    trace_id: str
+
+
+class ExecutionView(BaseModel):
+    """Body of ``GET /v1/executions/{trace_id}``."""
+
+    trace_id: str
+    status: Status
+    exit_code: int | None
+    stdout: str | None
+    stderr: str | None
+    error: str | None
+    duration_ms: int
+    delivery_mode: DeliveryMode
+    created_at: str
+    completed_at: str | None
+    webhook_url: str | None
+    webhook_delivery_status: Literal["pending", "delivered", "failed"] | None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate ``data`` into ``model``, raising our ValidationError with one clear message."""
+    if not isinstance(data, dict):
+        raise ValidationError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(_first_message(exc)) from None
+
+
+def _first_message(exc: pydantic.ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    field = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "missing":
+        return f"{field} is required"
+    return f"{field}: {err['msg']}"

@@ -1,0 +1,59 @@
+"""The sandbox's root filesystem: host /usr read-only, and a generated /etc.
+
+Only a short allow-list of host /etc files is copied; nothing that names host users,
+hosts, credentials or the server's configuration reaches a sandbox.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+SANDBOX_UID = 1000
+SANDBOX_USER = "baponi"
+HOME = "/home/baponi"
+
+# Copied from the host when present: they describe the software in /usr, not the host.
+HOST_ETC_FILES = ("ld.so.cache", "mime.types", "protocols", "services", "localtime")
+# Bound read-only when present: CA certificates and Debian's alternatives symlinks.
+HOST_ETC_DIRS = ("ssl", "ca-certificates", "alternatives")
+
+GENERATED = {
+    "passwd": (
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:Baponi sandbox:{HOME}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ),
+    "group": f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
+    "hostname": "sandbox\n",
+    "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+    "resolv.conf": "",
+    # Debian marks its Python as externally managed; user installs go to the thread home.
+    "pip.conf": (
+        "[global]\nbreak-system-packages = true\ndisable-pip-version-check = true\n"
+        "[install]\nuser = true\n"
+    ),
+    "npmrc": "fund=false\naudit=false\nupdate-notifier=false\n",
+}
+
+
+def build_etc(target: Path, host_etc: Path = Path("/etc")) -> list[str]:
+    """Write the sandbox /etc into ``target``; return the host /etc dirs to bind read-only."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True, mode=0o755)
+    for name, text in GENERATED.items():
+        (target / name).write_text(text)
+    for name in HOST_ETC_FILES:
+        source = host_etc / name
+        if source.is_file():
+            shutil.copyfile(source, target / name)  # follows a localtime symlink on purpose
+    for path in target.iterdir():
+        path.chmod(0o644)
+    binds = []
+    for name in HOST_ETC_DIRS:
+        if (host_etc / name).is_dir():
+            (target / name).mkdir(mode=0o755)
+            binds.append(name)
+    return binds

@@ -1,0 +1,294 @@
+"""Run one sandbox: launch bwrap, confine it, collect its output, decide how it ended.
+
+The launch is split in two by bwrap's ``--block-fd``: the sandbox is fully set up
+(namespaces, mounts) and then waits while the server moves its init process into the
+cgroups, so no user code ever runs unconfined. That pause is also
+where a pre-started pool or an egress proxy bound inside the sandbox's network
+namespace will hook in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from baponi_core.sandbox import bwrap, seccomp
+from baponi_core.sandbox.cgroups import Cgroup, Cgroups
+from baponi_core.sandbox.rootfs import build_etc
+from baponi_core.sandbox.spec import Ending, Outcome, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_S = 10.0
+SIGSYS_STATUS = 128 + signal.SIGSYS
+READ_CHUNK = 65536
+
+
+class SandboxError(Exception):
+    """The sandbox could not be set up: a platform fault, never the user's code."""
+
+
+@dataclass
+class _Stream:
+    fd: int
+    cap: int
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Run:
+    proc: subprocess.Popen[bytes]
+    init_pidfd: int | None = None
+    group: Cgroup | None = None
+    timed_out: bool = False
+    overflowed: bool = False
+
+    def kill(self) -> None:
+        """Kill the sandbox's init; the kernel then kills everything in its pid namespace."""
+        if self.init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.init_pidfd, signal.SIGKILL)
+        if self.group is not None:
+            self.group.kill()
+        if self.init_pidfd is None:
+            self.proc.kill()
+
+
+class SandboxRuntime:
+    """Runs sandboxes for one server. Create with :meth:`start`, end with :meth:`close`."""
+
+    def __init__(
+        self, workdir: Path, *, uid: int | None, bwrap_path: str, cgroups: Cgroups | None
+    ) -> None:
+        self.workdir = workdir
+        self.uid = uid
+        self.bwrap_path = bwrap_path
+        self.cgroups = cgroups
+        self._etc = workdir / "etc"
+        self._etc_binds = build_etc(self._etc)
+        self._seccomp = seccomp.program()
+
+    @classmethod
+    def start(cls, workdir: Path, *, uid: int | None = 64000, bwrap_path: str | None = None
+              ) -> SandboxRuntime:
+        found = bwrap_path or shutil.which("bwrap")
+        if found is None:
+            raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        workdir.mkdir(parents=True, exist_ok=True)
+        as_root = os.geteuid() == 0
+        cgroups = Cgroups.detect()
+        return cls(workdir, uid=uid if as_root else None, bwrap_path=found, cgroups=cgroups)
+
+    def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+    @property
+    def confined_by_cgroups(self) -> bool:
+        return self.cgroups is not None
+
+    async def run(self, spec: SandboxSpec) -> Outcome:
+        """Run ``spec`` to its end. Cancelling the caller kills the sandbox."""
+        started = time.monotonic()
+        fds: list[int] = []
+        run: _Run | None = None
+        try:
+            run, info_r, block_w, streams = self._launch(spec, fds)
+            try:
+                await self._confine(run, spec, info_r, block_w)
+            except SandboxError:
+                log.error("bwrap set-up failed: %s", _available(streams[1].fd))
+                raise
+            await self._supervise(run, spec, streams, started)
+            return self._outcome(run, streams, started)
+        finally:
+            if run is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._reap(run)
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _launch(
+        self, spec: SandboxSpec, fds: list[int]
+    ) -> tuple[_Run, int, int, tuple[_Stream, _Stream]]:
+        def keep(fd: int) -> int:
+            fds.append(fd)
+            return fd
+
+        child_fds = [
+            keep(_memfd("code", spec.code)),
+            keep(_memfd("seccomp", self._seccomp)),
+            keep(os.open(self._etc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)),
+        ]
+        home = None
+        if spec.home.path is not None:
+            home = keep(_open_dir(spec.home.path))
+            child_fds.append(home)
+        info_r, info_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        block_r, block_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        out_r, out_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        err_r, err_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        child_fds += [info_w, block_r]
+        argv = bwrap.command(
+            self.bwrap_path,
+            spec,
+            bwrap.Fds(etc=child_fds[2], code=child_fds[0], seccomp=child_fds[1],
+                      info=info_w, block=block_r, home=home),
+            self._etc_binds,
+            cgroups=self.cgroups is not None,
+        )
+        group = self.cgroups.create(spec.name, spec.limits) if self.cgroups else None
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env={},
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=child_fds,
+                user=self.uid,
+                group=self.uid,
+                extra_groups=[] if self.uid is not None else None,
+            )
+        except OSError as exc:
+            if group is not None:
+                group.remove()
+            raise SandboxError(f"could not start bwrap: {exc}") from exc
+        for fd in (*child_fds, out_w, err_w):
+            fds.remove(fd)
+            os.close(fd)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        os.set_blocking(info_r, False)
+        cap = spec.limits.output_bytes
+        return _Run(proc, group=group), info_r, block_w, (_Stream(out_r, cap), _Stream(err_r, cap))
+
+    async def _confine(self, run: _Run, spec: SandboxSpec, info_r: int, block_w: int) -> None:
+        """Wait for bwrap's set-up, confine its init, then let it run the code."""
+        with anyio.move_on_after(SETUP_TIMEOUT_S):
+            info = await _read_info(info_r)
+        if info is None:
+            raise SandboxError("sandbox set-up failed")
+        pid = int(info["child-pid"])
+        run.init_pidfd = os.pidfd_open(pid)
+        if run.group is not None:
+            run.group.attach(pid)
+        os.write(block_w, b"1")
+
+    async def _supervise(
+        self, run: _Run, spec: SandboxSpec, streams: tuple[_Stream, _Stream], started: float
+    ) -> None:
+        exit_fd = os.pidfd_open(run.proc.pid)
+        try:
+            remaining = spec.limits.timeout_s - (time.monotonic() - started)
+            with anyio.move_on_after(max(remaining, 0)) as scope:
+                async with anyio.create_task_group() as tg:
+                    for stream in streams:
+                        tg.start_soon(self._pump, run, stream)
+                    await anyio.wait_readable(exit_fd)
+            if scope.cancelled_caught:
+                run.timed_out = True
+                run.kill()
+                with anyio.move_on_after(SETUP_TIMEOUT_S):
+                    await anyio.wait_readable(exit_fd)
+        finally:
+            os.close(exit_fd)
+
+    async def _pump(self, run: _Run, stream: _Stream) -> None:
+        while True:
+            await anyio.wait_readable(stream.fd)
+            try:
+                chunk = os.read(stream.fd, READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return
+            room = stream.cap - len(stream.data)
+            stream.data += chunk[:room]
+            if len(chunk) > room:
+                run.overflowed = True
+                run.kill()
+                return
+
+    def _outcome(self, run: _Run, streams: tuple[_Stream, _Stream], started: float) -> Outcome:
+        code = run.proc.wait()
+        if run.group is not None and run.group.oom_kills() > 0:
+            ending = Ending.OOM
+        elif run.timed_out:
+            ending = Ending.TIMEOUT
+        elif run.overflowed:
+            ending = Ending.OUTPUT_LIMIT
+        elif code == SIGSYS_STATUS:
+            ending = Ending.SECCOMP
+        else:
+            ending = Ending.EXITED
+        return Outcome(
+            ending=ending,
+            exit_code=code,
+            stdout=bytes(streams[0].data),
+            stderr=bytes(streams[1].data),
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def _reap(self, run: _Run) -> None:
+        if run.proc.poll() is None:
+            run.kill()
+            with anyio.move_on_after(5):
+                while run.proc.poll() is None:
+                    await anyio.sleep(0.002)
+        if run.init_pidfd is not None:
+            os.close(run.init_pidfd)
+        if run.group is not None:
+            if run.group.pids():
+                await anyio.to_thread.run_sync(run.group.remove)
+            else:
+                run.group.remove()
+
+
+async def _read_info(fd: int) -> dict[str, int] | None:
+    """bwrap's ``--info-fd`` JSON; ``None`` if bwrap failed before writing it."""
+    data = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return None
+        data += chunk
+        with contextlib.suppress(ValueError):
+            info = json.loads(data)
+            if isinstance(info, dict) and "child-pid" in info:
+                return info
+
+
+def _available(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        return os.read(fd, READ_CHUNK).decode(errors="replace").strip()
+    return ""
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(f"baponi-{name}", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _open_dir(path: Path) -> int:
+    """Open a home directory without following a symlink planted in its place."""
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -1,0 +1,99 @@
+"""The seccomp deny-list, compiled once to a BPF program that bwrap loads just before exec.
+
+The default action is ALLOW: the list names what no sandboxed program needs and what
+opens the kernel up (tracing, mounting, namespaces, key rings, BPF, module loading...).
+Syscalls that runtimes probe for get an errno instead of a kill, so they fall back cleanly.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from functools import cache
+
+import pyseccomp as sc
+
+KILLED = (
+    "ptrace process_vm_readv process_vm_writev pidfd_getfd kcmp "
+    "mount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount fspick "
+    "mount_setattr unshare setns keyctl add_key request_key bpf perf_event_open userfaultfd "
+    "fanotify_init kexec_load kexec_file_load reboot init_module finit_module delete_module "
+    "acct swapon swapoff syslog iopl ioperm quotactl nfsservctl lookup_dcookie "
+    "open_by_handle_at name_to_handle_at settimeofday clock_settime clock_adjtime adjtimex "
+    "sethostname setdomainname vhangup uselib ustat sysfs _sysctl"
+).split()
+
+# Probed by glibc (clone3) and libuv (io_uring): ENOSYS makes them fall back.
+NOT_IMPLEMENTED = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
+
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+    0x00000080,  # CLONE_NEWTIME
+)
+
+# Not covered by the network namespace (vsock reaches the VM host) or not needed.
+DENIED_FAMILIES = (
+    40,  # AF_VSOCK
+    socket.AF_PACKET,
+    15,  # AF_KEY
+    38,  # AF_ALG
+    5,  # AF_APPLETALK
+)
+AF_NETLINK = 16
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+ADDR_NO_RANDOMIZE = 0x0040000
+LOW32 = 0xFFFFFFFF
+
+
+@cache
+def program() -> bytes:
+    """The compiled filter for the native architecture (other ABIs are killed)."""
+    f = sc.SyscallFilter(sc.ALLOW)
+    for name in KILLED:
+        _add(f, sc.KILL_PROCESS, name)
+    for name in NOT_IMPLEMENTED:
+        _add(f, sc.ERRNO(errno.ENOSYS), name)
+    for flag in CLONE_NAMESPACE_FLAGS:
+        f.add_rule(sc.KILL_PROCESS, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    for family in DENIED_FAMILIES:
+        f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.EQ, family))
+    # NETLINK_ROUTE (protocol 0) stays: glibc's getaddrinfo and getifaddrs use it.
+    f.add_rule(
+        sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.NE, 0)
+    )
+    for request in (TIOCSTI, TIOCLINUX):
+        f.add_rule(sc.KILL_PROCESS, "ioctl", sc.Arg(1, sc.MASKED_EQ, LOW32, request))
+    f.add_rule(
+        sc.ERRNO(errno.EPERM),
+        "personality",
+        sc.Arg(0, sc.MASKED_EQ, ADDR_NO_RANDOMIZE, ADDR_NO_RANDOMIZE),
+    )
+    fd = os.memfd_create("baponi-seccomp")
+    try:
+        with open(fd, "wb", closefd=False) as out:
+            f.export_bpf(out)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def _add(f: sc.SyscallFilter, action: int, name: str) -> None:
+    try:
+        f.add_rule(action, name)
+    except (ValueError, RuntimeError, OSError):
+        pass  # not a syscall on this architecture (e.g. _sysctl, uselib on newer ABIs)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
