@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.sandbox import bwrap, seccomp
+from baponi_core.sandbox import bwrap, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.rootfs import build_etc
 from baponi_core.sandbox.spec import Ending, Outcome, SandboxSpec
@@ -68,26 +68,51 @@ class SandboxRuntime:
     """Runs sandboxes for one server. Create with :meth:`start`, end with :meth:`close`."""
 
     def __init__(
-        self, workdir: Path, *, uid: int | None, bwrap_path: str, cgroups: Cgroups | None
+        self,
+        workdir: Path,
+        *,
+        uid: int | None,
+        bwrap_path: str,
+        cgroups: Cgroups | None,
+        exposed: dict[Path, Path],
     ) -> None:
         self.workdir = workdir
         self.uid = uid
         self.bwrap_path = bwrap_path
         self.cgroups = cgroups
+        self._exposed = exposed
         self._etc = workdir / "etc"
         self._etc_binds = build_etc(self._etc)
         self._seccomp = seccomp.program()
 
     @classmethod
-    def start(cls, workdir: Path, *, uid: int | None = 64000, bwrap_path: str | None = None
-              ) -> SandboxRuntime:
+    def start(
+        cls,
+        workdir: Path,
+        homes: Path,
+        *,
+        uid: int | None = 64000,
+        bwrap_path: str | None = None,
+    ) -> SandboxRuntime:
+        """A runtime keeping its files in ``workdir``, for thread homes under ``homes``."""
         found = bwrap_path or shutil.which("bwrap")
         if found is None:
             raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
-        workdir.mkdir(parents=True, exist_ok=True)
-        as_root = os.geteuid() == 0
-        cgroups = Cgroups.detect()
-        return cls(workdir, uid=uid if as_root else None, bwrap_path=found, cgroups=cgroups)
+        # Traversable but not listable: the sandbox uid must reach the directories bwrap binds.
+        for d in (workdir, homes):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o711)
+        if os.geteuid() != 0:  # sandboxes run as ourselves: our directories are reachable
+            return cls(workdir, uid=None, bwrap_path=found, cgroups=None, exposed={})
+        exposed = mountns.expose({"run": workdir, "homes": homes})
+        return cls(workdir, uid=uid, bwrap_path=found, cgroups=Cgroups.detect(), exposed=exposed)
+
+    def _visible(self, path: Path) -> Path:
+        """``path`` as bwrap, running as the sandbox uid, can reach it."""
+        for source, target in self._exposed.items():
+            if path.is_relative_to(source):
+                return target / path.relative_to(source)
+        return path
 
     def close(self) -> None:
         if self.cgroups is not None:
@@ -129,11 +154,11 @@ class SandboxRuntime:
         child_fds = [
             keep(_memfd("code", spec.code)),
             keep(_memfd("seccomp", self._seccomp)),
-            keep(os.open(self._etc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)),
+            keep(os.open(self._visible(self._etc), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)),
         ]
         home = None
         if spec.home.path is not None:
-            home = keep(_open_dir(spec.home.path))
+            home = keep(_open_dir(self._visible(spec.home.path)))
             child_fds.append(home)
         info_r, info_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         block_r, block_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
@@ -184,7 +209,10 @@ class SandboxRuntime:
         run.init_pidfd = os.pidfd_open(pid)
         if run.group is not None:
             run.group.attach(pid)
-        os.write(block_w, b"1")
+        try:
+            os.write(block_w, b"1")
+        except BrokenPipeError:
+            raise SandboxError("sandbox set-up failed") from None
 
     async def _supervise(
         self, run: _Run, spec: SandboxSpec, streams: tuple[_Stream, _Stream], started: float
@@ -223,6 +251,8 @@ class SandboxRuntime:
 
     def _outcome(self, run: _Run, streams: tuple[_Stream, _Stream], started: float) -> Outcome:
         code = run.proc.wait()
+        if code == 1 and streams[1].data.startswith(b"bwrap: "):  # failed before exec
+            raise SandboxError(streams[1].data.decode(errors="replace").strip())
         if run.group is not None and run.group.oom_kills() > 0:
             ending = Ending.OOM
         elif run.timed_out:

@@ -49,7 +49,6 @@ class Ending(Enum):
     TIMEOUT = "timeout"
     OUTPUT_LIMIT = "output_limit"
     SECCOMP = "seccomp"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""Make the server's sandbox-visible directories reachable by the unprivileged sandbox uid.
+
+bwrap resolves every bind source by path as the sandbox uid, so a thread home under
+``/root/.baponi`` (``/root`` is 0700) cannot be mounted. Instead of loosening the
+permissions of the operator's directories, the server moves itself into a private
+mount namespace and bind-mounts those directories under a tmpfs at ``/run/baponi``.
+Nothing shows on the host, and the mounts vanish with the server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+EXPOSED = Path("/run/baponi")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
+    _check(
+        _libc.mount(
+            source.encode(),
+            str(target).encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def expose(directories: dict[str, Path]) -> dict[Path, Path]:
+    """Bind each directory at ``/run/baponi/<name>``; return a host -> exposed path map.
+
+    Affects the calling thread and the threads and processes it starts afterwards,
+    which is where sandboxes are launched from.
+    """
+    EXPOSED.mkdir(parents=True, exist_ok=True)
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount("none", Path("/"), None, MS_REC | MS_PRIVATE, None)
+    _mount("tmpfs", EXPOSED, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=1m")
+    exposed = {}
+    for name, source in directories.items():
+        target = EXPOSED / name
+        target.mkdir(mode=0o711)
+        _mount(str(source), target, None, MS_BIND, None)
+        exposed[source] = target
+    return exposed

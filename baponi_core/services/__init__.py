@@ -1,0 +1,1 @@
+"""Services: what every adapter (REST, MCP, CLI) calls. They hold all the rules."""

@@ -1,0 +1,94 @@
+"""What the services need from a database. A PostgreSQL store implements the same Protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Org:
+    id: str
+    name: str
+    max_concurrency: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A sandbox profile: the resources every execution with a bound key gets."""
+
+    id: str
+    org_id: str
+    name: str
+    cpus: float = 1.0
+    memory_mb: int = 1024
+    pids: int = 256
+    max_timeout: int = 3600
+    tmp_mb: int = 256
+    output_kb: int = 1024
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    org_id: str
+    profile_id: str
+    name: str
+    prefix: str  # the first characters, to recognise a key in listings
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and what it is bound to."""
+
+    key: ApiKey
+    org: Org
+    profile: Profile
+
+
+@dataclass
+class Execution:
+    trace_id: str
+    org_id: str
+    key_id: str | None
+    language: str
+    delivery_mode: str
+    created_at: float
+    status: str = "running"
+    thread_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    error: str | None = None
+    duration_ms: int | None = None
+    completed_at: float | None = None
+    webhook_url: str | None = None
+    webhook_delivery_status: str | None = None
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create_org(self, name: str, max_concurrency: int) -> Org: ...
+    async def get_org(self, name: str) -> Org | None: ...
+    async def list_orgs(self) -> list[Org]: ...
+    async def update_org(self, org: Org) -> None: ...
+
+    async def save_profile(self, profile: Profile) -> None: ...
+    async def get_profile(self, org_id: str, name: str) -> Profile | None: ...
+    async def list_profiles(self, org_id: str) -> list[Profile]: ...
+
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None: ...
+    async def find_key(self, secret_hash: str) -> Principal | None: ...
+    async def list_keys(self, org_id: str) -> list[ApiKey]: ...
+    async def revoke_key(self, org_id: str, key_id: str, when: float) -> bool: ...
+
+    async def insert_execution(self, execution: Execution) -> None: ...
+    async def finish_execution(self, execution: Execution) -> None: ...
+    async def get_execution(self, org_id: str, trace_id: str) -> Execution | None: ...

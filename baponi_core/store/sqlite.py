@@ -1,0 +1,262 @@
+"""The embedded store: one SQLite file in WAL mode, one aiosqlite connection per process.
+
+Several processes may share the file (the server and the operator CLI): WAL lets readers
+run beside the writer, ``busy_timeout`` makes writers queue, and every write transaction
+starts with ``BEGIN IMMEDIATE`` so it never has to upgrade a read lock half-way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from baponi_core.ids import new_id
+from baponi_core.store.base import ApiKey, Execution, Org, Principal, Profile
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA temp_store=MEMORY",
+)
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE orgs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    max_concurrency INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE profiles (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    cpus REAL NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    pids INTEGER NOT NULL,
+    max_timeout INTEGER NOT NULL,
+    tmp_mb INTEGER NOT NULL,
+    output_kb INTEGER NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    profile_id TEXT NOT NULL REFERENCES profiles(id),
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    secret_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE executions (
+    trace_id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    key_id TEXT,
+    language TEXT NOT NULL,
+    delivery_mode TEXT NOT NULL,
+    status TEXT NOT NULL,
+    thread_id TEXT,
+    metadata TEXT NOT NULL,
+    exit_code INTEGER,
+    stdout TEXT,
+    stderr TEXT,
+    error TEXT,
+    duration_ms INTEGER,
+    created_at REAL NOT NULL,
+    completed_at REAL,
+    webhook_url TEXT,
+    webhook_delivery_status TEXT
+);
+CREATE INDEX executions_by_org ON executions (org_id, created_at);
+"""
+
+ORG_COLUMNS = "o.id, o.name, o.max_concurrency, o.created_at"
+PROFILE_FIELDS = [f.name for f in dataclasses.fields(Profile)]
+KEY_FIELDS = [f.name for f in dataclasses.fields(ApiKey)]
+EXECUTION_FIELDS = [f.name for f in dataclasses.fields(Execution)]
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        if fresh:
+            os.chmod(self.path, 0o600)
+        for pragma in PRAGMAS:
+            await self.db.execute(pragma)
+        async with self._write() as db:
+            version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
+            if version == 0:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise RuntimeError(f"database schema {version} is newer than this server")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.execute("PRAGMA optimize")
+            await self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        await self.db.execute("SELECT 1")
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    async def _one(self, sql: str, args: Iterable[Any]) -> aiosqlite.Row | None:
+        async with self.db.execute(sql, tuple(args)) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, args: Iterable[Any]) -> list[Any]:
+        async with self.db.execute(sql, tuple(args)) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _insert(self, table: str, values: dict[str, Any]) -> None:
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        async with self._write() as db:
+            await db.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))  # noqa: S608
+
+    # organisations
+
+    async def create_org(self, name: str, max_concurrency: int) -> Org:
+        org = Org(id=new_id("org"), name=name, max_concurrency=max_concurrency, created_at=time.time())
+        await self._insert("orgs", dataclasses.asdict(org))
+        return org
+
+    async def get_org(self, name: str) -> Org | None:
+        row = await self._one(f"SELECT {ORG_COLUMNS} FROM orgs o WHERE o.name = ?", [name])  # noqa: S608
+        return Org(*row) if row else None
+
+    async def list_orgs(self) -> list[Org]:
+        return [Org(*row) for row in await self._all(f"SELECT {ORG_COLUMNS} FROM orgs o ORDER BY o.name", [])]  # noqa: S608
+
+    async def update_org(self, org: Org) -> None:
+        async with self._write() as db:
+            await db.execute("UPDATE orgs SET max_concurrency = ? WHERE id = ?", (org.max_concurrency, org.id))
+
+    # sandbox profiles
+
+    async def save_profile(self, profile: Profile) -> None:
+        values = dataclasses.asdict(profile)
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f"{n} = excluded.{n}" for n in values if n not in ("id", "org_id", "name"))
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT INTO profiles ({names}) VALUES ({marks}) "  # noqa: S608
+                f"ON CONFLICT (org_id, name) DO UPDATE SET {updates}",
+                tuple(values.values()),
+            )
+
+    async def get_profile(self, org_id: str, name: str) -> Profile | None:
+        row = await self._one(
+            f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? AND name = ?",  # noqa: S608
+            [org_id, name],
+        )
+        return Profile(*row) if row else None
+
+    async def list_profiles(self, org_id: str) -> list[Profile]:
+        rows = await self._all(
+            f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? ORDER BY name",  # noqa: S608
+            [org_id],
+        )
+        return [Profile(*row) for row in rows]
+
+    # API keys
+
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        await self._insert("api_keys", {**dataclasses.asdict(key), "secret_hash": secret_hash})
+
+    async def find_key(self, secret_hash: str) -> Principal | None:
+        key_cols = ", ".join(f"k.{n}" for n in KEY_FIELDS)
+        profile_cols = ", ".join(f"p.{n}" for n in PROFILE_FIELDS)
+        row = await self._one(
+            f"SELECT {key_cols}, {ORG_COLUMNS}, {profile_cols} FROM api_keys k "  # noqa: S608
+            "JOIN orgs o ON o.id = k.org_id JOIN profiles p ON p.id = k.profile_id "
+            "WHERE k.secret_hash = ? AND k.revoked_at IS NULL",
+            [secret_hash],
+        )
+        if row is None:
+            return None
+        k, o = len(KEY_FIELDS), len(KEY_FIELDS) + 4
+        return Principal(key=ApiKey(*row[:k]), org=Org(*row[k:o]), profile=Profile(*row[o:]))
+
+    async def list_keys(self, org_id: str) -> list[ApiKey]:
+        rows = await self._all(
+            f"SELECT {', '.join(KEY_FIELDS)} FROM api_keys WHERE org_id = ? ORDER BY created_at",  # noqa: S608
+            [org_id],
+        )
+        return [ApiKey(*row) for row in rows]
+
+    async def revoke_key(self, org_id: str, key_id: str, when: float) -> bool:
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
+                (when, org_id, key_id),
+            )
+            return cursor.rowcount == 1
+
+    # executions
+
+    async def insert_execution(self, execution: Execution) -> None:
+        await self._insert("executions", _execution_row(execution))
+
+    async def finish_execution(self, execution: Execution) -> None:
+        row = _execution_row(execution)
+        trace_id = row.pop("trace_id")
+        sets = ", ".join(f"{n} = ?" for n in row)
+        async with self._write() as db:
+            await db.execute(
+                f"UPDATE executions SET {sets} WHERE trace_id = ?",  # noqa: S608
+                (*row.values(), trace_id),
+            )
+
+    async def get_execution(self, org_id: str, trace_id: str) -> Execution | None:
+        row = await self._one(
+            f"SELECT {', '.join(EXECUTION_FIELDS)} FROM executions "  # noqa: S608
+            "WHERE org_id = ? AND trace_id = ?",
+            [org_id, trace_id],
+        )
+        if row is None:
+            return None
+        values = dict(zip(EXECUTION_FIELDS, row, strict=True))
+        values["metadata"] = json.loads(values["metadata"])
+        return Execution(**values)
+
+
+def _execution_row(execution: Execution) -> dict[str, Any]:
+    row = dataclasses.asdict(execution)
+    row["metadata"] = json.dumps(row["metadata"])
+    return row

@@ -1,0 +1,91 @@
+"""Routes of the REST API. Each handler authenticates, parses, calls one service, answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from baponi_core.app import Core
+from baponi_core.config import Settings
+from baponi_core.errors import ValidationError
+from baponi_core.models import ExecuteRequest, parse
+from baponi_core.store import Principal
+from baponi_http.errors import HANDLERS, error_response
+
+MAX_BODY_BYTES = 8 << 20  # 1 MiB of code can take several MiB once JSON-escaped
+
+
+def core_of(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
+
+
+async def principal_of(request: Request) -> Principal:
+    return await core_of(request).auth.authenticate(request.headers.get("authorization"))
+
+
+async def json_body(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ValidationError("request body too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ValidationError("request body too large")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValidationError("request body is not valid JSON") from None
+
+
+async def execute(request: Request) -> Response:
+    principal = await principal_of(request)
+    body = parse(ExecuteRequest, await json_body(request))
+    if "application/x-ndjson" in request.headers.get("accept", ""):
+        raise ValidationError("streaming delivery is not available on this server yet")
+    if "respond-async" in request.headers.get("prefer", ""):
+        raise ValidationError("webhook delivery is not available on this server yet")
+    result = await core_of(request).executions.execute(principal, body)
+    return JSONResponse(result.model_dump())
+
+
+async def get_execution(request: Request) -> Response:
+    principal = await principal_of(request)
+    execution = await core_of(request).executions.get(principal, request.path_params["trace_id"])
+    return JSONResponse(execution.model_dump())
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    problems = await core_of(request).problems()
+    if problems:
+        detail = ", ".join(f"{part}: {why}" for part, why in problems.items())
+        return error_response(503, "service_unavailable", f"not ready ({detail})")
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Core(settings) as core:
+            app.state.core = core
+            yield
+
+    routes = [
+        Route("/v1/sandbox/execute", execute, methods=["POST"]),
+        Route("/v1/executions/{trace_id}", get_execution, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]

@@ -1,0 +1,237 @@
+"""``baponi``: run the server and manage organisations, sandbox profiles and API keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from baponi_core.config import DEFAULT_PORT, Settings
+from baponi_core.errors import BaponiError
+from baponi_core.services.admin import DEFAULT_ORG, DEFAULT_PROFILE, Admin
+from baponi_core.store.sqlite import SqliteStore
+
+DESCRIPTION = """\
+Baponi, self-hosted: a sandbox for AI agents' code that speaks Baponi's API.
+
+State (SQLite database, thread homes) lives under --home, or $BAPONI_HOME,
+or ~/.baponi. Each API key belongs to an organisation and is bound to a
+sandbox profile, which sets the resources of every execution made with it.
+"""
+
+EPILOG = """\
+examples:
+  baponi serve                                 start on 127.0.0.1:8080
+  baponi keys create --org acme --name ci      print a new key for acme
+  baponi orgs create acme --max-concurrency 5
+  baponi profiles set small --org acme --cpus 0.5 --memory 256 --max-timeout 60
+  baponi keys create --org acme --profile small
+"""
+
+
+async def _with_admin(settings: Settings, action: Callable[[Admin], Awaitable[Any]]) -> Any:
+    store = SqliteStore(settings.database)
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await store.open()
+    try:
+        admin = Admin(store)
+        await admin.first_start()
+        return await action(admin)
+    finally:
+        await store.close()
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from baponi_http.app import create_app
+
+    first_key = asyncio.run(_first_key(settings))
+    if first_key:
+        print(f"First start: created organisation '{DEFAULT_ORG}' and its first API key:\n")
+        print(f"    {first_key}\n")
+        print("Keep it: it is shown only once. More with: baponi keys create\n", flush=True)
+    print(f"Baponi listening on http://{args.host}:{args.port} (home: {settings.home})", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        server_header=False,
+    )
+    return 0
+
+
+async def _first_key(settings: Settings) -> str | None:
+    store = SqliteStore(settings.database)
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    await store.open()
+    try:
+        return await Admin(store).first_start()
+    finally:
+        await store.close()
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(admin: Admin) -> str:
+        _, secret = await admin.create_key(args.org, args.name, args.profile)
+        return secret
+
+    print(asyncio.run(_with_admin(settings, action)))
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(admin: Admin) -> list[str]:
+        org = await admin.org(args.org)
+        profiles = {p.id: p.name for p in await admin.store.list_profiles(org.id)}
+        return [
+            f"{k.id}  {k.prefix}...  {k.name}  profile={profiles.get(k.profile_id, '?')}"
+            + ("  (revoked)" if k.revoked_at else "")
+            for k in await admin.store.list_keys(org.id)
+        ]
+
+    print("\n".join(asyncio.run(_with_admin(settings, action))))
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(_with_admin(settings, lambda admin: admin.revoke_key(args.org, args.key_id)))
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def _orgs_create(args: argparse.Namespace, settings: Settings) -> int:
+    org = asyncio.run(
+        _with_admin(settings, lambda admin: admin.create_org(args.name, args.max_concurrency))
+    )
+    print(f"created organisation {org.name} ({org.id}), max concurrency {org.max_concurrency}")
+    return 0
+
+
+def _orgs_set(args: argparse.Namespace, settings: Settings) -> int:
+    org = asyncio.run(
+        _with_admin(settings, lambda admin: admin.set_max_concurrency(args.name, args.max_concurrency))
+    )
+    print(f"organisation {org.name}: max concurrency {org.max_concurrency}")
+    return 0
+
+
+def _orgs_list(args: argparse.Namespace, settings: Settings) -> int:
+    orgs = asyncio.run(_with_admin(settings, lambda admin: admin.store.list_orgs()))
+    print("\n".join(f"{o.name}  {o.id}  max_concurrency={o.max_concurrency}" for o in orgs))
+    return 0
+
+
+PROFILE_OPTIONS = {  # flag: (profile field, type, help)
+    "--cpus": ("cpus", float, "CPU cores (cgroup quota), e.g. 0.5"),
+    "--memory": ("memory_mb", int, "memory in MiB, /tmp and an ephemeral home included"),
+    "--pids": ("pids", int, "processes and threads at once"),
+    "--max-timeout": ("max_timeout", int, "largest timeout a request may ask for, seconds"),
+    "--tmp": ("tmp_mb", int, "size of /tmp in MiB"),
+    "--output": ("output_kb", int, "stdout and stderr cap, KiB each"),
+}
+
+
+def _profiles_set(args: argparse.Namespace, settings: Settings) -> int:
+    limits = {
+        field: getattr(args, field)
+        for field, _, _ in PROFILE_OPTIONS.values()
+        if getattr(args, field) is not None
+    }
+    profile = asyncio.run(
+        _with_admin(settings, lambda admin: admin.save_profile(args.org, args.name, **limits))
+    )
+    print(_describe_profile(profile))
+    return 0
+
+
+def _profiles_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(admin: Admin) -> list[Any]:
+        return await admin.store.list_profiles((await admin.org(args.org)).id)
+
+    print("\n".join(_describe_profile(p) for p in asyncio.run(_with_admin(settings, action))))
+    return 0
+
+
+def _describe_profile(p: Any) -> str:
+    return (
+        f"{p.name}: cpus={p.cpus:g} memory={p.memory_mb}MiB pids={p.pids} "
+        f"max_timeout={p.max_timeout}s tmp={p.tmp_mb}MiB output={p.output_kb}KiB"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="baponi",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument("--home", help="state directory (default: $BAPONI_HOME or ~/.baponi)")
+    org = argparse.ArgumentParser(add_help=False)
+    org.add_argument("--org", default=DEFAULT_ORG, help=f"organisation (default: {DEFAULT_ORG})")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[home], help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", parents=[home, org], help="create a key; prints it alone on stdout")
+    create.add_argument("--name", default="default", help="a label for the key")
+    create.add_argument("--profile", default=DEFAULT_PROFILE, help="sandbox profile the key is bound to")
+    create.set_defaults(run=_keys_create)
+    keys.add_parser("list", parents=[home, org], help="list keys (never their secrets)").set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", parents=[home, org], help="revoke a key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_keys_revoke)
+
+    orgs = commands.add_parser("orgs", help="organisations").add_subparsers(dest="action", required=True)
+    for name, run, text in (("create", _orgs_create, "create an organisation"),
+                            ("set", _orgs_set, "change an organisation's limits")):
+        sub = orgs.add_parser(name, parents=[home], help=text)
+        sub.add_argument("name")
+        sub.add_argument("--max-concurrency", type=int, default=8 if name == "create" else None,
+                         required=name == "set", help="executions running at once (default: 8)")
+        sub.set_defaults(run=run)
+    orgs.add_parser("list", parents=[home], help="list organisations").set_defaults(run=_orgs_list)
+
+    profiles = commands.add_parser("profiles", help="sandbox profiles (resource limits)").add_subparsers(
+        dest="action", required=True
+    )
+    prof_set = profiles.add_parser(
+        "set", parents=[home, org], help="create a profile or change its limits",
+        description="Unset limits keep their current value (or the default: 1 CPU, 1024 MiB, "
+        "256 pids, 3600 s max timeout, 256 MiB /tmp, 1024 KiB output per stream).",
+    )
+    prof_set.add_argument("name")
+    for flag, (field, kind, text) in PROFILE_OPTIONS.items():
+        prof_set.add_argument(flag, dest=field, type=kind, help=text)
+    prof_set.set_defaults(run=_profiles_set)
+    profiles.add_parser("list", parents=[home, org], help="list profiles").set_defaults(run=_profiles_list)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.at(getattr(args, "home", None))
+    try:
+        code: int = args.run(args, settings)
+    except BaponiError as exc:
+        print(f"baponi: {exc.message}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

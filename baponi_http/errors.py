@@ -1,0 +1,52 @@
+"""The one mapping from core errors to HTTP responses: ``{"error", "message"}`` always."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from baponi_core.errors import BaponiError, RateLimited
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "validation_error",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+async def baponi_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BaponiError)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = HTTP_CODES.get(exc.status_code, "error")
+    message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+HANDLERS = {BaponiError: baponi_error, HTTPException: http_error, Exception: internal_error}
