@@ -173,7 +173,9 @@ def _check_env_var(key: str, value: Any) -> None:
             f"Environment variable values must be at most {limits.MAX_ENV_VALUE_LENGTH} characters"
         )
     if any(b == 0 or (b < 32 and b not in (9, 10, 13)) for b in _utf8(value, "env").encode()):
-        raise ValueError("Environment variable values cannot contain null bytes or control characters")
+        raise ValueError(
+            "Environment variable values cannot contain null bytes or control characters"
+        )
     if key in limits.RESERVED_ENV_NAMES or key.startswith(limits.RESERVED_ENV_PREFIXES):
         raise ValueError("This environment variable name is reserved by the system")
 

@@ -38,7 +38,7 @@ async def _with_admin(settings: Settings, action: Callable[[Admin], Awaitable[An
     await store.open()
     try:
         admin = Admin(store)
-        await admin.first_start()
+        await admin.ensure_default_org()
         return await action(admin)
     finally:
         await store.close()
@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from baponi_http.app import create_app
 
-    first_key = asyncio.run(_first_key(settings))
+    first_key = asyncio.run(_with_admin(settings, lambda admin: admin.first_start()))
     if first_key:
         print(f"First start: created organisation '{DEFAULT_ORG}' and its first API key:\n")
         print(f"    {first_key}\n")
@@ -64,16 +64,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
     )
     return 0
-
-
-async def _first_key(settings: Settings) -> str | None:
-    store = SqliteStore(settings.database)
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    await store.open()
-    try:
-        return await Admin(store).first_start()
-    finally:
-        await store.close()
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,7 +105,9 @@ def _orgs_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _orgs_set(args: argparse.Namespace, settings: Settings) -> int:
     org = asyncio.run(
-        _with_admin(settings, lambda admin: admin.set_max_concurrency(args.name, args.max_concurrency))
+        _with_admin(
+            settings, lambda admin: admin.set_max_concurrency(args.name, args.max_concurrency)
+        )
     )
     print(f"organisation {org.name}: max concurrency {org.max_concurrency}")
     return 0
@@ -179,37 +171,58 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[home], help="run the HTTP server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
-    create = keys.add_parser("create", parents=[home, org], help="create a key; prints it alone on stdout")
+    create = keys.add_parser(
+        "create", parents=[home, org], help="create a key; prints it alone on stdout"
+    )
     create.add_argument("--name", default="default", help="a label for the key")
-    create.add_argument("--profile", default=DEFAULT_PROFILE, help="sandbox profile the key is bound to")
+    create.add_argument(
+        "--profile", default=DEFAULT_PROFILE, help="sandbox profile the key is bound to"
+    )
     create.set_defaults(run=_keys_create)
-    keys.add_parser("list", parents=[home, org], help="list keys (never their secrets)").set_defaults(run=_keys_list)
+    keys.add_parser(
+        "list", parents=[home, org], help="list keys (never their secrets)"
+    ).set_defaults(run=_keys_list)
     revoke = keys.add_parser("revoke", parents=[home, org], help="revoke a key by id")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
 
-    orgs = commands.add_parser("orgs", help="organisations").add_subparsers(dest="action", required=True)
-    for name, run, text in (("create", _orgs_create, "create an organisation"),
-                            ("set", _orgs_set, "change an organisation's limits")):
+    orgs = commands.add_parser("orgs", help="organisations").add_subparsers(
+        dest="action", required=True
+    )
+    for name, run, text in (
+        ("create", _orgs_create, "create an organisation"),
+        ("set", _orgs_set, "change an organisation's limits"),
+    ):
         sub = orgs.add_parser(name, parents=[home], help=text)
         sub.add_argument("name")
-        sub.add_argument("--max-concurrency", type=int, default=8 if name == "create" else None,
-                         required=name == "set", help="executions running at once (default: 8)")
+        sub.add_argument(
+            "--max-concurrency",
+            type=int,
+            default=8 if name == "create" else None,
+            required=name == "set",
+            help="executions running at once (default: 8)",
+        )
         sub.set_defaults(run=run)
     orgs.add_parser("list", parents=[home], help="list organisations").set_defaults(run=_orgs_list)
 
-    profiles = commands.add_parser("profiles", help="sandbox profiles (resource limits)").add_subparsers(
-        dest="action", required=True
-    )
+    profiles = commands.add_parser(
+        "profiles", help="sandbox profiles (resource limits)"
+    ).add_subparsers(dest="action", required=True)
     prof_set = profiles.add_parser(
-        "set", parents=[home, org], help="create a profile or change its limits",
+        "set",
+        parents=[home, org],
+        help="create a profile or change its limits",
         description="Unset limits keep their current value (or the default: 1 CPU, 1024 MiB, "
         "256 pids, 3600 s max timeout, 256 MiB /tmp, 1024 KiB output per stream).",
     )
@@ -217,7 +230,9 @@ def parser() -> argparse.ArgumentParser:
     for flag, (field, kind, text) in PROFILE_OPTIONS.items():
         prof_set.add_argument(flag, dest=field, type=kind, help=text)
     prof_set.set_defaults(run=_profiles_set)
-    profiles.add_parser("list", parents=[home, org], help="list profiles").set_defaults(run=_profiles_list)
+    profiles.add_parser("list", parents=[home, org], help="list profiles").set_defaults(
+        run=_profiles_list
+    )
     return top
 
 

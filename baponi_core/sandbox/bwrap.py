@@ -56,38 +56,88 @@ def command(
     limits = spec.limits
     argv = [
         bwrap,
-        "--unshare-all", "--unshare-user", "--disable-userns",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
-        "--ro-bind", "/usr", "/usr",
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
         # /usr/local holds the host's own installs (possibly this server): hide it.
-        "--perms", "0755", "--tmpfs", "/usr/local", "--remount-ro", "/usr/local",
-        "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-        "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--ro-bind-fd", str(fds.etc), "/etc",
+        "--perms",
+        "0755",
+        "--tmpfs",
+        "/usr/local",
+        "--remount-ro",
+        "/usr/local",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--ro-bind-fd",
+        str(fds.etc),
+        "/etc",
     ]
     for name in etc_binds:
         argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     argv += [
-        "--proc", "/proc", "--dev", "/dev",
-        "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.tmp_bytes),
+        "--tmpfs",
+        "/tmp",
     ]
     if fds.home is None:
         argv += ["--perms", "0700", "--size", str(limits.home_bytes), "--tmpfs", HOME]
     else:
         argv += ["--bind-fd", str(fds.home), HOME]
     argv += [
-        "--perms", "0444", "--ro-bind-data", str(fds.code), f"{RUN_DIR}/{script}",
-        "--remount-ro", "/",
-        "--chdir", HOME,
+        "--perms",
+        "0444",
+        "--ro-bind-data",
+        str(fds.code),
+        f"{RUN_DIR}/{script}",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        HOME,
         "--clearenv",
     ]
     for name, value in {**BASE_ENV, **spec.env}.items():
         argv += ["--setenv", name, value]
     argv += [
-        "--seccomp", str(fds.seccomp),
-        "--info-fd", str(fds.info), "--block-fd", str(fds.block),
-        "--", *rlimits(limits, memory=not cgroups), interpreter, f"{RUN_DIR}/{script}",
+        "--seccomp",
+        str(fds.seccomp),
+        "--info-fd",
+        str(fds.info),
+        "--block-fd",
+        str(fds.block),
+        "--",
+        *rlimits(limits, memory=not cgroups),
+        interpreter,
+        f"{RUN_DIR}/{script}",
     ]
     return argv
 

@@ -12,12 +12,12 @@ import errno
 import logging
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from baponi_core.sandbox import mountns
 from baponi_core.sandbox.spec import Limits
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Cgroup:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("cgroup %s not removed: %s", d.name, errno.errorcode.get(exc.errno))
+                log.warning("cgroup %s not removed: %s", d.name, exc.strerror)
 
 
 class Cgroups:
@@ -164,15 +164,12 @@ def _favor_dynmods() -> None:
     for good, so a throwaway named hierarchy is mounted and unmounted once.
     """
     with tempfile.TemporaryDirectory(prefix="baponi-cgroup-") as where:
-        mounted = subprocess.run(
-            ["mount", "-t", "cgroup", "-o", "none,name=baponi,favordynmods", "cgroup", where],
-            capture_output=True,
-            check=False,
-        )
-        if mounted.returncode == 0:
-            subprocess.run(["umount", where], capture_output=True, check=False)
-        else:
-            log.info("favordynmods not enabled: %s", mounted.stderr.decode(errors="replace"))
+        try:
+            mountns.mount("cgroup", Path(where), "cgroup", 0, "none,name=baponi,favordynmods")
+        except OSError as exc:
+            log.info("favordynmods not enabled: %s", exc)
+            return
+        mountns.unmount(Path(where))
 
 
 def _clean_stale(parent: Path) -> None:
@@ -190,7 +187,8 @@ def _clean_stale(parent: Path) -> None:
 
 
 def _v2_base(root: Path, server: str) -> Path:
-    """A delegated v2 subtree: the server moves into a leaf so its parent may hand out controllers."""
+    """A delegated v2 subtree; the server moves into a leaf so the parent can hand out
+    controllers (v2 forbids processes in a group whose children have controllers)."""
     own = Path(Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1].lstrip("/"))
     parent = root / own
     wanted = "+memory +pids +cpu"

@@ -27,7 +27,7 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
+def mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
     _check(
         _libc.mount(
             source.encode(),
@@ -40,6 +40,10 @@ def _mount(source: str, target: Path, fstype: str | None, flags: int, data: str 
     )
 
 
+def unmount(target: Path) -> None:
+    _check(_libc.umount2(str(target).encode(), 0), f"umount {target}")
+
+
 def expose(directories: dict[str, Path]) -> dict[Path, Path]:
     """Bind each directory at ``/run/baponi/<name>``; return a host -> exposed path map.
 
@@ -48,12 +52,12 @@ def expose(directories: dict[str, Path]) -> dict[Path, Path]:
     """
     EXPOSED.mkdir(parents=True, exist_ok=True)
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _mount("none", Path("/"), None, MS_REC | MS_PRIVATE, None)
-    _mount("tmpfs", EXPOSED, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=1m")
+    mount("none", Path("/"), None, MS_REC | MS_PRIVATE, None)
+    mount("tmpfs", EXPOSED, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=1m")
     exposed = {}
     for name, source in directories.items():
         target = EXPOSED / name
         target.mkdir(mode=0o711)
-        _mount(str(source), target, None, MS_BIND, None)
+        mount(str(source), target, None, MS_BIND, None)
         exposed[source] = target
     return exposed

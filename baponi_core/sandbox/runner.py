@@ -48,6 +48,7 @@ class _Stream:
 @dataclass
 class _Run:
     proc: subprocess.Popen[bytes]
+    exit_pidfd: int  # readable once bwrap has exited
     init_pidfd: int | None = None
     group: Cgroup | None = None
     timed_out: bool = False
@@ -168,8 +169,14 @@ class SandboxRuntime:
         argv = bwrap.command(
             self.bwrap_path,
             spec,
-            bwrap.Fds(etc=child_fds[2], code=child_fds[0], seccomp=child_fds[1],
-                      info=info_w, block=block_r, home=home),
+            bwrap.Fds(
+                etc=child_fds[2],
+                code=child_fds[0],
+                seccomp=child_fds[1],
+                info=info_w,
+                block=block_r,
+                home=home,
+            ),
             self._etc_binds,
             cgroups=self.cgroups is not None,
         )
@@ -197,10 +204,12 @@ class SandboxRuntime:
             os.set_blocking(fd, False)
         os.set_blocking(info_r, False)
         cap = spec.limits.output_bytes
-        return _Run(proc, group=group), info_r, block_w, (_Stream(out_r, cap), _Stream(err_r, cap))
+        streams = (_Stream(out_r, cap), _Stream(err_r, cap))
+        return _Run(proc, keep(os.pidfd_open(proc.pid)), group=group), info_r, block_w, streams
 
     async def _confine(self, run: _Run, spec: SandboxSpec, info_r: int, block_w: int) -> None:
         """Wait for bwrap's set-up, confine its init, then let it run the code."""
+        info = None
         with anyio.move_on_after(SETUP_TIMEOUT_S):
             info = await _read_info(info_r)
         if info is None:
@@ -217,21 +226,17 @@ class SandboxRuntime:
     async def _supervise(
         self, run: _Run, spec: SandboxSpec, streams: tuple[_Stream, _Stream], started: float
     ) -> None:
-        exit_fd = os.pidfd_open(run.proc.pid)
-        try:
-            remaining = spec.limits.timeout_s - (time.monotonic() - started)
-            with anyio.move_on_after(max(remaining, 0)) as scope:
-                async with anyio.create_task_group() as tg:
-                    for stream in streams:
-                        tg.start_soon(self._pump, run, stream)
-                    await anyio.wait_readable(exit_fd)
-            if scope.cancelled_caught:
-                run.timed_out = True
-                run.kill()
-                with anyio.move_on_after(SETUP_TIMEOUT_S):
-                    await anyio.wait_readable(exit_fd)
-        finally:
-            os.close(exit_fd)
+        remaining = spec.limits.timeout_s - (time.monotonic() - started)
+        with anyio.move_on_after(max(remaining, 0)) as scope:
+            async with anyio.create_task_group() as tg:
+                for stream in streams:
+                    tg.start_soon(self._pump, run, stream)
+                await anyio.wait_readable(run.exit_pidfd)
+        if scope.cancelled_caught:
+            run.timed_out = True
+            run.kill()
+            with anyio.move_on_after(SETUP_TIMEOUT_S):
+                await anyio.wait_readable(run.exit_pidfd)
 
     async def _pump(self, run: _Run, stream: _Stream) -> None:
         while True:
@@ -274,9 +279,9 @@ class SandboxRuntime:
     async def _reap(self, run: _Run) -> None:
         if run.proc.poll() is None:
             run.kill()
-            with anyio.move_on_after(5):
-                while run.proc.poll() is None:
-                    await anyio.sleep(0.002)
+            with anyio.move_on_after(SETUP_TIMEOUT_S):
+                await anyio.wait_readable(run.exit_pidfd)
+            run.proc.poll()
         if run.init_pidfd is not None:
             os.close(run.init_pidfd)
         if run.group is not None:
@@ -314,7 +319,7 @@ def _memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(f"baponi-{name}", os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 

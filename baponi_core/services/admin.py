@@ -30,7 +30,8 @@ PROFILE_BOUNDS: dict[str, tuple[float, float]] = {
 def _check_name(kind: str, name: str) -> str:
     if not NAME.match(name):
         raise ValidationError(
-            f"{kind} name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{kind} name must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
         )
     return name
 
@@ -52,7 +53,9 @@ class Admin:
         if await self.store.get_org(name) is not None:
             raise Conflict(f"organisation {name} already exists")
         org = await self.store.create_org(name, max_concurrency)
-        await self.store.save_profile(Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE))
+        await self.store.save_profile(
+            Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE)
+        )
         return org
 
     async def set_max_concurrency(self, org_name: str, max_concurrency: int) -> Org:
@@ -102,10 +105,14 @@ class Admin:
         if not await self.store.revoke_key(org.id, key_id, time.time()):
             raise NotFound(f"key {key_id} not found or already revoked")
 
+    async def ensure_default_org(self) -> Org:
+        """The default organisation, made on first use of an empty database."""
+        return await self.store.get_org(DEFAULT_ORG) or await self.create_org(DEFAULT_ORG)
+
     async def first_start(self) -> str | None:
-        """On an empty database, make the default organisation and return its first key."""
-        if await self.store.list_orgs():
+        """While the default organisation has no key yet, make one and return its secret."""
+        org = await self.ensure_default_org()
+        if await self.store.list_keys(org.id):
             return None
-        await self.create_org(DEFAULT_ORG)
         _, secret = await self.create_key(name="first key")
         return secret

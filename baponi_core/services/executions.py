@@ -15,7 +15,7 @@ from baponi_core.limits import TRACE_ID_PATTERN
 from baponi_core.models import ExecuteRequest, ExecutionView, SandboxResult
 from baponi_core.sandbox import Home, Limits, Outcome, SandboxRuntime, SandboxSpec
 from baponi_core.sandbox.runner import SandboxError
-from baponi_core.sandbox.spec import MiB, Ending
+from baponi_core.sandbox.spec import Ending, MiB
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.threads import ThreadHomes
 from baponi_core.store import Execution, Principal, Profile, Store
@@ -150,7 +150,9 @@ def _finish(
     record.status, record.exit_code, record.error = status, exit_code, error
     record.stdout, record.stderr = stdout, stderr
     record.completed_at = now
-    record.duration_ms = duration_ms if duration_ms is not None else int((now - record.created_at) * 1000)
+    record.duration_ms = (
+        duration_ms if duration_ms is not None else int((now - record.created_at) * 1000)
+    )
     return SandboxResult(
         success=exit_code == 0,
         stdout=stdout,
@@ -181,4 +183,6 @@ def view(record: Execution) -> ExecutionView:
 
 
 def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )

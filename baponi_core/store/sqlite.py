@@ -146,25 +146,34 @@ class SqliteStore:
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         async with self._write() as db:
-            await db.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values()))  # noqa: S608
+            await db.execute(
+                f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(values.values())
+            )
 
     # organisations
 
     async def create_org(self, name: str, max_concurrency: int) -> Org:
-        org = Org(id=new_id("org"), name=name, max_concurrency=max_concurrency, created_at=time.time())
+        org = Org(
+            id=new_id("org"), name=name, max_concurrency=max_concurrency, created_at=time.time()
+        )
         await self._insert("orgs", dataclasses.asdict(org))
         return org
 
     async def get_org(self, name: str) -> Org | None:
-        row = await self._one(f"SELECT {ORG_COLUMNS} FROM orgs o WHERE o.name = ?", [name])  # noqa: S608
+        row = await self._one(f"SELECT {ORG_COLUMNS} FROM orgs o WHERE o.name = ?", [name])
         return Org(*row) if row else None
 
     async def list_orgs(self) -> list[Org]:
-        return [Org(*row) for row in await self._all(f"SELECT {ORG_COLUMNS} FROM orgs o ORDER BY o.name", [])]  # noqa: S608
+        return [
+            Org(*row)
+            for row in await self._all(f"SELECT {ORG_COLUMNS} FROM orgs o ORDER BY o.name", [])
+        ]
 
     async def update_org(self, org: Org) -> None:
         async with self._write() as db:
-            await db.execute("UPDATE orgs SET max_concurrency = ? WHERE id = ?", (org.max_concurrency, org.id))
+            await db.execute(
+                "UPDATE orgs SET max_concurrency = ? WHERE id = ?", (org.max_concurrency, org.id)
+            )
 
     # sandbox profiles
 
@@ -172,24 +181,26 @@ class SqliteStore:
         values = dataclasses.asdict(profile)
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
-        updates = ", ".join(f"{n} = excluded.{n}" for n in values if n not in ("id", "org_id", "name"))
+        updates = ", ".join(
+            f"{n} = excluded.{n}" for n in values if n not in ("id", "org_id", "name")
+        )
         async with self._write() as db:
             await db.execute(
-                f"INSERT INTO profiles ({names}) VALUES ({marks}) "  # noqa: S608
+                f"INSERT INTO profiles ({names}) VALUES ({marks}) "
                 f"ON CONFLICT (org_id, name) DO UPDATE SET {updates}",
                 tuple(values.values()),
             )
 
     async def get_profile(self, org_id: str, name: str) -> Profile | None:
         row = await self._one(
-            f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? AND name = ?",  # noqa: S608
+            f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? AND name = ?",
             [org_id, name],
         )
         return Profile(*row) if row else None
 
     async def list_profiles(self, org_id: str) -> list[Profile]:
         rows = await self._all(
-            f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? ORDER BY name",  # noqa: S608
+            f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? ORDER BY name",
             [org_id],
         )
         return [Profile(*row) for row in rows]
@@ -203,7 +214,7 @@ class SqliteStore:
         key_cols = ", ".join(f"k.{n}" for n in KEY_FIELDS)
         profile_cols = ", ".join(f"p.{n}" for n in PROFILE_FIELDS)
         row = await self._one(
-            f"SELECT {key_cols}, {ORG_COLUMNS}, {profile_cols} FROM api_keys k "  # noqa: S608
+            f"SELECT {key_cols}, {ORG_COLUMNS}, {profile_cols} FROM api_keys k "
             "JOIN orgs o ON o.id = k.org_id JOIN profiles p ON p.id = k.profile_id "
             "WHERE k.secret_hash = ? AND k.revoked_at IS NULL",
             [secret_hash],
@@ -215,7 +226,7 @@ class SqliteStore:
 
     async def list_keys(self, org_id: str) -> list[ApiKey]:
         rows = await self._all(
-            f"SELECT {', '.join(KEY_FIELDS)} FROM api_keys WHERE org_id = ? ORDER BY created_at",  # noqa: S608
+            f"SELECT {', '.join(KEY_FIELDS)} FROM api_keys WHERE org_id = ? ORDER BY created_at",
             [org_id],
         )
         return [ApiKey(*row) for row in rows]
@@ -223,7 +234,8 @@ class SqliteStore:
     async def revoke_key(self, org_id: str, key_id: str, when: float) -> bool:
         async with self._write() as db:
             cursor = await db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
+                "UPDATE api_keys SET revoked_at = ? "
+                "WHERE org_id = ? AND id = ? AND revoked_at IS NULL",
                 (when, org_id, key_id),
             )
             return cursor.rowcount == 1
@@ -239,13 +251,13 @@ class SqliteStore:
         sets = ", ".join(f"{n} = ?" for n in row)
         async with self._write() as db:
             await db.execute(
-                f"UPDATE executions SET {sets} WHERE trace_id = ?",  # noqa: S608
+                f"UPDATE executions SET {sets} WHERE trace_id = ?",
                 (*row.values(), trace_id),
             )
 
     async def get_execution(self, org_id: str, trace_id: str) -> Execution | None:
         row = await self._one(
-            f"SELECT {', '.join(EXECUTION_FIELDS)} FROM executions "  # noqa: S608
+            f"SELECT {', '.join(EXECUTION_FIELDS)} FROM executions "
             "WHERE org_id = ? AND trace_id = ?",
             [org_id, trace_id],
         )

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install everything Baponi needs on Debian/Ubuntu, then serve or test.
+#
+#   scripts/setup.sh serve [baponi serve options]   install, then start the server
+#   scripts/setup.sh test  [pytest options]         install (with dev tools), then lint,
+#                                                   type-check and run the whole test suite
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+mode=${1:-}
+case "$mode" in
+  serve|test) shift ;;
+  *) echo "usage: scripts/setup.sh serve|test [options]" >&2; exit 2 ;;
+esac
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: bubblewrap (the sandbox), prlimit (util-linux), the sandboxed
+# interpreters (python3 with pip, bash, node with npm), venv for the server itself.
+need=()
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v prlimit >/dev/null || need+=(util-linux)
+[ -x /usr/bin/python3 ] || need+=(python3)
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+[ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] \
+  || need+=(libseccomp2)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The server's own virtual environment.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+extra=""
+[ "$mode" = test ] && extra="[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+
+if [ "$mode" = serve ]; then
+  exec .venv/bin/baponi serve "$@"
+fi
+
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,113 @@
+"""Fixtures: a real `baponi serve` process on loopback, its home, and API keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+BAPONI = [sys.executable, "-m", "baponi_http.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(home: Path, *args: str) -> str:
+    """Run the operator CLI against ``home``; return its stdout."""
+    done = subprocess.run(
+        [*BAPONI, *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class Server:
+    home: Path
+    url: str
+    key: str
+    process: subprocess.Popen[bytes]
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {key or self.key}"},
+            timeout=60,
+        )
+
+    def sdk(self, key: str | None = None):  # type: ignore[no-untyped-def]
+        from baponi import Baponi
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plain http on loopback
+            return Baponi(api_key=key or self.key, base_url=self.url, max_retries=0)
+
+    def new_key(self, *args: str) -> str:
+        return cli(self.home, "keys", "create", *args)
+
+
+def start_server(home: Path) -> Server:
+    port = free_port()
+    env = {**os.environ, "BAPONI_TEST_SECRET": "server-secret-do-not-leak"}
+    process = subprocess.Popen(
+        [*BAPONI, "serve", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited: {process.stdout.read().decode() if process.stdout else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("server did not become ready")
+    return Server(
+        home=home, url=url, key=cli(home, "keys", "create", "--name", "tests"), process=process
+    )
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session. Its environment holds a secret no sandbox may see."""
+    running = start_server(tmp_path_factory.mktemp("home"))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture()
+def api(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
