@@ -29,7 +29,11 @@ def _utf8(value: str, what: str) -> str:
 
 
 class ExecuteRequest(BaseModel):
-    """Body of ``POST /v1/sandbox/execute``. Unknown fields are ignored."""
+    """Body of ``POST /v1/sandbox/execute``. Unknown fields are ignored.
+
+    Patterns are matched whole (``fullmatch``): the SDK's ``re.match`` with ``$`` lets a
+    trailing newline through, which would end up in a directory or variable name.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -80,7 +84,7 @@ class ExecuteRequest(BaseModel):
             raise ValueError(
                 f"thread_id exceeds maximum length of {limits.MAX_THREAD_ID_LENGTH} characters"
             )
-        if not limits.THREAD_ID_PATTERN.match(thread_id) or not thread_id.isascii():
+        if not limits.THREAD_ID_PATTERN.fullmatch(thread_id) or not thread_id.isascii():
             raise ValueError(
                 "thread_id must start with alphanumeric and contain only "
                 "alphanumeric, hyphens, or underscores"
@@ -100,7 +104,7 @@ class ExecuteRequest(BaseModel):
                     f"metadata key must be 1-{limits.MAX_METADATA_KEY_LENGTH} characters, "
                     f"got {len(key)}"
                 )
-            if not limits.METADATA_KEY_PATTERN.match(key) or not key.isascii():
+            if not limits.METADATA_KEY_PATTERN.fullmatch(key) or not key.isascii():
                 raise ValueError(
                     f"metadata key {key!r} must start with alphanumeric and contain "
                     "only alphanumeric, underscores, hyphens, or dots"
@@ -159,7 +163,7 @@ def _check_env_var(key: str, value: Any) -> None:
         raise ValueError(
             f"Environment variable keys must be 1-{limits.MAX_ENV_KEY_LENGTH} characters"
         )
-    if not limits.ENV_KEY_PATTERN.match(key):
+    if not limits.ENV_KEY_PATTERN.fullmatch(key):
         raise ValueError(
             "Environment variable keys must start with an uppercase letter "
             "and contain only uppercase letters, digits, and underscores"
@@ -181,8 +185,8 @@ def _check_env_var(key: str, value: Any) -> None:
 
 
 def _json_type(value: Any) -> str:
-    names = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+    """The type name the SDK puts in the same message (Python's, as decoded from JSON)."""
+    return type(value).__name__
 
 
 class SandboxResult(BaseModel):

@@ -10,6 +10,7 @@ namespace will hook in.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 SETUP_TIMEOUT_S = 10.0
 SIGSYS_STATUS = 128 + signal.SIGSYS
 READ_CHUNK = 65536
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class SandboxError(Exception):
@@ -99,6 +101,10 @@ class SandboxRuntime:
         found = bwrap_path or shutil.which("bwrap")
         if found is None:
             raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        # bwrap exits as soon as its pid-namespace init reports the exit code, orphaning that
+        # init: without this it is reparented to the host's pid 1 and lingers as a zombie
+        # (forever when the server itself is pid 1 in a container). We reap it in _reap.
+        _set_child_subreaper()
         # Traversable but not listable: the sandbox uid must reach the directories bwrap binds.
         for d in (workdir, homes):
             d.mkdir(parents=True, exist_ok=True)
@@ -283,6 +289,10 @@ class SandboxRuntime:
                 await anyio.wait_readable(run.exit_pidfd)
             run.proc.poll()
         if run.init_pidfd is not None:
+            with anyio.move_on_after(5):
+                await anyio.wait_readable(run.init_pidfd)  # readable once the init has exited
+            with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
+                os.waitid(os.P_PIDFD, run.init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
             os.close(run.init_pidfd)
         if run.group is not None:
             if run.group.pids():
@@ -313,6 +323,12 @@ def _available(fd: int) -> str:
     with contextlib.suppress(OSError):
         return os.read(fd, READ_CHUNK).decode(errors="replace").strip()
     return ""
+
+
+def _set_child_subreaper() -> None:
+    """Adopt orphaned descendants (bwrap's namespace init) so that we can reap them."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("PR_SET_CHILD_SUBREAPER failed: %s", os.strerror(ctypes.get_errno()))
 
 
 def _memfd(name: str, data: bytes) -> int:

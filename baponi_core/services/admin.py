@@ -28,7 +28,7 @@ PROFILE_BOUNDS: dict[str, tuple[float, float]] = {
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValidationError(
             f"{kind} name must be 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -102,7 +102,7 @@ class Executions:
         return _from_outcome(record, outcome)
 
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
-        if not TRACE_ID_PATTERN.match(trace_id):
+        if not TRACE_ID_PATTERN.fullmatch(trace_id):
             raise ValidationError("invalid trace_id format")
         record = await self.store.get_execution(principal.org.id, trace_id)
         if record is None:
