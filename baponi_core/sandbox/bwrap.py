@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
-from baponi_core.sandbox.spec import Limits, SandboxSpec
+from baponi_core.sandbox.spec import SandboxSpec
 
 RUN_DIR = "/run/baponi"
-PRLIMIT = "/usr/bin/prlimit"
 
 INTERPRETERS = {
     "python": ("/usr/bin/python3", "main.py"),
@@ -49,9 +48,7 @@ class Fds:
     home: int | None
 
 
-def command(
-    bwrap: str, spec: SandboxSpec, fds: Fds, etc_binds: list[str], *, cgroups: bool
-) -> list[str]:
+def command(bwrap: str, spec: SandboxSpec, fds: Fds, etc_binds: list[str]) -> list[str]:
     interpreter, script = INTERPRETERS[spec.language]
     limits = spec.limits
     argv = [
@@ -135,23 +132,7 @@ def command(
         "--block-fd",
         str(fds.block),
         "--",
-        *rlimits(limits, memory=not cgroups),
         interpreter,
         f"{RUN_DIR}/{script}",
     ]
     return argv
-
-
-def rlimits(limits: Limits, *, memory: bool) -> list[str]:
-    """A prlimit prefix: a process may always lower its own limits, so this needs no
-    privilege (the server may lack CAP_SYS_RESOURCE), and the hard limits stick."""
-    argv = [
-        PRLIMIT,
-        "--core=0",
-        f"--fsize={limits.file_size_bytes}",
-        f"--nofile={limits.open_files}",
-        f"--cpu={int(limits.timeout_s) + 5}",  # a backstop only; the wall clock ends the run
-    ]
-    if memory:  # no cgroup: RLIMIT_DATA, not RLIMIT_AS, which V8 cannot start under
-        argv.append(f"--data={limits.memory_bytes}")
-    return [*argv, "--"]

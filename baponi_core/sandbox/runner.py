@@ -14,6 +14,7 @@ import ctypes
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,8 @@ import anyio
 from baponi_core.sandbox import bwrap, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.rootfs import build_etc
-from baponi_core.sandbox.spec import Ending, Outcome, SandboxSpec
+from baponi_core.sandbox.spawner import Spawner
+from baponi_core.sandbox.spec import Ending, Limits, Outcome, SandboxSpec
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class SandboxRuntime:
         self._etc = workdir / "etc"
         self._etc_binds = build_etc(self._etc)
         self._seccomp = seccomp.program()
+        self._spawner = Spawner(uid)
 
     @classmethod
     def start(
@@ -122,6 +125,7 @@ class SandboxRuntime:
         return path
 
     def close(self) -> None:
+        self._spawner.close()
         if self.cgroups is not None:
             self.cgroups.close()
 
@@ -135,7 +139,7 @@ class SandboxRuntime:
         fds: list[int] = []
         run: _Run | None = None
         try:
-            run, info_r, block_w, streams = self._launch(spec, fds)
+            run, info_r, block_w, streams = await self._launch(spec, fds)
             try:
                 await self._confine(run, spec, info_r, block_w)
             except SandboxError:
@@ -151,7 +155,7 @@ class SandboxRuntime:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _launch(
+    async def _launch(
         self, spec: SandboxSpec, fds: list[int]
     ) -> tuple[_Run, int, int, tuple[_Stream, _Stream]]:
         def keep(fd: int) -> int:
@@ -184,21 +188,10 @@ class SandboxRuntime:
                 home=home,
             ),
             self._etc_binds,
-            cgroups=self.cgroups is not None,
         )
         group = self.cgroups.create(spec.name, spec.limits) if self.cgroups else None
         try:
-            proc = subprocess.Popen(
-                argv,
-                env={},
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=child_fds,
-                user=self.uid,
-                group=self.uid,
-                extra_groups=[] if self.uid is not None else None,
-            )
+            proc = await self._spawner.call(_popen, argv, out_w, err_w, child_fds)
         except OSError as exc:
             if group is not None:
                 group.remove()
@@ -224,6 +217,7 @@ class SandboxRuntime:
         run.init_pidfd = os.pidfd_open(pid)
         if run.group is not None:
             run.group.attach(pid)
+        await self._spawner.call(_set_rlimits, pid, spec.limits, run.group is None)
         try:
             os.write(block_w, b"1")
         except BrokenPipeError:
@@ -329,6 +323,29 @@ def _set_child_subreaper() -> None:
     """Adopt orphaned descendants (bwrap's namespace init) so that we can reap them."""
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         log.warning("PR_SET_CHILD_SUBREAPER failed: %s", os.strerror(ctypes.get_errno()))
+
+
+def _popen(
+    argv: list[str], stdout: int, stderr: int, pass_fds: list[int]
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv, env={}, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, pass_fds=pass_fds
+    )
+
+
+def _set_rlimits(pid: int, limits: Limits, memory: bool) -> None:
+    """Lower the hard limits of the sandbox's init before it runs anything; they are
+    inherited by everything it starts and can never be raised again."""
+    wanted = [
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_CPU, int(limits.timeout_s) + 5),  # a backstop; the wall clock rules
+    ]
+    if memory:  # no cgroup: RLIMIT_DATA, not RLIMIT_AS, which V8 cannot start under
+        wanted.append((resource.RLIMIT_DATA, limits.memory_bytes))
+    for which, value in wanted:
+        resource.prlimit(pid, which, (value, value))
 
 
 def _memfd(name: str, data: bytes) -> int:
