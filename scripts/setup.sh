@@ -15,11 +15,10 @@ esac
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# System packages: bubblewrap (the sandbox), prlimit (util-linux), the sandboxed
+# System packages: bubblewrap (the sandbox), the sandboxed
 # interpreters (python3 with pip, bash, node with npm), venv for the server itself.
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
-command -v prlimit >/dev/null || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
