@@ -9,39 +9,30 @@ Nothing shows on the host, and the mounts vanish with the server.
 
 from __future__ import annotations
 
-import ctypes
-import os
 from pathlib import Path
+
+from baponi_core.sandbox.libc import call
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 EXPOSED = Path("/run/baponi")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
 
 def mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
-    _check(
-        _libc.mount(
-            source.encode(),
-            str(target).encode(),
-            fstype.encode() if fstype else None,
-            flags,
-            data.encode() if data else None,
-        ),
-        f"mount {target}",
+    call(
+        "mount",
+        source.encode(),
+        str(target).encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+        what=f"mount {target}",
     )
 
 
 def unmount(target: Path) -> None:
-    _check(_libc.umount2(str(target).encode(), 0), f"umount {target}")
+    call("umount2", str(target).encode(), 0, what=f"umount {target}")
 
 
 def expose(directories: dict[str, Path]) -> dict[Path, Path]:
@@ -51,7 +42,7 @@ def expose(directories: dict[str, Path]) -> dict[Path, Path]:
     which is where sandboxes are launched from.
     """
     EXPOSED.mkdir(parents=True, exist_ok=True)
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    call("unshare", CLONE_NEWNS, what="unshare(CLONE_NEWNS)")
     mount("none", Path("/"), None, MS_REC | MS_PRIVATE, None)
     mount("tmpfs", EXPOSED, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=1m")
     exposed = {}

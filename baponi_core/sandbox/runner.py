@@ -10,7 +10,6 @@ namespace will hook in.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ import anyio
 
 from baponi_core.sandbox import bwrap, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
+from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.rootfs import build_etc
 from baponi_core.sandbox.spawner import Spawner
 from baponi_core.sandbox.spec import Ending, Limits, Outcome, SandboxSpec
@@ -321,8 +321,10 @@ def _available(fd: int) -> str:
 
 def _set_child_subreaper() -> None:
     """Adopt orphaned descendants (bwrap's namespace init) so that we can reap them."""
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        log.warning("PR_SET_CHILD_SUBREAPER failed: %s", os.strerror(ctypes.get_errno()))
+    try:
+        call("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="PR_SET_CHILD_SUBREAPER")
+    except OSError as exc:
+        log.warning("%s", exc)
 
 
 def _popen(

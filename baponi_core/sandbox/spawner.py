@@ -15,12 +15,12 @@ The rest of the server keeps running as root (cgroups, storage, database).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import platform
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from baponi_core.sandbox.libc import call
 
 T = TypeVar("T")
 
@@ -29,12 +29,9 @@ SYSCALLS = {"x86_64": (116, 119, 117), "aarch64": (159, 149, 147)}
 
 
 def _become(uid: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     setgroups, setresgid, setresuid = SYSCALLS[platform.machine()]
     for number, args in ((setgroups, (0, None)), (setresgid, (uid,) * 3), (setresuid, (uid,) * 3)):
-        if libc.syscall(number, *args) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"dropping the spawner thread to uid {uid}: {os.strerror(err)}")
+        call("syscall", number, *args, what=f"dropping the spawner thread to uid {uid}")
 
 
 class Spawner:
