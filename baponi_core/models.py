@@ -217,11 +217,6 @@ class ExecutionView(BaseModel):
     webhook_delivery_status: Literal["pending", "delivered", "failed"] | None
 
 
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -179,11 +179,7 @@ def _clean_stale(parent: Path) -> None:
     for base in parent.glob("srv-*"):
         pid = base.name.removeprefix("srv-")
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            for child in base.iterdir():
-                if child.is_dir():
-                    Cgroup((child,), v2=False).remove(deadline_s=0.5)
-            with contextlib.suppress(OSError):
-                base.rmdir()
+            Cgroups((base,), v2=False).close()
 
 
 def _v2_base(root: Path, server: str) -> Path:

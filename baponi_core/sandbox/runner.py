@@ -129,10 +129,6 @@ class SandboxRuntime:
         if self.cgroups is not None:
             self.cgroups.close()
 
-    @property
-    def confined_by_cgroups(self) -> bool:
-        return self.cgroups is not None
-
     async def run(self, spec: SandboxSpec) -> Outcome:
         """Run ``spec`` to its end. Cancelling the caller kills the sandbox."""
         started = time.monotonic()
