@@ -306,6 +306,11 @@ def test_parse_agrees_with_the_sdk_on_well_typed_bodies(data: dict[str, Any]) ->
     )
     if not typed or "webhook_url" in data:  # the SDK's execute() has no webhook_url
         return
+    # The one intended difference: the SDK's ``re.match`` with ``$`` lets a name end in a
+    # newline; the server matches names whole (see test_trailing_newline_in_names_is_refused).
+    names = [data.get("thread_id") or "", *data.get("metadata", {}), *data.get("env_vars", {})]
+    if any(name.endswith("\n") for name in names):
+        return
     try:
         validate_execute_params(
             data["code"],
