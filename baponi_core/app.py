@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from types import TracebackType
+
+import anyio
 
 from baponi_core.config import Settings
 from baponi_core.sandbox import SandboxRuntime
@@ -13,21 +16,30 @@ from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import Executions
 from baponi_core.services.threads import ThreadHomes
+from baponi_core.services.webhooks import Webhooks
 from baponi_core.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 
 class Core:
-    """Open with ``async with Core(settings) as core``; adapters use its services."""
+    """Open with ``async with Core(settings) as core``; adapters use its services.
+    Closing it drains running executions (see :meth:`Executions.drain`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = SqliteStore(settings.database)
         self.admin = Admin(self.store)
         self.auth = Authenticator(self.store)
+        self.webhooks = Webhooks(
+            self.store,
+            allow_private=settings.allow_private_webhooks,
+            ca_file=settings.webhook_ca_file,
+            retry_delays=settings.webhook_retry_delays,
+        )
         self._runtime: SandboxRuntime | None = None
         self._executions: Executions | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     @property
     def runtime(self) -> SandboxRuntime:
@@ -43,24 +55,31 @@ class Core:
 
     async def __aenter__(self) -> Core:
         self.settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await self.store.open()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
             self._runtime = SandboxRuntime.start(
                 self.settings.runtime, self.settings.threads, uid=self.settings.sandbox_uid
             )
-        except BaseException:
-            await self.store.close()
-            raise
-        threads = ThreadHomes(self.settings.threads, owner=self._runtime.uid)
-        self._executions = Executions(self.store, self._runtime, threads, ConcurrencyLimiter())
+            stack.callback(self._runtime.close)
+            stack.push_async_callback(self.webhooks.close)
+            threads = ThreadHomes(self.settings.threads, owner=self._runtime.uid)
+            self._executions = Executions(
+                self.store, self._runtime, threads, ConcurrencyLimiter(), self.webhooks
+            )
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops
+            await self._executions.start(tasks)
+            tasks.start_soon(self.webhooks.run)
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, *exc: type[BaseException] | BaseException | TracebackType | None
     ) -> None:
-        if self._runtime is not None:
-            self._runtime.close()
-        await self.store.close()
+        if self._executions is not None:
+            await self._executions.drain(self.settings.shutdown_grace_s)
+        await self._stack.aclose()
 
     async def problems(self) -> dict[str, str]:
         """What keeps the server from serving, by component; empty when ready."""

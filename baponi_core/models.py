@@ -6,6 +6,9 @@ message, so a client sees the same words whether it checks locally or not.
 
 from __future__ import annotations
 
+import time
+import urllib.parse
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import pydantic
@@ -13,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, field_validato
 
 from baponi_core import limits
 from baponi_core.errors import ValidationError
+from baponi_core.store.base import Execution
 
 Status = Literal[
     "queued", "running", "success", "failed", "timeout", "blocked", "oom", "seccomp", "cancelled"
@@ -90,6 +94,27 @@ class ExecuteRequest(BaseModel):
                 "alphanumeric, hyphens, or underscores"
             )
         return thread_id
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if len(url) > limits.MAX_WEBHOOK_URL_LENGTH:
+            raise ValueError(
+                f"webhook_url exceeds maximum length of {limits.MAX_WEBHOOK_URL_LENGTH} characters"
+            )
+        if not url.startswith("https://"):
+            raise ValueError("webhook_url must use HTTPS")
+        if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+            raise ValueError("webhook_url must be printable ASCII (IDNA host, encoded path)")
+        try:
+            host = urllib.parse.urlsplit(url).hostname
+        except ValueError:
+            host = None
+        if not host:
+            raise ValueError("webhook_url must include a hostname")
+        return url
 
     @field_validator("metadata")
     @classmethod
@@ -215,6 +240,31 @@ class ExecutionView(BaseModel):
     completed_at: str | None
     webhook_url: str | None
     webhook_delivery_status: Literal["pending", "delivered", "failed"] | None
+
+    @classmethod
+    def of(cls, record: Execution) -> ExecutionView:
+        running = record.completed_at is None
+        elapsed = int((time.time() - record.created_at) * 1000)
+        return cls(
+            trace_id=record.trace_id,
+            status=record.status,  # type: ignore[arg-type]
+            exit_code=None if running else record.exit_code,
+            stdout=None if running else record.stdout,
+            stderr=None if running else record.stderr,
+            error=record.error,
+            duration_ms=elapsed if running else (record.duration_ms or 0),
+            delivery_mode=record.delivery_mode,  # type: ignore[arg-type]
+            created_at=iso(record.created_at),
+            completed_at=None if record.completed_at is None else iso(record.completed_at),
+            webhook_url=record.webhook_url,
+            webhook_delivery_status=record.webhook_delivery_status,  # type: ignore[arg-type]
+        )
+
+
+def iso(epoch: float) -> str:
+    """UTC with milliseconds and a ``Z``, as the reference API writes times."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 M = TypeVar("M", bound=BaseModel)

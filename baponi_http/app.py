@@ -9,16 +9,18 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, parse
+from baponi_core.services.journal import encode
 from baponi_core.store import Principal
 from baponi_http.errors import HANDLERS, error_response
 
+NDJSON = "application/x-ndjson"
 MAX_BODY_BYTES = 8 << 20  # 1 MiB of code can take several MiB once JSON-escaped
 
 
@@ -28,7 +30,8 @@ def core_of(request: Request) -> Core:
 
 
 async def principal_of(request: Request) -> Principal:
-    return await core_of(request).auth.authenticate(request.headers.get("authorization"))
+    client = request.client.host if request.client else None
+    return await core_of(request).auth.authenticate(request.headers.get("authorization"), client)
 
 
 async def json_body(request: Request) -> Any:
@@ -46,21 +49,59 @@ async def json_body(request: Request) -> Any:
         raise ValidationError("request body is not valid JSON") from None
 
 
+def delivery_mode(request: Request) -> str:
+    if "respond-async" in request.headers.get("prefer", "").lower():
+        return "webhook"
+    if NDJSON in request.headers.get("accept", "").lower():
+        return "streaming"
+    return "inline"
+
+
+def ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        lines, media_type=NDJSON, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+
+
 async def execute(request: Request) -> Response:
     principal = await principal_of(request)
     body = parse(ExecuteRequest, await json_body(request))
-    if "application/x-ndjson" in request.headers.get("accept", ""):
-        raise ValidationError("streaming delivery is not available on this server yet")
-    if "respond-async" in request.headers.get("prefer", ""):
-        raise ValidationError("webhook delivery is not available on this server yet")
-    result = await core_of(request).executions.execute(principal, body)
+    mode = delivery_mode(request)
+    run = await core_of(request).executions.submit(principal, body, mode)
+    if mode == "webhook":
+        return JSONResponse({"trace_id": run.trace_id, "status": "queued"}, status_code=202)
+    if mode == "streaming":
+        return ndjson(encode_lines(run.journal.follow()))
+    result = await run.outcome()
     return JSONResponse(result.model_dump())
+
+
+async def encode_lines(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    async for event in events:
+        yield encode(event) + "\n"
 
 
 async def get_execution(request: Request) -> Response:
     principal = await principal_of(request)
     execution = await core_of(request).executions.get(principal, request.path_params["trace_id"])
     return JSONResponse(execution.model_dump())
+
+
+async def execution_output(request: Request) -> Response:
+    principal = await principal_of(request)
+    after = request.query_params.get("after_seq", "0")
+    if not after.isascii() or not after.isdigit() or len(after) > 18:
+        raise ValidationError("after_seq must be a non-negative integer")
+    lines = await core_of(request).executions.events(
+        principal, request.path_params["trace_id"], int(after)
+    )
+    return ndjson(lines)
+
+
+async def cancel_execution(request: Request) -> Response:
+    principal = await principal_of(request)
+    answer = await core_of(request).executions.cancel(principal, request.path_params["trace_id"])
+    return JSONResponse(answer)
 
 
 async def health(request: Request) -> Response:
@@ -85,6 +126,8 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/v1/sandbox/execute", execute, methods=["POST"]),
         Route("/v1/executions/{trace_id}", get_execution, methods=["GET"]),
+        Route("/v1/executions/{trace_id}/output", execution_output, methods=["GET"]),
+        Route("/v1/executions/{trace_id}/cancel", cancel_execution, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from baponi_core.config import DEFAULT_PORT, Settings
+from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
 from baponi_core.errors import BaponiError
 from baponi_core.services.admin import DEFAULT_ORG, DEFAULT_PROFILE, Admin
 from baponi_core.store.sqlite import SqliteStore
@@ -48,21 +51,32 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from baponi_http.app import create_app
+    from baponi_http.server import DrainingServer
 
+    settings = dataclasses.replace(
+        settings,
+        allow_private_webhooks=args.allow_private_webhooks,
+        webhook_ca_file=Path(args.webhook_ca_file) if args.webhook_ca_file else None,
+        webhook_retry_delays=args.webhook_retry_delays,
+        shutdown_grace_s=args.shutdown_grace,
+    )
     first_key = asyncio.run(_with_admin(settings, lambda admin: admin.first_start()))
     if first_key:
         print(f"First start: created organisation '{DEFAULT_ORG}' and its first API key:\n")
         print(f"    {first_key}\n")
         print("Keep it: it is shown only once. More with: baponi keys create\n", flush=True)
     print(f"Baponi listening on http://{args.host}:{args.port} (home: {settings.home})", flush=True)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=args.access_log,
         server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,
     )
+    DrainingServer(config, app).run()
     return 0
 
 
@@ -113,6 +127,15 @@ def _orgs_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _orgs_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    print(
+        asyncio.run(
+            _with_admin(settings, lambda admin: admin.webhook_secret(args.name, args.rotate))
+        )
+    )
+    return 0
+
+
 def _orgs_list(args: argparse.Namespace, settings: Settings) -> int:
     orgs = asyncio.run(_with_admin(settings, lambda admin: admin.store.list_orgs()))
     print("\n".join(f"{o.name}  {o.id}  max_concurrency={o.max_concurrency}" for o in orgs))
@@ -157,6 +180,16 @@ def _describe_profile(p: Any) -> str:
     )
 
 
+def _delays(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seconds separated by commas") from None
+    if not delays or any(not 0 <= d <= 86400 for d in delays):
+        raise argparse.ArgumentTypeError("each delay must be between 0 and 86400 seconds")
+    return delays
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="baponi",
@@ -179,6 +212,38 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(os.environ.get("BAPONI_SHUTDOWN_GRACE", 30)),
+        metavar="SECONDS",
+        help="on SIGTERM, how long running executions may finish before they are killed "
+        "(default: 30, or $BAPONI_SHUTDOWN_GRACE)",
+    )
+    serve.add_argument(
+        "--allow-private-webhooks",
+        action="store_true",
+        default=os.environ.get("BAPONI_ALLOW_PRIVATE_WEBHOOKS", "") not in ("", "0", "false"),
+        help="let webhooks reach private, loopback and link-local addresses "
+        "(default: refused; or $BAPONI_ALLOW_PRIVATE_WEBHOOKS=1)",
+    )
+    serve.add_argument(
+        "--webhook-ca-file",
+        default=os.environ.get("BAPONI_WEBHOOK_CA_FILE"),
+        metavar="PEM",
+        help="extra certificate authorities trusted for webhook targets "
+        "(or $BAPONI_WEBHOOK_CA_FILE)",
+    )
+    serve.add_argument(
+        "--webhook-retry-delays",
+        type=_delays,
+        default=os.environ.get(
+            "BAPONI_WEBHOOK_RETRY_DELAYS", ",".join(f"{d:g}" for d in RETRY_DELAYS_S)
+        ),
+        metavar="S,S,...",
+        help="seconds between webhook tries; one try more than delays "
+        "(default: 5,30,120,600,1800, or $BAPONI_WEBHOOK_RETRY_DELAYS)",
+    )
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
@@ -215,6 +280,16 @@ def parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(run=run)
     orgs.add_parser("list", parents=[home], help="list organisations").set_defaults(run=_orgs_list)
+    secret = orgs.add_parser(
+        "webhook-secret",
+        parents=[home],
+        help="print the secret webhooks are signed with",
+        description="Receivers check the Baponi-Signature header (t=<unix>,v1=<hex>): the "
+        'HMAC-SHA256 of "<t>.<body>" keyed with this secret.',
+    )
+    secret.add_argument("name", nargs="?", default=DEFAULT_ORG)
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new secret")
+    secret.set_defaults(run=_orgs_webhook_secret)
 
     profiles = commands.add_parser(
         "profiles", help="sandbox profiles (resource limits)"

@@ -66,7 +66,7 @@ async def test_execution_round_trip(store: SqliteStore) -> None:
         duration_ms=123,
         completed_at=record.created_at + 0.5,
     )
-    await store.finish_execution(finished)
+    await store.update_execution(finished)
     assert await store.get_execution(org.id, record.trace_id) == finished
 
 
@@ -122,7 +122,7 @@ async def test_two_connections_on_one_file_both_write(tmp_path: Path) -> None:
             for i in range(count):
                 record = execution(org.id, f"trc_s{i}")
                 await server.insert_execution(record)
-                await server.finish_execution(
+                await server.update_execution(
                     dataclasses.replace(record, status="success", exit_code=0)
                 )
 
@@ -163,7 +163,7 @@ async def test_store_and_cli_process_write_at_once(tmp_path: Path) -> None:
             while not done.is_set() or written < 20:
                 record = execution(org.id, f"trc_live{written}")
                 await server.insert_execution(record)
-                await server.finish_execution(dataclasses.replace(record, status="success"))
+                await server.update_execution(dataclasses.replace(record, status="success"))
                 written += 1
 
         results: list[subprocess.CompletedProcess[bytes]] = []

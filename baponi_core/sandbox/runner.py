@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,12 +39,16 @@ READ_CHUNK = 65536
 PR_SET_CHILD_SUBREAPER = 36
 
 
+OutputSink = Callable[[str, bytes], None]  # (stream name, bytes): called as output arrives
+
+
 class SandboxError(Exception):
     """The sandbox could not be set up: a platform fault, never the user's code."""
 
 
 @dataclass
 class _Stream:
+    name: str
     fd: int
     cap: int
     data: bytearray = field(default_factory=bytearray)
@@ -57,6 +62,7 @@ class _Run:
     group: Cgroup | None = None
     timed_out: bool = False
     overflowed: bool = False
+    stopped: bool = False
 
     def kill(self) -> None:
         """Kill the sandbox's init; the kernel then kills everything in its pid namespace."""
@@ -129,8 +135,16 @@ class SandboxRuntime:
         if self.cgroups is not None:
             self.cgroups.close()
 
-    async def run(self, spec: SandboxSpec) -> Outcome:
-        """Run ``spec`` to its end. Cancelling the caller kills the sandbox."""
+    async def run(
+        self,
+        spec: SandboxSpec,
+        *,
+        on_output: OutputSink | None = None,
+        stop: anyio.Event | None = None,
+    ) -> Outcome:
+        """Run ``spec`` to its end, passing output to ``on_output`` as it is written.
+        Setting ``stop`` kills the sandbox (ending ``STOPPED``); so does cancelling the caller.
+        """
         started = time.monotonic()
         fds: list[int] = []
         run: _Run | None = None
@@ -141,7 +155,11 @@ class SandboxRuntime:
             except SandboxError:
                 log.error("bwrap set-up failed: %s", _available(streams[1].fd))
                 raise
-            await self._supervise(run, spec, streams, started)
+            async with anyio.create_task_group() as watch:
+                if stop is not None:
+                    watch.start_soon(_stop_on, stop, run)
+                await self._supervise(run, spec, streams, started, on_output)
+                watch.cancel_scope.cancel()
             return self._outcome(run, streams, started)
         finally:
             if run is not None:
@@ -199,7 +217,7 @@ class SandboxRuntime:
             os.set_blocking(fd, False)
         os.set_blocking(info_r, False)
         cap = spec.limits.output_bytes
-        streams = (_Stream(out_r, cap), _Stream(err_r, cap))
+        streams = (_Stream("stdout", out_r, cap), _Stream("stderr", err_r, cap))
         return _Run(proc, keep(os.pidfd_open(proc.pid)), group=group), info_r, block_w, streams
 
     async def _confine(self, run: _Run, spec: SandboxSpec, info_r: int, block_w: int) -> None:
@@ -220,13 +238,18 @@ class SandboxRuntime:
             raise SandboxError("sandbox set-up failed") from None
 
     async def _supervise(
-        self, run: _Run, spec: SandboxSpec, streams: tuple[_Stream, _Stream], started: float
+        self,
+        run: _Run,
+        spec: SandboxSpec,
+        streams: tuple[_Stream, _Stream],
+        started: float,
+        on_output: OutputSink | None,
     ) -> None:
         remaining = spec.limits.timeout_s - (time.monotonic() - started)
         with anyio.move_on_after(max(remaining, 0)) as scope:
             async with anyio.create_task_group() as tg:
                 for stream in streams:
-                    tg.start_soon(self._pump, run, stream)
+                    tg.start_soon(self._pump, run, stream, on_output)
                 await anyio.wait_readable(run.exit_pidfd)
         if scope.cancelled_caught:
             run.timed_out = True
@@ -234,7 +257,7 @@ class SandboxRuntime:
             with anyio.move_on_after(SETUP_TIMEOUT_S):
                 await anyio.wait_readable(run.exit_pidfd)
 
-    async def _pump(self, run: _Run, stream: _Stream) -> None:
+    async def _pump(self, run: _Run, stream: _Stream, on_output: OutputSink | None) -> None:
         while True:
             await anyio.wait_readable(stream.fd)
             try:
@@ -244,7 +267,10 @@ class SandboxRuntime:
             if not chunk:
                 return
             room = stream.cap - len(stream.data)
-            stream.data += chunk[:room]
+            kept = chunk[:room]
+            stream.data += kept
+            if on_output is not None and kept:
+                on_output(stream.name, kept)
             if len(chunk) > room:
                 run.overflowed = True
                 run.kill()
@@ -254,7 +280,9 @@ class SandboxRuntime:
         code = run.proc.wait()
         if code == 1 and streams[1].data.startswith(b"bwrap: "):  # failed before exec
             raise SandboxError(streams[1].data.decode(errors="replace").strip())
-        if run.group is not None and run.group.oom_kills() > 0:
+        if run.stopped:
+            ending = Ending.STOPPED
+        elif run.group is not None and run.group.oom_kills() > 0:
             ending = Ending.OOM
         elif run.timed_out:
             ending = Ending.TIMEOUT
@@ -289,6 +317,12 @@ class SandboxRuntime:
                 await anyio.to_thread.run_sync(run.group.remove)
             else:
                 run.group.remove()
+
+
+async def _stop_on(stop: anyio.Event, run: _Run) -> None:
+    await stop.wait()
+    run.stopped = True
+    run.kill()
 
 
 async def _read_info(fd: int) -> dict[str, int] | None:

@@ -42,13 +42,14 @@ class SandboxSpec:
 
 
 class Ending(Enum):
-    """How a sandbox ended, in the order the status mapping checks them."""
+    """How a sandbox ended."""
 
     EXITED = "exited"
     OOM = "oom"
     TIMEOUT = "timeout"
     OUTPUT_LIMIT = "output_limit"
     SECCOMP = "seccomp"
+    STOPPED = "stopped"  # killed on request: a cancel or a shutdown
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
+from baponi_core.services.webhooks import secret_for
 from baponi_core.store import ApiKey, Org, Profile, Store
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
@@ -56,6 +57,7 @@ class Admin:
         await self.store.save_profile(
             Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE)
         )
+        await secret_for(self.store, org.id)
         return org
 
     async def set_max_concurrency(self, org_name: str, max_concurrency: int) -> Org:
@@ -104,6 +106,11 @@ class Admin:
         org = await self.org(org_name)
         if not await self.store.revoke_key(org.id, key_id, time.time()):
             raise NotFound(f"key {key_id} not found or already revoked")
+
+    async def webhook_secret(self, org_name: str, rotate: bool = False) -> str:
+        """The secret webhooks of the organisation are signed with; ``rotate`` makes a new one
+        (deliveries from then on use it)."""
+        return await secret_for(self.store, (await self.org(org_name)).id, rotate)
 
     async def ensure_default_org(self) -> Org:
         """The default organisation, made on first use of an empty database."""

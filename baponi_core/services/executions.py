@@ -1,15 +1,32 @@
-"""Executions: validate against the caller's plan, run in a sandbox, record, answer."""
+"""Executions: admit a request against the caller's plan, run it in the background, record it.
+
+Every execution runs as a task of the service, not of the request that started it, so the
+three delivery modes differ only in how they wait: inline awaits the result, streaming
+follows the journal, webhook answers at once and leaves delivery to :mod:`webhooks`.
+A client going away never stops an execution; a cancel or a shutdown does.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
-from baponi_core.errors import NotFound, RateLimited, Unavailable, ValidationError
+from baponi_core.errors import (
+    BaponiError,
+    Conflict,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    ValidationError,
+)
 from baponi_core.ids import new_trace_id
 from baponi_core.limits import TRACE_ID_PATTERN
 from baponi_core.models import ExecuteRequest, ExecutionView, SandboxResult
@@ -17,10 +34,19 @@ from baponi_core.sandbox import Home, Limits, Outcome, SandboxRuntime, SandboxSp
 from baponi_core.sandbox.runner import SandboxError
 from baponi_core.sandbox.spec import Ending, MiB
 from baponi_core.services.concurrency import ConcurrencyLimiter
+from baponi_core.services.journal import Journal, encode
 from baponi_core.services.threads import ThreadHomes
+from baponi_core.services.webhooks import Webhooks
 from baponi_core.store import Execution, Principal, Profile, Store
 
 log = logging.getLogger(__name__)
+
+RETENTION_S = 300  # output is kept for timeout + this, after the start
+PERSIST_EVERY_S = 0.5
+PURGE_EVERY_S = 60
+STOP_WAIT_S = 10
+CANCELLED = "Cancelled by user"
+SERVER_STOPPED = "server_stopped"  # the server went down while the execution ran
 
 # How each ending shows in the record (status) and the SandboxResult (error).
 ENDINGS: dict[Ending, tuple[str, str | None]] = {
@@ -29,6 +55,41 @@ ENDINGS: dict[Ending, tuple[str, str | None]] = {
     Ending.OUTPUT_LIMIT: ("failed", "output_limit_exceeded"),
     Ending.SECCOMP: ("seccomp", "security_policy_violation"),
 }
+STOPS = {"cancel": ("cancelled", CANCELLED), "shutdown": ("failed", SERVER_STOPPED)}
+
+
+@dataclass
+class Run:
+    """An execution in progress."""
+
+    record: Execution
+    request: ExecuteRequest
+    profile: Profile
+    held: contextlib.ExitStack  # its concurrency slot and thread claim
+    journal: Journal
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    stop_reason: str = "cancel"
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: SandboxResult | None = None
+    failure: BaponiError | None = None  # a platform fault an inline caller should see
+    persisted: int = 0  # journal events already in the store
+
+    @property
+    def trace_id(self) -> str:
+        return self.record.trace_id
+
+    @property
+    def kept(self) -> bool:
+        """Whether its events are stored for reconnects (streaming and webhook delivery)."""
+        return self.record.delivery_mode != "inline"
+
+    async def outcome(self) -> SandboxResult:
+        """Wait for the end; a platform fault is raised rather than returned."""
+        await self.done.wait()
+        if self.failure is not None:
+            raise self.failure
+        assert self.result is not None
+        return self.result
 
 
 class Executions:
@@ -38,76 +99,220 @@ class Executions:
         runtime: SandboxRuntime,
         threads: ThreadHomes,
         limiter: ConcurrencyLimiter,
+        webhooks: Webhooks,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.threads = threads
         self.limiter = limiter
+        self.webhooks = webhooks
+        self.accepting = True
+        self._live: dict[str, Run] = {}
+        self._tasks: TaskGroup | None = None
 
-    async def execute(self, principal: Principal, request: ExecuteRequest) -> SandboxResult:
-        """Run ``request`` to completion (inline delivery) and return its result."""
+    async def start(self, tasks: TaskGroup) -> None:
+        """Settle what a previous server left unfinished, then start the housekeeping."""
+        stranded = await self.store.fail_unfinished(SERVER_STOPPED, time.time())
+        if stranded:
+            log.warning("%d execution(s) were cut short by a server stop", len(stranded))
+        self._tasks = tasks
+        tasks.start_soon(self._purge)
+
+    # admission
+
+    async def submit(
+        self, principal: Principal, request: ExecuteRequest, mode: str = "inline"
+    ) -> Run:
+        """Admit ``request`` and start it; refusals (plan, limits, busy thread) raise."""
+        if not self.accepting or self._tasks is None:
+            raise Unavailable("the server is shutting down; try again shortly")
+        if request.webhook_url is not None:
+            if mode != "webhook":
+                raise ValidationError("webhook_url requires the header Prefer: respond-async")
+            self.webhooks.check(request.webhook_url)
         profile = principal.profile
         if request.timeout > profile.max_timeout:
             raise RateLimited(
                 f"timeout {request.timeout}s exceeds the plan limit of {profile.max_timeout}s",
             )
-        with contextlib.ExitStack() as held:
-            held.enter_context(self.limiter.slot(principal.org))
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.limiter.slot(principal.org))
             if request.thread_id is not None:
-                held.enter_context(self.threads.claim(principal.org.id, request.thread_id))
+                stack.enter_context(self.threads.claim(principal.org.id, request.thread_id))
             record = Execution(
                 trace_id=new_trace_id(),
                 org_id=principal.org.id,
                 key_id=principal.key.id,
                 language=request.language,
-                delivery_mode="inline",
+                delivery_mode=mode,
                 created_at=time.time(),
+                timeout=request.timeout,
+                status="queued" if mode == "webhook" else "running",
                 thread_id=request.thread_id,
                 metadata=dict(request.metadata or {}),
+                webhook_url=request.webhook_url,
+                webhook_delivery_status="pending" if request.webhook_url else None,
             )
             await self.store.insert_execution(record)
-            try:
-                result = await self._run(record, request, profile)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if record.completed_at is None:  # cancelled or crashed mid-run
-                        _finish(record, "failed", -1, "", "", "internal_error")
-                    await self.store.finish_execution(record)
-            return result
+            run = Run(record, request, profile, stack.pop_all(), Journal(record.trace_id))
+        self._live[record.trace_id] = run
+        self._tasks.start_soon(self._lifecycle, run, name=f"execution {record.trace_id}")
+        return run
 
-    async def _run(
-        self, record: Execution, request: ExecuteRequest, profile: Profile
-    ) -> SandboxResult:
+    async def execute(self, principal: Principal, request: ExecuteRequest) -> SandboxResult:
+        """Inline delivery: run ``request`` to its end and return the result."""
+        run = await self.submit(principal, request)
+        return await run.outcome()
+
+    # the run itself
+
+    async def _lifecycle(self, run: Run) -> None:
+        try:
+            with run.held:
+                async with anyio.create_task_group() as helpers:
+                    helpers.start_soon(run.journal.run)
+                    if run.kept:
+                        helpers.start_soon(self._persist_loop, run)
+                    await self._run(run)
+                    helpers.cancel_scope.cancel()
+        except Exception:
+            log.exception("execution %s failed", run.trace_id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._settle(run)
+
+    async def _run(self, run: Run) -> None:
+        record, request = run.record, run.request
+        if record.status == "queued":
+            record.status = "running"
+            await self.store.update_execution(record)
+        run.journal.append({"type": "status", "trace_id": record.trace_id, "status": "running"})
+        if run.stop.is_set():  # cancelled before it started
+            _finish(run, *STOPS[run.stop_reason], exit_code=-1)
+            return
         home = Home()
         if request.thread_id is not None:
             try:
                 home = Home(self.threads.path(record.org_id, request.thread_id))
             except OSError:
                 log.exception("thread home for %s not available", record.trace_id)
-                return _finish(record, "failed", -1, "", "", "thread_mount_error")
+                _finish(run, "failed", "thread_mount_error", exit_code=-1)
+                return
         spec = SandboxSpec(
             language=request.language,
             code=request.code.encode(),
             env=dict(request.env_vars or {}),
             home=home,
-            limits=limits_for(profile, request.timeout),
+            limits=limits_for(run.profile, request.timeout),
             name=record.trace_id,
         )
         try:
-            outcome = await self.runtime.run(spec)
+            outcome = await self.runtime.run(spec, on_output=run.journal.output, stop=run.stop)
         except SandboxError as exc:
             log.error("sandbox for %s failed: %s", record.trace_id, exc)
-            _finish(record, "failed", -1, "", "", "service_unavailable")
-            raise Unavailable("the sandbox runtime is unavailable; try again") from None
-        return _from_outcome(record, outcome)
+            _finish(run, "failed", "service_unavailable", exit_code=-1)
+            run.failure = Unavailable("the sandbox runtime is unavailable; try again")
+            return
+        _from_outcome(run, outcome)
+
+    async def _settle(self, run: Run) -> None:
+        """Record the end, whatever happened; then let waiters and the webhook go."""
+        if run.result is None:  # crashed: never leave a record running
+            _finish(run, "failed", "internal_error", exit_code=-1)
+        record = run.record
+        if record.webhook_delivery_status == "pending":
+            record.webhook_next_at = record.completed_at
+        try:
+            await self.store.update_execution(record)
+            if run.kept:
+                await self._persist(run)
+        except Exception:
+            log.exception("could not record the end of %s", run.trace_id)
+        self._live.pop(run.trace_id, None)
+        run.done.set()
+        if record.webhook_delivery_status == "pending":
+            self.webhooks.wake()
+
+    async def _persist_loop(self, run: Run) -> None:
+        while True:
+            await anyio.sleep(PERSIST_EVERY_S)
+            await self._persist(run)
+
+    async def _persist(self, run: Run) -> None:
+        events = run.journal.events[run.persisted :]
+        if not events:
+            return
+        await self.store.add_events(
+            run.trace_id, [(e["seq"], encode(e)) for e in events], _expiry(run.record)
+        )
+        run.persisted += len(events)
+
+    async def _purge(self) -> None:
+        while True:
+            try:
+                await self.store.purge_events(time.time())
+            except Exception:
+                log.exception("could not purge expired output")
+            await anyio.sleep(PURGE_EVERY_S)
+
+    # reading and controlling executions
 
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
+        return ExecutionView.of(await self._record(principal, trace_id))
+
+    async def cancel(self, principal: Principal, trace_id: str) -> dict[str, str]:
+        record = await self._record(principal, trace_id)
+        run = self._live.get(trace_id)
+        if run is None or run.result is not None:
+            raise Conflict(f"execution {trace_id} has already ended ({record.status})")
+        run.stop_reason = "cancel"
+        run.stop.set()
+        return {"trace_id": trace_id, "status": "cancelling"}
+
+    async def events(
+        self, principal: Principal, trace_id: str, after_seq: int = 0
+    ) -> AsyncIterator[str]:
+        """NDJSON lines after ``after_seq``: live while running, then from the store."""
+        record = await self._record(principal, trace_id)
+        return self._events(record, after_seq)
+
+    async def _events(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
+        run = self._live.get(record.trace_id)
+        if run is not None:
+            async for event in run.journal.follow(after_seq):
+                yield encode(event) + "\n"
+            return
+        stored = await self.store.get_events(record.trace_id, 0, time.time())
+        for line in stored[after_seq:]:
+            yield line + "\n"
+        # A server stop can leave stored output without its result event: end it properly.
+        if stored and json.loads(stored[-1])["type"] != "result":
+            yield encode(_result_event(record, len(stored) + 1)) + "\n"
+
+    async def _record(self, principal: Principal, trace_id: str) -> Execution:
         if not TRACE_ID_PATTERN.fullmatch(trace_id):
             raise ValidationError("invalid trace_id format")
         record = await self.store.get_execution(principal.org.id, trace_id)
         if record is None:
             raise NotFound(f"Execution {trace_id} not found")
-        return view(record)
+        return record
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new work, let running executions end within ``grace`` seconds, then stop
+        the rest (recorded as failed with ``server_stopped``)."""
+        self.accepting = False
+        with anyio.move_on_after(grace):
+            for run in list(self._live.values()):
+                await run.done.wait()
+        if self._live:
+            log.warning("stopping %d execution(s) still running at shutdown", len(self._live))
+        for run in list(self._live.values()):
+            if not run.stop.is_set():
+                run.stop_reason = "shutdown"
+                run.stop.set()
+        with anyio.move_on_after(STOP_WAIT_S):
+            for run in list(self._live.values()):
+                await run.done.wait()
 
 
 def limits_for(profile: Profile, timeout: int) -> Limits:
@@ -121,31 +326,35 @@ def limits_for(profile: Profile, timeout: int) -> Limits:
     )
 
 
-def _from_outcome(record: Execution, outcome: Outcome) -> SandboxResult:
+def _from_outcome(run: Run, outcome: Outcome) -> None:
     if outcome.ending is Ending.EXITED:
         status, error = ("success" if outcome.exit_code == 0 else "failed"), None
+    elif outcome.ending is Ending.STOPPED:
+        status, error = STOPS[run.stop_reason]
     else:
         status, error = ENDINGS[outcome.ending]
-    return _finish(
-        record,
+    _finish(
+        run,
         status,
-        outcome.exit_code,
-        outcome.stdout.decode(errors="replace"),
-        outcome.stderr.decode(errors="replace"),
         error,
+        exit_code=outcome.exit_code,
+        stdout=outcome.stdout.decode(errors="replace"),
+        stderr=outcome.stderr.decode(errors="replace"),
         duration_ms=outcome.duration_ms,
     )
 
 
 def _finish(
-    record: Execution,
+    run: Run,
     status: str,
-    exit_code: int,
-    stdout: str,
-    stderr: str,
     error: str | None,
+    *,
+    exit_code: int,
+    stdout: str = "",
+    stderr: str = "",
     duration_ms: int | None = None,
-) -> SandboxResult:
+) -> None:
+    record = run.record
     now = time.time()
     record.status, record.exit_code, record.error = status, exit_code, error
     record.stdout, record.stderr = stdout, stderr
@@ -153,36 +362,35 @@ def _finish(
     record.duration_ms = (
         duration_ms if duration_ms is not None else int((now - record.created_at) * 1000)
     )
+    run.result = _result(record)
+    if not run.journal.closed:
+        run.journal.close(_result_event(record))
+
+
+def _result(record: Execution) -> SandboxResult:
+    exit_code = -1 if record.exit_code is None else record.exit_code
     return SandboxResult(
         success=exit_code == 0,
-        stdout=stdout,
-        stderr=stderr,
+        stdout=record.stdout or "",
+        stderr=record.stderr or "",
         exit_code=exit_code,
-        error=error,
-        trace_id=record.trace_id,
-    )
-
-
-def view(record: Execution) -> ExecutionView:
-    running = record.completed_at is None
-    elapsed = int((time.time() - record.created_at) * 1000)
-    return ExecutionView(
-        trace_id=record.trace_id,
-        status=record.status,  # type: ignore[arg-type]
-        exit_code=None if running else record.exit_code,
-        stdout=None if running else record.stdout,
-        stderr=None if running else record.stderr,
         error=record.error,
-        duration_ms=elapsed if running else (record.duration_ms or 0),
-        delivery_mode=record.delivery_mode,  # type: ignore[arg-type]
-        created_at=iso(record.created_at),
-        completed_at=None if record.completed_at is None else iso(record.completed_at),
-        webhook_url=record.webhook_url,
-        webhook_delivery_status=record.webhook_delivery_status,  # type: ignore[arg-type]
+        trace_id=record.trace_id,
     )
 
 
-def iso(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+def _result_event(record: Execution, seq: int | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "result",
+        "trace_id": record.trace_id,
+        "status": record.status,
+        "result": _result(record).model_dump(),
+        "output_truncated": record.error == "output_limit_exceeded",
+    }
+    if seq is not None:
+        event["seq"] = seq
+    return event
+
+
+def _expiry(record: Execution) -> float:
+    return record.created_at + record.timeout + RETENTION_S

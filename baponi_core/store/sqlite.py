@@ -29,8 +29,9 @@ PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
 )
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+# One script per schema version; a database at version N runs the scripts after N.
+MIGRATIONS = (
+    """
 CREATE TABLE orgs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -79,7 +80,26 @@ CREATE TABLE executions (
     webhook_delivery_status TEXT
 );
 CREATE INDEX executions_by_org ON executions (org_id, created_at);
-"""
+""",
+    """
+ALTER TABLE orgs ADD COLUMN webhook_secret TEXT;
+ALTER TABLE executions ADD COLUMN timeout INTEGER NOT NULL DEFAULT 60;
+ALTER TABLE executions ADD COLUMN webhook_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE executions ADD COLUMN webhook_next_at REAL;
+CREATE INDEX executions_unfinished ON executions (trace_id) WHERE completed_at IS NULL;
+CREATE INDEX executions_webhooks_due ON executions (webhook_next_at)
+    WHERE webhook_delivery_status = 'pending';
+CREATE TABLE execution_events (
+    trace_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (trace_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX execution_events_expiry ON execution_events (expires_at);
+""",
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 ORG_COLUMNS = "o.id, o.name, o.max_concurrency, o.created_at"
 PROFILE_FIELDS = [f.name for f in dataclasses.fields(Profile)]
@@ -108,12 +128,12 @@ class SqliteStore:
             await self.db.execute(pragma)
         async with self._write() as db:
             version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
-            if version == 0:
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema {version} is newer than this server")
+            for script in MIGRATIONS[version:]:
+                for statement in filter(str.strip, script.split(";")):
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -244,7 +264,7 @@ class SqliteStore:
     async def insert_execution(self, execution: Execution) -> None:
         await self._insert("executions", _execution_row(execution))
 
-    async def finish_execution(self, execution: Execution) -> None:
+    async def update_execution(self, execution: Execution) -> None:
         row = _execution_row(execution)
         trace_id = row.pop("trace_id")
         sets = ", ".join(f"{n} = ?" for n in row)
@@ -260,9 +280,68 @@ class SqliteStore:
         )
         if row is None:
             return None
-        values = dict(zip(EXECUTION_FIELDS, row, strict=True))
-        values["metadata"] = json.loads(values["metadata"])
-        return Execution(**values)
+        return _execution(row)
+
+    async def fail_unfinished(self, error: str, when: float) -> list[str]:
+        rows = await self._all(
+            "UPDATE executions SET status = 'failed', error = ?, exit_code = -1, "
+            "stdout = COALESCE(stdout, ''), stderr = COALESCE(stderr, ''), completed_at = ?, "
+            "duration_ms = CAST((? - created_at) * 1000 AS INTEGER) "
+            "WHERE completed_at IS NULL RETURNING trace_id",
+            (error, when, when),
+        )
+        return [row[0] for row in rows]
+
+    async def due_webhooks(self, now: float, limit: int) -> list[Execution]:
+        rows = await self._all(
+            f"SELECT {', '.join(EXECUTION_FIELDS)} FROM executions "
+            "WHERE webhook_delivery_status = 'pending' AND webhook_next_at <= ? "
+            "ORDER BY webhook_next_at LIMIT ?",
+            (now, limit),
+        )
+        return [_execution(row) for row in rows]
+
+    async def next_webhook_at(self) -> float | None:
+        row = await self._one(
+            "SELECT MIN(webhook_next_at) FROM executions WHERE webhook_delivery_status = 'pending'",
+            [],
+        )
+        return row[0] if row else None
+
+    async def webhook_secret(self, org_id: str) -> str | None:
+        row = await self._one("SELECT webhook_secret FROM orgs WHERE id = ?", [org_id])
+        return row[0] if row else None
+
+    async def set_webhook_secret(self, org_id: str, secret: str) -> None:
+        await self._change("UPDATE orgs SET webhook_secret = ? WHERE id = ?", (secret, org_id))
+
+    # execution events (the NDJSON stream, kept for reconnects)
+
+    async def add_events(
+        self, trace_id: str, events: list[tuple[int, str]], expires_at: float
+    ) -> None:
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO execution_events (trace_id, seq, event, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            [(trace_id, seq, event, expires_at) for seq, event in events],
+        )
+
+    async def get_events(self, trace_id: str, after_seq: int, now: float) -> list[str]:
+        rows = await self._all(
+            "SELECT event FROM execution_events WHERE trace_id = ? AND seq > ? AND expires_at > ? "
+            "ORDER BY seq",
+            (trace_id, after_seq, now),
+        )
+        return [row[0] for row in rows]
+
+    async def purge_events(self, now: float) -> int:
+        return await self._change("DELETE FROM execution_events WHERE expires_at <= ?", [now])
+
+
+def _execution(row: Any) -> Execution:
+    values = dict(zip(EXECUTION_FIELDS, row, strict=True))
+    values["metadata"] = json.loads(values["metadata"])
+    return Execution(**values)
 
 
 def _execution_row(execution: Execution) -> dict[str, Any]:

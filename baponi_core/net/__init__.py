@@ -1,0 +1,1 @@
+"""Outbound connections made by the server on a user's behalf."""

@@ -1,0 +1,72 @@
+"""Which addresses a user-chosen URL may reach. Checked on the resolved address, at connect
+time, so a name that resolves differently later (DNS rebinding) is caught too."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+
+import anyio
+import httpcore2
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class RefusedTarget(httpcore2.ConnectError):
+    """The target resolves only to addresses the policy forbids; retrying will not help."""
+
+
+def is_public(address: Address) -> bool:
+    """Globally routable unicast: not private, loopback, link-local, shared, reserved..."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class GuardedBackend(httpcore2.AnyIOBackend):
+    """httpcore's anyio backend, connecting only to addresses the policy allows. TLS still
+    verifies the URL's host name: httpcore passes it as the server name, not our address."""
+
+    def __init__(self, allow_private: bool = False) -> None:
+        self.allow_private = allow_private
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout):
+                found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            raise httpcore2.ConnectError(f"cannot resolve {host}: {exc}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        allowed = [a for a in addresses if self.allow_private or _public(a)]
+        if not allowed:
+            raise RefusedTarget(f"{host} resolves only to private or reserved addresses")
+        error: Exception | None = None
+        for address in allowed:
+            try:
+                return await super().connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+
+def _public(text: str) -> bool:
+    address = literal(text)
+    return address is not None and is_public(address)

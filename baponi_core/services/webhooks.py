@@ -1,0 +1,165 @@
+"""Webhook delivery: POST each finished execution's record to its ``webhook_url``, signed.
+
+The store is the queue: a record whose delivery is ``pending`` carries the time of its next
+try, so deliveries survive a restart and resume where they stopped. A try is booked (attempt
+counted, next try scheduled) before it is made, so a crash mid-try cannot lose the retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import ssl
+import time
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import httpcore2
+
+from baponi_core.config import RETRY_DELAYS_S
+from baponi_core.errors import ValidationError
+from baponi_core.models import ExecutionView
+from baponi_core.net.addresses import GuardedBackend, RefusedTarget, is_public, literal
+from baponi_core.store import Execution, Store
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Baponi-Signature"
+BATCH = 32
+PARALLEL = 8
+IDLE_S = 60.0
+TIMEOUTS = {"connect": 10.0, "read": 15.0, "write": 15.0, "pool": 15.0}
+USER_AGENT = b"baponi-selfhosted-webhooks/1"
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+async def secret_for(store: Store, org_id: str, rotate: bool = False) -> str:
+    """The organisation's signing secret, made on first use."""
+    secret = None if rotate else await store.webhook_secret(org_id)
+    if secret is None:
+        secret = new_secret()
+        await store.set_webhook_secret(org_id, secret)
+    return secret
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    """``t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">``."""
+    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+class Webhooks:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        allow_private: bool = False,
+        ca_file: Path | None = None,
+        retry_delays: Sequence[float] = RETRY_DELAYS_S,
+    ) -> None:
+        self.store = store
+        self.allow_private = allow_private
+        self.retry_delays = tuple(retry_delays)
+        context = ssl.create_default_context()
+        if ca_file is not None:
+            context.load_verify_locations(cafile=ca_file)
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=PARALLEL,
+            network_backend=GuardedBackend(allow_private),
+        )
+        self._wake = anyio.Event()
+
+    def check(self, url: str) -> None:
+        """Refuse at once what delivery would refuse anyway: a literal private address."""
+        host = urllib.parse.urlsplit(url).hostname or ""
+        address = literal(host)
+        local = host == "localhost" or host.endswith(".localhost")
+        if not self.allow_private and (local or (address is not None and not is_public(address))):
+            raise ValidationError(
+                "webhook_url must not point to a private, loopback or link-local address"
+            )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver what is due, forever; sleep until the next try or a wake-up."""
+        while True:
+            self._wake = anyio.Event()
+            try:
+                due = await self.store.due_webhooks(time.time(), BATCH)
+                if due:
+                    async with anyio.create_task_group() as tg:
+                        for record in due:
+                            tg.start_soon(self._attempt, record)
+                    continue
+                next_at = await self.store.next_webhook_at()
+            except Exception:
+                log.exception("webhook delivery loop failed; retrying")
+                next_at = time.time() + self.retry_delays[0]
+            wait = IDLE_S if next_at is None else min(max(next_at - time.time(), 0), IDLE_S)
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+
+    async def close(self) -> None:
+        await self._pool.aclose()
+
+    async def _attempt(self, record: Execution) -> None:
+        record.webhook_attempts += 1
+        last = record.webhook_attempts > len(self.retry_delays)
+        if not last:
+            record.webhook_next_at = time.time() + self.retry_delays[record.webhook_attempts - 1]
+        else:
+            record.webhook_next_at = None
+            record.webhook_delivery_status = "failed"
+        await self.store.update_execution(record)  # booked before it is made
+        delivered, permanent = await self._post(record)
+        if delivered:
+            record.webhook_delivery_status, record.webhook_next_at = "delivered", None
+        elif permanent and not last:
+            record.webhook_delivery_status, record.webhook_next_at = "failed", None
+        else:
+            return
+        await self.store.update_execution(record)
+
+    async def _post(self, record: Execution) -> tuple[bool, bool]:
+        """Make one try; answer (delivered, failed for good)."""
+        assert record.webhook_url is not None
+        view = ExecutionView.of(record).model_copy(update={"webhook_delivery_status": "pending"})
+        body = view.model_dump_json().encode()
+        secret = await secret_for(self.store, record.org_id)
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"User-Agent", USER_AGENT),
+            (SIGNATURE_HEADER.encode(), signature(secret, body, int(time.time())).encode()),
+            (b"Baponi-Delivery-Attempt", str(record.webhook_attempts).encode()),
+        ]
+        try:
+            async with self._pool.stream(
+                "POST",
+                record.webhook_url,
+                headers=headers,
+                content=body,
+                extensions={"timeout": TIMEOUTS},
+            ) as response:
+                status = response.status
+        except RefusedTarget as exc:
+            log.warning("webhook for %s refused: %s", record.trace_id, exc)
+            return False, True
+        except Exception as exc:  # any other failure is worth another try
+            log.info("webhook for %s, try %d: %s", record.trace_id, record.webhook_attempts, exc)
+            return False, False
+        if 200 <= status < 300:
+            return True, False
+        log.info(
+            "webhook for %s, try %d: HTTP %d", record.trace_id, record.webhook_attempts, status
+        )
+        return False, False
