@@ -60,23 +60,29 @@ class Server:
     def new_key(self, *args: str) -> str:
         return cli(self.home, "keys", "create", *args)
 
+    @property
+    def log(self) -> str:
+        return Path(f"{self.home}.log").read_text(errors="replace")
 
-def start_server(home: Path) -> Server:
+
+def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """``baponi serve`` on a free loopback port with extra ``args``; its log goes to
+    ``<home>.log`` (a pipe nobody reads would stall a chatty server)."""
     port = free_port()
-    env = {**os.environ, "BAPONI_TEST_SECRET": "server-secret-do-not-leak"}
+    environ = {**os.environ, "BAPONI_TEST_SECRET": "server-secret-do-not-leak", **(env or {})}
+    log = open(f"{home}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
-        [*BAPONI, "serve", "--home", str(home), "--port", str(port)],
-        stdout=subprocess.PIPE,
+        [*BAPONI, "serve", "--home", str(home), "--port", str(port), *args],
+        stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
+        env=environ,
     )
+    log.close()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited: {process.stdout.read().decode() if process.stdout else ''}"
-            )
+            raise RuntimeError(f"server exited: {Path(f'{home}.log').read_text()}")
         try:
             if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                 break
