@@ -76,6 +76,8 @@ class Webhooks:
             network_backend=GuardedBackend(allow_private),
         )
         self._wake = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(PARALLEL)
+        self._inflight: set[str] = set()
 
     def check(self, url: str) -> None:
         """Refuse at once what delivery would refuse anyway: a literal private address."""
@@ -91,28 +93,44 @@ class Webhooks:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver what is due, forever; sleep until the next try or a wake-up."""
-        while True:
-            self._wake = anyio.Event()
-            try:
-                due = await self.store.due_webhooks(time.time(), BATCH)
-                if due:
-                    async with anyio.create_task_group() as tg:
-                        for record in due:
-                            tg.start_soon(self._attempt, record)
+        """Deliver what is due, forever. Tries run side by side (at most ``PARALLEL``), so a
+        slow receiver never holds up the others; each end of a try wakes the loop."""
+        async with anyio.create_task_group() as tries:
+            while True:
+                self._wake = anyio.Event()
+                started = False
+                try:
+                    for record in await self.store.due_webhooks(time.time(), BATCH):
+                        if record.trace_id not in self._inflight:
+                            self._inflight.add(record.trace_id)
+                            tries.start_soon(self._attempt, record)
+                            started = True
+                    next_at = await self.store.next_webhook_at()
+                except Exception:
+                    log.exception("webhook delivery loop failed; retrying")
+                    next_at = time.time() + self.retry_delays[0]
+                if started:
                     continue
-                next_at = await self.store.next_webhook_at()
-            except Exception:
-                log.exception("webhook delivery loop failed; retrying")
-                next_at = time.time() + self.retry_delays[0]
-            wait = IDLE_S if next_at is None else min(max(next_at - time.time(), 0), IDLE_S)
-            with anyio.move_on_after(wait):
-                await self._wake.wait()
+                now = time.time()
+                # Due but already in flight: wait for a try to end, not for the clock.
+                wait = IDLE_S if next_at is None or next_at <= now else next_at - now
+                with anyio.move_on_after(min(wait, IDLE_S)):
+                    await self._wake.wait()
 
     async def close(self) -> None:
         await self._pool.aclose()
 
     async def _attempt(self, record: Execution) -> None:
+        try:
+            async with self._limiter:
+                await self._try(record)
+        except Exception:
+            log.exception("webhook for %s: delivery failed", record.trace_id)
+        finally:
+            self._inflight.discard(record.trace_id)
+            self.wake()
+
+    async def _try(self, record: Execution) -> None:
         record.webhook_attempts += 1
         last = record.webhook_attempts > len(self.retry_delays)
         if not last:

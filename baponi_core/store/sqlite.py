@@ -101,6 +101,7 @@ CREATE INDEX execution_events_expiry ON execution_events (expires_at);
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+EVENTS_PER_INSERT = 500  # 4 parameters each, well under SQLite's 32766
 ORG_COLUMNS = "o.id, o.name, o.max_concurrency, o.created_at"
 PROFILE_FIELDS = [f.name for f in dataclasses.fields(Profile)]
 KEY_FIELDS = [f.name for f in dataclasses.fields(ApiKey)]
@@ -320,11 +321,15 @@ class SqliteStore:
     async def add_events(
         self, trace_id: str, events: list[tuple[int, str]], expires_at: float
     ) -> None:
-        await self.db.executemany(
-            "INSERT OR IGNORE INTO execution_events (trace_id, seq, event, expires_at) "
-            "VALUES (?, ?, ?, ?)",
-            [(trace_id, seq, event, expires_at) for seq, event in events],
-        )
+        # Multi-row INSERTs: one statement (one round trip, one transaction) per chunk.
+        for start in range(0, len(events), EVENTS_PER_INSERT):
+            chunk = events[start : start + EVENTS_PER_INSERT]
+            rows = ", ".join("(?, ?, ?, ?)" for _ in chunk)
+            await self._change(
+                "INSERT OR IGNORE INTO execution_events (trace_id, seq, event, expires_at) "
+                f"VALUES {rows}",
+                [v for seq, event in chunk for v in (trace_id, seq, event, expires_at)],
+            )
 
     async def get_events(self, trace_id: str, after_seq: int, now: float) -> list[str]:
         rows = await self._all(
