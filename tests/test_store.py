@@ -189,3 +189,77 @@ async def test_store_and_cli_process_write_at_once(tmp_path: Path) -> None:
         assert seen is not None and seen.status == "success"
     finally:
         await server.close()
+
+
+async def test_database_of_schema_1_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # a database as the first release left it
+        old.executescript(MIGRATIONS[0])
+        old.execute("INSERT INTO orgs VALUES ('org_1', 'acme', 3, 1.0)")
+        old.execute(
+            "INSERT INTO executions (trace_id, org_id, language, delivery_mode, status, "
+            "metadata, created_at) VALUES ('trc_old', 'org_1', 'bash', 'inline', 'success', "
+            "'{}', 2.0)"
+        )
+        old.execute("PRAGMA user_version=1")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        record = await store.get_execution("org_1", "trc_old")
+        assert record is not None and record.status == "success"
+        assert record.timeout == 60 and record.webhook_attempts == 0
+        assert await store.webhook_secret("org_1") is None
+        await store.add_events("trc_old", [(1, '{"type":"keepalive","seq":1}')], time.time() + 9)
+        assert await store.get_events("trc_old", 0, time.time()) == ['{"type":"keepalive","seq":1}']
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_unfinished_executions_fail_and_their_webhooks_become_due(
+    store: SqliteStore,
+) -> None:
+    org = await store.create_org("acme", 4)
+    hooked = dataclasses.replace(
+        execution(org.id, "trc_hooked"),
+        delivery_mode="webhook",
+        webhook_url="https://example.com/h",
+        webhook_delivery_status="pending",
+    )
+    done = dataclasses.replace(
+        execution(org.id, "trc_done"), status="success", completed_at=time.time(), exit_code=0
+    )
+    for record in (execution(org.id, "trc_running"), hooked, done):
+        await store.insert_execution(record)
+
+    now = time.time()
+    assert sorted(await store.fail_unfinished("server_stopped", now)) == [
+        "trc_hooked",
+        "trc_running",
+    ]
+    stranded = await store.get_execution(org.id, "trc_running")
+    assert stranded is not None
+    assert (stranded.status, stranded.error, stranded.exit_code) == ("failed", "server_stopped", -1)
+    assert stranded.completed_at == now and stranded.stdout == ""
+    untouched = await store.get_execution(org.id, "trc_done")
+    assert untouched is not None and untouched.status == "success"
+    assert [r.trace_id for r in await store.due_webhooks(now + 1, 10)] == ["trc_hooked"]
+    assert await store.next_webhook_at() == now
+
+
+async def test_events_are_kept_until_they_expire(store: SqliteStore) -> None:
+    now = time.time()
+    events = [(seq, f'{{"seq":{seq}}}') for seq in range(1, 1203)]  # more than one insert
+    await store.add_events("trc_a", events, now + 10)
+    await store.add_events("trc_b", events[:2], now - 1)
+    stored = await store.get_events("trc_a", 1200, now)
+    assert stored == ['{"seq":1201}', '{"seq":1202}']
+    assert len(await store.get_events("trc_a", 0, now)) == 1202
+    assert await store.get_events("trc_b", 0, now) == []  # expired: no longer served
+    assert await store.purge_events(now) == 2
+    assert await store.purge_events(now + 11) == 1202

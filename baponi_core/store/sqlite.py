@@ -287,9 +287,10 @@ class SqliteStore:
         rows = await self._all(
             "UPDATE executions SET status = 'failed', error = ?, exit_code = -1, "
             "stdout = COALESCE(stdout, ''), stderr = COALESCE(stderr, ''), completed_at = ?, "
-            "duration_ms = CAST((? - created_at) * 1000 AS INTEGER) "
+            "duration_ms = CAST((? - created_at) * 1000 AS INTEGER), "
+            "webhook_next_at = CASE WHEN webhook_delivery_status = 'pending' THEN ? END "
             "WHERE completed_at IS NULL RETURNING trace_id",
-            (error, when, when),
+            (error, when, when, when),
         )
         return [row[0] for row in rows]
 
