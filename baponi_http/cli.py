@@ -66,6 +66,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"    {first_key}\n")
         print("Keep it: it is shown only once. More with: baponi keys create\n", flush=True)
     print(f"Baponi listening on http://{args.host}:{args.port} (home: {settings.home})", flush=True)
+    logging.getLogger().setLevel(args.log_level.upper())  # ours follow --log-level too
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -180,14 +181,27 @@ def _describe_profile(p: Any) -> str:
     )
 
 
-def _delays(text: str) -> tuple[float, ...]:
+def _flag_from_env(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"baponi: {name} must be 1/true/yes/on or 0/false/no/off, not {value!r}")
+
+
+def _seconds(text: str) -> float:
     try:
-        delays = tuple(float(part) for part in text.split(","))
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected seconds separated by commas") from None
-    if not delays or any(not 0 <= d <= 86400 for d in delays):
-        raise argparse.ArgumentTypeError("each delay must be between 0 and 86400 seconds")
-    return delays
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError("must be between 0 and 86400 seconds")
+    return value
+
+
+def _delays(text: str) -> tuple[float, ...]:
+    return tuple(_seconds(part) for part in text.split(","))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -214,8 +228,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
         "--shutdown-grace",
-        type=float,
-        default=float(os.environ.get("BAPONI_SHUTDOWN_GRACE", 30)),
+        type=_seconds,
+        default=os.environ.get("BAPONI_SHUTDOWN_GRACE", "30"),
         metavar="SECONDS",
         help="on SIGTERM, how long running executions may finish before they are killed "
         "(default: 30, or $BAPONI_SHUTDOWN_GRACE)",
@@ -223,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-private-webhooks",
         action="store_true",
-        default=os.environ.get("BAPONI_ALLOW_PRIVATE_WEBHOOKS", "") not in ("", "0", "false"),
+        default=_flag_from_env("BAPONI_ALLOW_PRIVATE_WEBHOOKS"),
         help="let webhooks reach private, loopback and link-local addresses "
         "(default: refused; or $BAPONI_ALLOW_PRIVATE_WEBHOOKS=1)",
     )

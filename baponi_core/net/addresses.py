@@ -17,11 +17,31 @@ class RefusedTarget(httpcore2.ConnectError):
     """The target resolves only to addresses the policy forbids; retrying will not help."""
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address a gateway may forward to.
+NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
 def is_public(address: Address) -> bool:
-    """Globally routable unicast: not private, loopback, link-local, shared, reserved..."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Globally routable unicast, and so is any IPv4 address carried inside an IPv6 one
+    (mapped, compatible, 6to4, Teredo, NAT64): not private, loopback, link-local, shared..."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None and not is_public(inner):
+            return False
     return address.is_global and not address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client: the server part is public by construction
+    if address in IPV4_COMPATIBLE or any(address in net for net in NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def literal(host: str) -> Address | None:

@@ -115,8 +115,23 @@ class Executions:
         stranded = await self.store.fail_unfinished(SERVER_STOPPED, time.time())
         if stranded:
             log.warning("%d execution(s) were cut short by a server stop", len(stranded))
+        for org_id, trace_id in stranded:
+            await self._recover_output(org_id, trace_id)
         self._tasks = tasks
         tasks.start_soon(self._purge)
+
+    async def _recover_output(self, org_id: str, trace_id: str) -> None:
+        """Put the output a stranded execution streamed before the stop into its record."""
+        record = await self.store.get_execution(org_id, trace_id)
+        lines = await self.store.get_events(trace_id, 0, time.time())
+        if record is None or not lines:
+            return
+        output = {"stdout": "", "stderr": ""}
+        for event in map(json.loads, lines):
+            if event["type"] == "output":
+                output[event["stream"]] += event["data"]
+        record.stdout, record.stderr = output["stdout"], output["stderr"]
+        await self.store.update_execution(record)
 
     # admission
 
@@ -286,7 +301,7 @@ class Executions:
         for line in stored[after_seq:]:
             yield line + "\n"
         # A server stop can leave stored output without its result event: end it properly.
-        if stored and json.loads(stored[-1])["type"] != "result":
+        if stored and json.loads(stored[-1])["type"] != "result" and len(stored) >= after_seq:
             yield encode(_result_event(record, len(stored) + 1)) + "\n"
 
     async def _record(self, principal: Principal, trace_id: str) -> Execution:

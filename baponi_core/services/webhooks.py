@@ -41,11 +41,13 @@ def new_secret() -> str:
 
 
 async def secret_for(store: Store, org_id: str, rotate: bool = False) -> str:
-    """The organisation's signing secret, made on first use."""
+    """The organisation's signing secret, made on first use. Two first uses at once agree:
+    the write only fills an empty secret, and both read back the one that won."""
     secret = None if rotate else await store.webhook_secret(org_id)
     if secret is None:
-        secret = new_secret()
-        await store.set_webhook_secret(org_id, secret)
+        await store.set_webhook_secret(org_id, new_secret(), replace=rotate)
+        secret = await store.webhook_secret(org_id)
+        assert secret is not None
     return secret
 
 
@@ -173,11 +175,11 @@ class Webhooks:
             log.warning("webhook for %s refused: %s", record.trace_id, exc)
             return False, True
         except Exception as exc:  # any other failure is worth another try
-            log.info("webhook for %s, try %d: %s", record.trace_id, record.webhook_attempts, exc)
+            log.warning("webhook for %s, try %d: %s", record.trace_id, record.webhook_attempts, exc)
             return False, False
         if 200 <= status < 300:
             return True, False
-        log.info(
+        log.warning(
             "webhook for %s, try %d: HTTP %d", record.trace_id, record.webhook_attempts, status
         )
         return False, False

@@ -283,16 +283,16 @@ class SqliteStore:
             return None
         return _execution(row)
 
-    async def fail_unfinished(self, error: str, when: float) -> list[str]:
+    async def fail_unfinished(self, error: str, when: float) -> list[tuple[str, str]]:
         rows = await self._all(
             "UPDATE executions SET status = 'failed', error = ?, exit_code = -1, "
             "stdout = COALESCE(stdout, ''), stderr = COALESCE(stderr, ''), completed_at = ?, "
             "duration_ms = CAST((? - created_at) * 1000 AS INTEGER), "
             "webhook_next_at = CASE WHEN webhook_delivery_status = 'pending' THEN ? END "
-            "WHERE completed_at IS NULL RETURNING trace_id",
+            "WHERE completed_at IS NULL RETURNING org_id, trace_id",
             (error, when, when, when),
         )
-        return [row[0] for row in rows]
+        return [(row[0], row[1]) for row in rows]
 
     async def due_webhooks(self, now: float, limit: int) -> list[Execution]:
         rows = await self._all(
@@ -314,8 +314,11 @@ class SqliteStore:
         row = await self._one("SELECT webhook_secret FROM orgs WHERE id = ?", [org_id])
         return row[0] if row else None
 
-    async def set_webhook_secret(self, org_id: str, secret: str) -> None:
-        await self._change("UPDATE orgs SET webhook_secret = ? WHERE id = ?", (secret, org_id))
+    async def set_webhook_secret(self, org_id: str, secret: str, replace: bool) -> None:
+        condition = "" if replace else " AND webhook_secret IS NULL"
+        await self._change(
+            f"UPDATE orgs SET webhook_secret = ? WHERE id = ?{condition}", (secret, org_id)
+        )
 
     # execution events (the NDJSON stream, kept for reconnects)
 
