@@ -104,9 +104,9 @@ def wait_terminal(sdk: Any, trace_id: str, timeout: float = 30) -> Any:
     return wait_until(probe, timeout, interval=0.1)
 
 
-def marker_pids(marker: str) -> list[int]:
-    """Host pids whose command line mentions ``marker`` (sandboxed processes are visible
-    on the host, so this proves whether they are still alive)."""
+def marker_processes(marker: str) -> list[bytes]:
+    """Command lines (argv joined by NUL) of host processes that mention ``marker``
+    (sandboxed processes are visible on the host, so this proves whether they live)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -116,7 +116,7 @@ def marker_pids(marker: str) -> list[int]:
         except OSError:  # the process ended while we looked
             continue
         if marker.encode() in cmdline:
-            found.append(int(entry.name))
+            found.append(cmdline)
     return found
 
 
@@ -175,11 +175,17 @@ def spawner_code(marker: str) -> str:
 
 
 def start_spawner(sdk: Any, marker: str) -> tuple[ExecutionStream, str]:
-    """A streaming execution with 4 marker processes alive (2 sleeps, python and its child)."""
+    """A streaming execution with its marker processes alive: 2 sleeps, python and its
+    forked child (besides the bash that started them)."""
     stream = sdk.execute_stream(spawner_code(marker), language="bash", timeout=60)
     first = events_of(stream, 2)
     assert isinstance(first[1], OutputEvent) and first[1].data == "ready\n"
-    wait_until(lambda: len(marker_pids(marker)) >= 4, timeout=10)
+
+    def all_started() -> bool:
+        programs = [cmdline.split(b"\0")[0] for cmdline in marker_processes(marker)]
+        return programs.count(b"sleep") == 2 and programs.count(b"python3") == 2
+
+    wait_until(all_started, timeout=10)
     return stream, first[0].trace_id
 
 
@@ -367,10 +373,10 @@ def test_cancel_kills_the_whole_tree(sdk: Any, other_api: httpx.Client, cancel_m
         asked = time.monotonic()
         answer = sdk.cancel_execution(trace_id)
         assert (answer.trace_id, answer.status) == (trace_id, "cancelling")
-        leftover = marker_pids(cancel_marker)
+        leftover = marker_processes(cancel_marker)
         while leftover and time.monotonic() - asked < 1:
             time.sleep(0.02)
-            leftover = marker_pids(cancel_marker)
+            leftover = marker_processes(cancel_marker)
         assert leftover == [], "sandboxed processes survived the cancel"
         assert_stream_cancelled(stream)
     assert_cancelled(sdk, trace_id)
