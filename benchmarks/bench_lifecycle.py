@@ -266,6 +266,14 @@ class Level:
     cpu_s: list[float] = field(default_factory=list)  # server, sandboxes, client, machine
 
 
+def stdout_of(response: httpx.Response) -> str | None:
+    try:
+        stdout = response.json().get("stdout")
+    except ValueError:  # not JSON: counted as wrong output, not a crash of the level
+        return None
+    return stdout if isinstance(stdout, str) else None
+
+
 async def one_request(client: httpx.AsyncClient, level: Level) -> None:
     start = time.perf_counter()
     try:
@@ -277,7 +285,7 @@ async def one_request(client: httpx.AsyncClient, level: Level) -> None:
         return
     elapsed = time.perf_counter() - start
     status = response.status_code
-    wrong = status == 200 and response.json().get("stdout") != "1\n"
+    wrong = status == 200 and stdout_of(response) != "1\n"
     level.outcomes["200 wrong output" if wrong else str(status)] += 1
     if status == 200 and not wrong:
         level.latencies_ms.append(elapsed * 1000)
@@ -465,7 +473,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def keep_log(log: Path, wanted: Path | None, failed: bool) -> None:
     if wanted is None and failed:
-        wanted = Path(tempfile.mkstemp(prefix="bench_lifecycle-server-", suffix=".log")[1])
+        fd, name = tempfile.mkstemp(prefix="bench_lifecycle-server-", suffix=".log")
+        os.close(fd)
+        wanted = Path(name)
     if wanted is not None and log.exists():
         shutil.copyfile(log, wanted)
         print(f"server log: {wanted}", file=sys.stderr)
