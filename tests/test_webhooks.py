@@ -58,9 +58,7 @@ def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
     return make_ca(tmp_path_factory.mktemp("webhook-ca"))
 
 
-def own_server(
-    tmp_path_factory: pytest.TempPathFactory, name: str, *args: str
-) -> Iterator[Server]:
+def own_server(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp(name), *args)
     yield running
     stop_server(running)
@@ -395,14 +393,30 @@ def test_each_organisation_signs_with_its_own_secret(
     ("url", "message"),
     [
         ("http://example.com/hook", "webhook_url must use HTTPS"),
-        ("https://example.com/" + "a" * 2048, "webhook_url exceeds maximum length"),
+        (
+            "https://example.com/" + "a" * 2048,
+            "webhook_url exceeds maximum length of 2048 characters",
+        ),
     ],
 )
 def test_bad_webhook_url_is_400(api: httpx.Client, url: str, message: str) -> None:
     response = api.post(EXECUTE, json={"code": "print(1)", "webhook_url": url}, headers=ASYNC)
     assert response.status_code == 400
-    assert response.json()["error"] == "validation_error"
-    assert message in response.json()["message"]
+    assert response.json() == {"error": "validation_error", "message": message}
+
+
+def test_webhook_url_of_exactly_2048_chars_is_delivered(
+    client: httpx.Client, receivers: MakeReceiver
+) -> None:
+    receiver = receivers()
+    url = receiver.url + "?pad="
+    url += "p" * (2048 - len(url))
+    assert len(url) == 2048
+    trace_id = submit(client, "print('long')", url)
+    [delivery] = receiver.wait_for(1, timeout=30)
+    assert delivery.path == url.removeprefix(f"https://127.0.0.1:{receiver.port}")
+    assert delivery.json()["webhook_url"] == url
+    wait_delivery_status(client, trace_id, "delivered")
 
 
 @pytest.mark.parametrize(
@@ -427,8 +441,10 @@ def test_webhook_url_needs_async_delivery(api: httpx.Client, accept: str | None)
     body = {"code": "print(1)", "webhook_url": "https://example.com/hook"}
     response = api.post(EXECUTE, json=body, headers=headers)
     assert response.status_code == 400
-    assert response.json()["error"] == "validation_error"
-    assert "respond-async" in response.json()["message"]
+    assert response.json() == {
+        "error": "validation_error",
+        "message": "webhook_url requires the header Prefer: respond-async",
+    }
 
 
 def test_name_resolving_to_loopback_is_refused_at_delivery(
@@ -459,7 +475,7 @@ def test_cancelled_webhook_execution_delivers_a_cancelled_record(
     handle = sdk.execute_webhook(
         "import time; print('started', flush=True); time.sleep(30)", webhook_url=receiver.url
     )
-    wait_for_output(client, handle.trace_id, "started")
+    wait_for_output(client, handle.trace_id, "started\n")
     assert handle.cancel().status == "cancelling"
 
     [delivery] = receiver.wait_for(1, timeout=15)
@@ -475,13 +491,18 @@ def test_cancelled_webhook_execution_delivers_a_cancelled_record(
 
 
 def wait_for_output(http: httpx.Client, trace_id: str, text: str) -> None:
-    """Follow the execution's stored events until ``text`` was printed: it is running."""
+    """Follow the execution's stored events until ``text`` was printed: it is running.
+    Output is gathered across events: the sandbox's Python is unbuffered, so a print may
+    arrive as two writes ("started", then "\\n")."""
     url = f"/v1/executions/{trace_id}/output"
+    printed = ""
     with http.stream("GET", url, timeout=15) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             event = json.loads(line)
-            if event["type"] == "output" and text in event["data"]:
-                return
+            if event["type"] == "output" and event["stream"] == "stdout":
+                printed += event["data"]
+                if text in printed:
+                    return
             assert event["type"] != "result", f"ended before printing {text!r}: {event}"
     raise AssertionError(f"{trace_id} never printed {text!r}")

@@ -101,8 +101,9 @@ class Webhooks:
             while True:
                 self._wake = anyio.Event()
                 started = False
+                now = time.time()  # one reading for the query and for the decision below
                 try:
-                    for record in await self.store.due_webhooks(time.time(), BATCH):
+                    for record in await self.store.due_webhooks(now, BATCH):
                         if record.trace_id not in self._inflight:
                             self._inflight.add(record.trace_id)
                             tries.start_soon(self._attempt, record)
@@ -110,12 +111,15 @@ class Webhooks:
                     next_at = await self.store.next_webhook_at()
                 except Exception:
                     log.exception("webhook delivery loop failed; retrying")
-                    next_at = time.time() + self.retry_delays[0]
+                    next_at = now + self.retry_delays[0]
                 if started:
                     continue
-                now = time.time()
-                # Due but already in flight: wait for a try to end, not for the clock.
-                wait = IDLE_S if next_at is None or next_at <= now else next_at - now
+                # Due at ``now`` means the query returned it: it is in flight, and the end of
+                # its try wakes us. Otherwise sleep until the next try is due.
+                if next_at is None or next_at <= now:
+                    wait = IDLE_S
+                else:
+                    wait = max(next_at - time.time(), 0)
                 with anyio.move_on_after(min(wait, IDLE_S)):
                     await self._wake.wait()
 
