@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,6 +112,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("home"))
     yield running
     stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def sdk(server: Server) -> Iterator[Any]:
+    """The official SDK with the session server's key."""
+    client = server.sdk()
+    yield client
+    client.close()
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -38,13 +37,6 @@ print("built")
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(scope="module")
-def sdk(server: Server) -> Iterator[Any]:
-    client = server.sdk()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -142,13 +142,6 @@ def open_db(server: Server) -> sqlite3.Connection:
 
 
 @pytest.fixture(scope="module")
-def sdk(server: Server) -> Iterator[Any]:
-    client = server.sdk()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
 def other_key(server: Server) -> str:
     """A key of a second organisation, to prove executions are scoped to their owner."""
     if OTHER_ORG not in cli(server.home, "orgs", "list").split():
