@@ -15,8 +15,10 @@ from baponi_core.services.admin import Admin
 from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import Executions
+from baponi_core.services.files import Files
 from baponi_core.services.threads import ThreadHomes
 from baponi_core.services.webhooks import Webhooks
+from baponi_core.storage.signing import UrlSigner
 from baponi_core.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Core:
         )
         self._runtime: SandboxRuntime | None = None
         self._executions: Executions | None = None
+        self._files: Files | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -53,6 +56,12 @@ class Core:
             raise RuntimeError("core is not open")
         return self._executions
 
+    @property
+    def files(self) -> Files:
+        if self._files is None:
+            raise RuntimeError("core is not open")
+        return self._files
+
     async def __aenter__(self) -> Core:
         self.settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         async with contextlib.AsyncExitStack() as stack:
@@ -64,6 +73,7 @@ class Core:
             stack.callback(self._runtime.close)
             stack.push_async_callback(self.webhooks.close)
             threads = ThreadHomes(self.settings.threads, owner=self._runtime.uid)
+            self._files = Files(threads, UrlSigner.load(self.settings.signing_keys))
             self._executions = Executions(
                 self.store, self._runtime, threads, ConcurrencyLimiter(), self.webhooks
             )

@@ -25,6 +25,7 @@ class Settings:
     webhook_ca_file: Path | None = None  # extra CAs trusted for webhook targets
     webhook_retry_delays: tuple[float, ...] = RETRY_DELAYS_S
     shutdown_grace_s: float = 30.0  # how long running executions may finish at shutdown
+    public_url: str | None = None  # base of signed URLs; default: the URL the client used
 
     @property
     def database(self) -> Path:
@@ -33,6 +34,10 @@ class Settings:
     @property
     def threads(self) -> Path:
         return self.home / "threads"
+
+    @property
+    def signing_keys(self) -> Path:
+        return self.home / "signing.keys"
 
     @property
     def runtime(self) -> Path:

@@ -112,3 +112,5 @@ SUB_PATH_DANGEROUS = re.compile(r"(\.\.|%2[eEfF]|%5[cC]|%00|%25|%[cC][01]|\x00|\
 TRACE_ID_PATTERN = re.compile(r"^trc_[a-zA-Z0-9_-]{1,20}$")
 
 MAX_WEBHOOK_URL_LENGTH = 2048
+MAX_FILE_BYTES = 10 * 1024**3  # 10 GiB
+SIGNED_URL_TTL_S = 15 * 60

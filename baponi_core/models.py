@@ -288,3 +288,71 @@ def _first_message(exc: pydantic.ValidationError) -> str:
     if err["type"] == "missing":
         return f"{field} is required"
     return f"{field}: {err['msg']}"
+
+
+class FileRequest(BaseModel):
+    """Body of the ``/v1/files`` endpoints. Which fields count depends on the endpoint."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    source: StrictStr = "thread"
+    id: StrictStr
+    path: StrictStr | None = None
+    content_length: StrictInt | None = None
+    content_type: StrictStr | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, source: str) -> str:
+        if source not in ("thread", "volume"):
+            raise ValueError("source must be 'thread' or 'volume'")
+        return source
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not value or len(value) > limits.MAX_THREAD_ID_LENGTH:
+            raise ValueError(f"id must be 1-{limits.MAX_THREAD_ID_LENGTH} characters")
+        if not limits.THREAD_ID_PATTERN.fullmatch(value) or not value.isascii():
+            raise ValueError(
+                "id must start with alphanumeric and contain only alphanumeric, hyphens, "
+                "or underscores"
+            )
+        return value
+
+    @field_validator("content_length")
+    @classmethod
+    def _content_length(cls, size: int | None) -> int | None:
+        if size is None:
+            return None
+        if size < 0:
+            raise ValueError("content_length must not be negative")
+        if size > limits.MAX_FILE_BYTES:
+            raise ValueError(
+                f"content_length exceeds maximum of {limits.MAX_FILE_BYTES} bytes (10 GiB)"
+            )
+        return size
+
+    @field_validator("content_type")
+    @classmethod
+    def _content_type(cls, value: str | None) -> str | None:
+        if value is not None and (
+            len(value) > 255 or not value.isascii() or not value.isprintable()
+        ):
+            raise ValueError("content_type must be printable ASCII, at most 255 characters")
+        return value
+
+
+class FileEntry(BaseModel):
+    name: str
+    path: str
+    size: int
+    modified: str
+    is_directory: bool
+
+
+class SignedUrl(BaseModel):
+    url: str
+    method: Literal["GET", "PUT"]
+    headers: list[dict[str, str]]  # [{"name", "value"}]: the SDK's shape
+    expires_at: str

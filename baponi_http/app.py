@@ -15,7 +15,7 @@ from starlette.routing import Route
 from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
-from baponi_core.models import ExecuteRequest, parse
+from baponi_core.models import ExecuteRequest, FileRequest, parse
 from baponi_core.services.journal import encode
 from baponi_core.store import Principal
 from baponi_http.errors import HANDLERS, error_response
@@ -104,6 +104,56 @@ async def cancel_execution(request: Request) -> Response:
     return JSONResponse(answer)
 
 
+def public_url(request: Request) -> str:
+    return core_of(request).settings.public_url or str(request.base_url)
+
+
+async def files_list(request: Request) -> Response:
+    principal = await principal_of(request)
+    body = parse(FileRequest, await json_body(request))
+    entries = await core_of(request).files.list_files(principal, body)
+    return JSONResponse({"files": [e.model_dump() for e in entries]})
+
+
+async def files_upload_url(request: Request) -> Response:
+    principal = await principal_of(request)
+    body = parse(FileRequest, await json_body(request))
+    signed = await core_of(request).files.upload_url(principal, body, public_url(request))
+    return JSONResponse(signed.model_dump())
+
+
+async def files_download_url(request: Request) -> Response:
+    principal = await principal_of(request)
+    body = parse(FileRequest, await json_body(request))
+    signed = await core_of(request).files.download_url(principal, body, public_url(request))
+    return JSONResponse(signed.model_dump())
+
+
+async def files_delete(request: Request) -> Response:
+    principal = await principal_of(request)
+    body = parse(FileRequest, await json_body(request))
+    await core_of(request).files.delete(principal, body)
+    return JSONResponse({"deleted": True})
+
+
+async def signed_download(request: Request) -> Response:
+    files = core_of(request).files
+    grant = files.verify(request.path_params["token"], "GET")
+    size, chunks = await files.download(grant)
+    headers = {"Content-Length": str(size), "Cache-Control": "private, no-store"}
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
+
+
+async def signed_upload(request: Request) -> Response:
+    files = core_of(request).files
+    grant = files.verify(request.path_params["token"], "PUT")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared != str(grant.size):
+        raise ValidationError(f"Content-Length must be the signed size, {grant.size} bytes")
+    await files.upload(grant, request.stream())
+    return Response(status_code=200)
+
+
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -128,6 +178,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/executions/{trace_id}", get_execution, methods=["GET"]),
         Route("/v1/executions/{trace_id}/output", execution_output, methods=["GET"]),
         Route("/v1/executions/{trace_id}/cancel", cancel_execution, methods=["POST"]),
+        Route("/v1/files/list", files_list, methods=["POST"]),
+        Route("/v1/files/upload_url", files_upload_url, methods=["POST"]),
+        Route("/v1/files/download_url", files_download_url, methods=["POST"]),
+        Route("/v1/files", files_delete, methods=["DELETE"]),
+        Route("/v1/files/signed/{token}", signed_download, methods=["GET"]),
+        Route("/v1/files/signed/{token}", signed_upload, methods=["PUT"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

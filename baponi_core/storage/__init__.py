@@ -1,0 +1,1 @@
+"""Where thread homes and volumes keep their files, and the safe ways to reach them."""

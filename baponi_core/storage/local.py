@@ -1,0 +1,201 @@
+"""Files under a directory on local disk, reached without ever following a link.
+
+Thread homes are written by sandboxed code, so anything in them may be a trap: a symlink to
+``/etc/shadow`` or to the server's database, a FIFO that blocks a reader, a hard link. Every
+operation here walks from an fd of the root, one component at a time, with ``O_NOFOLLOW``:
+a symlink anywhere on the way is "not found", whoever made it and whenever (no check-then-use
+race). Blocking calls; run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from baponi_core.errors import Conflict, NotFound, ValidationError
+
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO cannot block
+MAX_LISTED = 10_000
+NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)  # ELOOP: a symlink on the way
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    size: int
+    modified: float
+    is_directory: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+
+@dataclass
+class Upload:
+    """A file being written: invisible (``O_TMPFILE``) until :meth:`LocalTree.commit`."""
+
+    parent: int
+    name: str
+    fd: int
+    written: int = 0
+
+    def close(self) -> None:
+        for fd in (self.fd, self.parent):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class LocalTree:
+    """The files below ``root``, owned by ``owner`` (the sandbox uid) when set."""
+
+    def __init__(self, root: Path, owner: int | None) -> None:
+        self.root = root
+        self.owner = owner
+
+    @contextlib.contextmanager
+    def directory(
+        self, names: tuple[str, ...], create: bool = False, top: int | None = None
+    ) -> Iterator[int]:
+        """An fd of the directory at ``names`` below the root (or below ``top``, an fd);
+        missing ones are made when ``create``."""
+        fd = os.dup(top) if top is not None else _open(self.root, O_DIR)
+        try:
+            for name in names:
+                fd, parent = self._step(fd, name, create), fd
+                os.close(parent)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _step(self, parent: int, name: str, create: bool) -> int:
+        try:
+            return _open(name, O_DIR, parent)
+        except NotFound:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):  # made meanwhile: the open below decides
+            os.mkdir(name, 0o700, dir_fd=parent)
+            if self.owner is not None:
+                os.chown(name, self.owner, self.owner, dir_fd=parent, follow_symlinks=False)
+        return _open(name, O_DIR, parent)
+
+    def exists(self, names: tuple[str, ...]) -> bool:
+        try:
+            with self.directory(names):
+                return True
+        except NotFound:
+            return False
+
+    def entries(self, base: tuple[str, ...], prefix: tuple[str, ...]) -> list[Entry]:
+        """Directories and regular files under ``prefix`` (or that file), recursively; paths
+        relative to ``base``. Links, FIFOs and sockets are left out."""
+        with self.directory(base) as top:
+            try:
+                with self.directory(prefix[:-1], top=top) as parent:
+                    if not prefix:
+                        return self._walk(parent, "")
+                    info = os.stat(prefix[-1], dir_fd=parent, follow_symlinks=False)
+                    here = "/".join(prefix)
+                    if stat.S_ISREG(info.st_mode):
+                        return [Entry(here, info.st_size, info.st_mtime, False)]
+                    if not stat.S_ISDIR(info.st_mode):
+                        return []
+                    with _opened(prefix[-1], O_DIR, parent) as fd:
+                        return self._walk(fd, here + "/")
+            except (NotFound, FileNotFoundError):
+                return []
+
+    def _walk(self, top: int, prefix: str) -> list[Entry]:
+        found: list[Entry] = []
+        for where, dirs, files, fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            rel = "" if where == "." else where[2:] + "/"
+            for name in sorted(dirs + files):
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+                    directory = stat.S_ISDIR(info.st_mode)
+                    size = 0 if directory else info.st_size
+                    found.append(Entry(prefix + rel + name, size, info.st_mtime, directory))
+                if len(found) >= MAX_LISTED:
+                    return found
+        return found
+
+    def open_read(self, names: tuple[str, ...]) -> tuple[int, int]:
+        """An fd of the regular file at ``names`` and its size."""
+        with self.directory(names[:-1]) as parent:
+            fd = _open(names[-1], O_FILE, parent)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ValidationError("path is a directory, not a file")
+            raise NotFound("file not found (only regular files with one link are served)")
+        os.set_blocking(fd, True)
+        return fd, info.st_size
+
+    def begin_upload(self, names: tuple[str, ...]) -> Upload:
+        with self.directory(names[:-1], create=True) as parent:
+            keep = os.dup(parent)
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=keep)
+            if self.owner is not None:
+                os.fchown(fd, self.owner, self.owner)
+        except BaseException:
+            os.close(keep)
+            raise
+        return Upload(keep, names[-1], fd)
+
+    def commit(self, upload: Upload) -> None:
+        """Give the written file its name, replacing a file (or link) of that name at once."""
+        staging = f".baponi-upload-{secrets.token_hex(8)}"
+        os.link(
+            f"/proc/self/fd/{upload.fd}", staging, dst_dir_fd=upload.parent, follow_symlinks=True
+        )
+        try:
+            os.rename(staging, upload.name, src_dir_fd=upload.parent, dst_dir_fd=upload.parent)
+        except OSError as exc:
+            os.unlink(staging, dir_fd=upload.parent)
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise Conflict("a directory of that name is in the way") from None
+            raise
+
+    def delete(self, names: tuple[str, ...]) -> None:
+        """Remove a file, link or whole directory; a link is removed, never followed."""
+        with self.directory(names[:-1]) as parent:
+            try:
+                info = os.stat(names[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise NotFound("file not found") from None
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(names[-1], dir_fd=parent)  # fd-based: immune to symlink swaps
+            else:
+                os.unlink(names[-1], dir_fd=parent)
+
+
+def _open(name: str | Path, flags: int, dir_fd: int | None = None) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in NOT_THERE:
+            raise NotFound("file not found") from None
+        raise
+
+
+@contextlib.contextmanager
+def _opened(name: str, flags: int, dir_fd: int) -> Iterator[int]:
+    fd = _open(name, flags, dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
