@@ -59,6 +59,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         webhook_ca_file=Path(args.webhook_ca_file) if args.webhook_ca_file else None,
         webhook_retry_delays=args.webhook_retry_delays,
         shutdown_grace_s=args.shutdown_grace,
+        public_url=args.public_url,
     )
     first_key = asyncio.run(_with_admin(settings, lambda admin: admin.first_start()))
     if first_key:
@@ -134,6 +135,15 @@ def _orgs_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
             _with_admin(settings, lambda admin: admin.webhook_secret(args.name, args.rotate))
         )
     )
+    return 0
+
+
+def _signing_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from baponi_core.storage.signing import UrlSigner
+
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kid = UrlSigner.rotate(settings.signing_keys)
+    print(f"signing with new key {kid}; URLs signed before stay valid until they expire")
     return 0
 
 
@@ -227,6 +237,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
+        "--public-url",
+        default=os.environ.get("BAPONI_PUBLIC_URL"),
+        metavar="URL",
+        help="base of the signed file URLs the server hands out, e.g. https://sandbox.example "
+        "(default: the URL the client used; or $BAPONI_PUBLIC_URL)",
+    )
+    serve.add_argument(
         "--shutdown-grace",
         type=_seconds,
         default=os.environ.get("BAPONI_SHUTDOWN_GRACE", "30"),
@@ -304,6 +321,15 @@ def parser() -> argparse.ArgumentParser:
     secret.add_argument("name", nargs="?", default=DEFAULT_ORG)
     secret.add_argument("--rotate", action="store_true", help="replace it with a new secret")
     secret.set_defaults(run=_orgs_webhook_secret)
+
+    signing = commands.add_parser(
+        "signing-keys", help="keys of the signed file URLs"
+    ).add_subparsers(dest="action", required=True)
+    signing.add_parser(
+        "rotate",
+        parents=[home],
+        help="add a new key to sign with; older keys keep verifying until their URLs expire",
+    ).set_defaults(run=_signing_rotate)
 
     profiles = commands.add_parser(
         "profiles", help="sandbox profiles (resource limits)"

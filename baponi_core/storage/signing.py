@@ -36,28 +36,41 @@ class Grant:
 
 
 class UrlSigner:
-    def __init__(self, keys: list[tuple[str, bytes]]) -> None:
-        if not keys:
-            raise ValueError("no signing key")
-        self.keys = keys
+    """Signs with the newest key of ``path``; re-reads the file when it changes, so a
+    rotation by the CLI takes effect in a running server."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: int | None = None
+        self._keys: list[tuple[str, bytes]] = []
 
     @classmethod
     def load(cls, path: Path) -> UrlSigner:
-        """The keys in ``path``, made (mode 0600) on first use."""
+        """The signer of ``path``, whose first key is made (mode 0600) on first use."""
         if not path.exists():
             cls._write(path, [_new_key()])
-        keys = []
-        for line in path.read_text().split():
-            kid, _, secret = line.partition(":")
-            keys.append((kid, base64.urlsafe_b64decode(secret)))
-        return cls(keys)
+        signer = cls(path)
+        signer.keys  # noqa: B018 (read now: a broken file should fail the start)
+        return signer
+
+    @property
+    def keys(self) -> list[tuple[str, bytes]]:
+        changed = self.path.stat().st_mtime_ns
+        if changed != self._seen:
+            keys = []
+            for line in self.path.read_text().split():
+                kid, _, secret = line.partition(":")
+                keys.append((kid, base64.urlsafe_b64decode(secret)))
+            if not keys:
+                raise ValueError(f"no signing key in {self.path}")
+            self._keys, self._seen = keys, changed
+        return self._keys
 
     @classmethod
     def rotate(cls, path: Path) -> str:
         """Add a new signing key (keeping the previous ones for verification); its id."""
-        current = cls.load(path).keys
         key = _new_key()
-        cls._write(path, [key, *current][:KEEP_KEYS])
+        cls._write(path, [key, *cls.load(path).keys][:KEEP_KEYS])
         return key[0]
 
     @staticmethod
