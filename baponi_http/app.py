@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -150,7 +150,10 @@ async def signed_upload(request: Request) -> Response:
     declared = request.headers.get("content-length")
     if declared is not None and declared != str(grant.size):
         raise ValidationError(f"Content-Length must be the signed size, {grant.size} bytes")
-    await files.upload(grant, request.stream())
+    try:
+        await files.upload(grant, request.stream())
+    except ClientDisconnect:  # the upload was abandoned and left nothing: no one to answer
+        return Response(status_code=400)
     return Response(status_code=200)
 
 

@@ -41,8 +41,8 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def other_org_key(server: Server) -> str:
-    orgs = cli(server.home, "orgs", "list")
-    if "other " not in orgs + " ":
+    names = {line.split()[0] for line in cli(server.home, "orgs", "list").splitlines()}
+    if "other" not in names:
         cli(server.home, "orgs", "create", "other")
     return server.new_key("--org", "other")
 

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from baponi_core.errors import Conflict, NotFound, ValidationError
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO cannot block
 MAX_LISTED = 10_000
-NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)  # ELOOP: a symlink on the way
+# ELOOP: a symlink on the way; ENXIO: a unix socket
+NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO)
+MAX_DEPTH = 512  # deeper than any path a request can name (1024 bytes)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class LocalTree:
 
     def entries(self, base: tuple[str, ...], prefix: tuple[str, ...]) -> list[Entry]:
         """Directories and regular files under ``prefix`` (or that file), recursively; paths
-        relative to ``base``. Links, FIFOs and sockets are left out."""
+        relative to ``base``. Links, FIFOs, sockets and hard-linked files are left out."""
         with self.directory(base) as top:
             try:
                 with self.directory(prefix[:-1], top=top) as parent:
@@ -105,7 +106,7 @@ class LocalTree:
                         return self._walk(parent, "")
                     info = os.stat(prefix[-1], dir_fd=parent, follow_symlinks=False)
                     here = "/".join(prefix)
-                    if stat.S_ISREG(info.st_mode):
+                    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
                         return [Entry(here, info.st_size, info.st_mtime, False)]
                     if not stat.S_ISDIR(info.st_mode):
                         return []
@@ -115,20 +116,20 @@ class LocalTree:
                 return []
 
     def _walk(self, top: int, prefix: str) -> list[Entry]:
+        """Iterative, so a tree nested thousands deep by sandboxed code cannot exhaust
+        the stack; files with several links are left out, as downloads refuse them."""
         found: list[Entry] = []
-        for where, dirs, files, fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-            rel = "" if where == "." else where[2:] + "/"
-            for name in sorted(dirs + files):
+        stack = [(os.dup(top), prefix)]
+        try:
+            while stack and len(found) < MAX_LISTED:
+                fd, rel = stack.pop()
                 try:
-                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
-                    directory = stat.S_ISDIR(info.st_mode)
-                    size = 0 if directory else info.st_size
-                    found.append(Entry(prefix + rel + name, size, info.st_mtime, directory))
-                if len(found) >= MAX_LISTED:
-                    return found
+                    _scan(fd, rel, found, stack)
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in stack:
+                os.close(fd)
         return found
 
     def open_read(self, names: tuple[str, ...]) -> tuple[int, int]:
@@ -178,7 +179,7 @@ class LocalTree:
             except FileNotFoundError:
                 raise NotFound("file not found") from None
             if stat.S_ISDIR(info.st_mode):
-                shutil.rmtree(names[-1], dir_fd=parent)  # fd-based: immune to symlink swaps
+                _remove_tree(parent, names[-1])
             else:
                 os.unlink(names[-1], dir_fd=parent)
 
@@ -199,3 +200,40 @@ def _opened(name: str, flags: int, dir_fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _scan(fd: int, rel: str, found: list[Entry], stack: list[tuple[int, str]]) -> None:
+    """Add the entries of directory ``fd`` to ``found``; its subdirectories to ``stack``."""
+    for name in sorted(os.listdir(fd)):
+        if len(found) >= MAX_LISTED:
+            return
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            found.append(Entry(rel + name, info.st_size, info.st_mtime, False))
+        elif stat.S_ISDIR(info.st_mode):
+            found.append(Entry(rel + name, 0, info.st_mtime, True))
+            if rel.count("/") < MAX_DEPTH:
+                with contextlib.suppress(NotFound):
+                    stack.append((_open(name, O_DIR, fd), f"{rel}{name}/"))
+
+
+def _remove_tree(parent: int, name: str) -> None:
+    """Iterative: move every subdirectory up beside the tree, then empty and remove each."""
+    pending = [name]
+    while pending:
+        current = pending[-1]
+        with _opened(current, O_DIR, parent) as fd:
+            for child in os.listdir(fd):
+                info = os.stat(child, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    staged = f".baponi-delete-{secrets.token_hex(8)}"
+                    os.rename(child, staged, src_dir_fd=fd, dst_dir_fd=parent)
+                    pending.append(staged)
+                else:
+                    os.unlink(child, dir_fd=fd)
+        if pending[-1] == current:
+            os.rmdir(current, dir_fd=parent)
+            pending.pop()
