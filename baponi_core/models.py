@@ -84,16 +84,7 @@ class ExecuteRequest(BaseModel):
             return None
         if not thread_id:
             raise ValueError("thread_id must not be empty when provided")
-        if len(thread_id) > limits.MAX_THREAD_ID_LENGTH:
-            raise ValueError(
-                f"thread_id exceeds maximum length of {limits.MAX_THREAD_ID_LENGTH} characters"
-            )
-        if not limits.THREAD_ID_PATTERN.fullmatch(thread_id) or not thread_id.isascii():
-            raise ValueError(
-                "thread_id must start with alphanumeric and contain only "
-                "alphanumeric, hyphens, or underscores"
-            )
-        return thread_id
+        return _thread_name(thread_id, "thread_id")
 
     @field_validator("webhook_url")
     @classmethod
@@ -179,6 +170,20 @@ class ExecuteRequest(BaseModel):
         if total > limits.MAX_ENV_TOTAL:
             raise ValueError("Total environment variable size exceeds limit (64KB)")
         return env_vars
+
+
+def _thread_name(value: str, field: str) -> str:
+    """A thread id, in the SDK's words (``field`` names it in the messages)."""
+    if len(value) > limits.MAX_THREAD_ID_LENGTH:
+        raise ValueError(
+            f"{field} exceeds maximum length of {limits.MAX_THREAD_ID_LENGTH} characters"
+        )
+    if not limits.THREAD_ID_PATTERN.fullmatch(value) or not value.isascii():
+        raise ValueError(
+            f"{field} must start with alphanumeric and contain only "
+            "alphanumeric, hyphens, or underscores"
+        )
+    return value
 
 
 def _check_env_var(key: str, value: Any) -> None:
@@ -311,14 +316,9 @@ class FileRequest(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not value or len(value) > limits.MAX_THREAD_ID_LENGTH:
-            raise ValueError(f"id must be 1-{limits.MAX_THREAD_ID_LENGTH} characters")
-        if not limits.THREAD_ID_PATTERN.fullmatch(value) or not value.isascii():
-            raise ValueError(
-                "id must start with alphanumeric and contain only alphanumeric, hyphens, "
-                "or underscores"
-            )
-        return value
+        if not value:
+            raise ValueError("id must not be empty")
+        return _thread_name(value, "id")
 
     @field_validator("content_length")
     @classmethod

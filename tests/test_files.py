@@ -774,8 +774,8 @@ PATH_ACTIONS = ("upload_url", "download_url", "delete")
 BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"source": "bucket"}, "source must be 'thread' or 'volume'"),
     ({"source": 1}, "source: Input should be a valid string"),
-    ({"id": ""}, "id must be 1-128 characters"),
-    ({"id": "a" * 129}, "id must be 1-128 characters"),
+    ({"id": ""}, "id must not be empty"),
+    ({"id": "a" * 129}, "id exceeds maximum length of 128 characters"),
     ({"id": 7}, "id: Input should be a valid string"),
     ({"path": 5}, "path: Input should be a valid string"),
     ({"path": "../x"}, "path must not contain '..' segments"),
