@@ -16,7 +16,6 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, FileRequest, parse
-from baponi_core.services.journal import encode
 from baponi_core.store import Principal
 from baponi_http.errors import HANDLERS, error_response
 
@@ -71,14 +70,9 @@ async def execute(request: Request) -> Response:
     if mode == "webhook":
         return JSONResponse({"trace_id": run.trace_id, "status": "queued"}, status_code=202)
     if mode == "streaming":
-        return ndjson(encode_lines(run.journal.follow()))
+        return ndjson(run.journal.lines())
     result = await run.outcome()
     return JSONResponse(result.model_dump())
-
-
-async def encode_lines(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    async for event in events:
-        yield encode(event) + "\n"
 
 
 async def get_execution(request: Request) -> Response:
@@ -108,30 +102,31 @@ def public_url(request: Request) -> str:
     return core_of(request).settings.public_url or str(request.base_url)
 
 
-async def files_list(request: Request) -> Response:
+async def file_request(request: Request) -> tuple[Principal, FileRequest]:
     principal = await principal_of(request)
-    body = parse(FileRequest, await json_body(request))
+    return principal, parse(FileRequest, await json_body(request))
+
+
+async def files_list(request: Request) -> Response:
+    principal, body = await file_request(request)
     entries = await core_of(request).files.list_files(principal, body)
     return JSONResponse({"files": [e.model_dump() for e in entries]})
 
 
 async def files_upload_url(request: Request) -> Response:
-    principal = await principal_of(request)
-    body = parse(FileRequest, await json_body(request))
+    principal, body = await file_request(request)
     signed = await core_of(request).files.upload_url(principal, body, public_url(request))
     return JSONResponse(signed.model_dump())
 
 
 async def files_download_url(request: Request) -> Response:
-    principal = await principal_of(request)
-    body = parse(FileRequest, await json_body(request))
+    principal, body = await file_request(request)
     signed = await core_of(request).files.download_url(principal, body, public_url(request))
     return JSONResponse(signed.model_dump())
 
 
 async def files_delete(request: Request) -> Response:
-    principal = await principal_of(request)
-    body = parse(FileRequest, await json_body(request))
+    principal, body = await file_request(request)
     await core_of(request).files.delete(principal, body)
     return JSONResponse({"deleted": True})
 

@@ -174,11 +174,6 @@ class Executions:
         self._tasks.start_soon(self._lifecycle, run, name=f"execution {record.trace_id}")
         return run
 
-    async def execute(self, principal: Principal, request: ExecuteRequest) -> SandboxResult:
-        """Inline delivery: run ``request`` to its end and return the result."""
-        run = await self.submit(principal, request)
-        return await run.outcome()
-
     # the run itself
 
     async def _lifecycle(self, run: Run) -> None:
@@ -294,8 +289,8 @@ class Executions:
     async def _events(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
         run = self._live.get(record.trace_id)
         if run is not None:
-            async for event in run.journal.follow(after_seq):
-                yield encode(event) + "\n"
+            async for line in run.journal.lines(after_seq):
+                yield line
             return
         stored = await self.store.get_events(record.trace_id, 0, time.time())
         for line in stored[after_seq:]:
@@ -316,16 +311,18 @@ class Executions:
         """Refuse new work, let running executions end within ``grace`` seconds, then stop
         the rest (recorded as failed with ``server_stopped``)."""
         self.accepting = False
-        with anyio.move_on_after(grace):
-            for run in list(self._live.values()):
-                await run.done.wait()
+        await self._settled(within=grace)
         if self._live:
             log.warning("stopping %d execution(s) still running at shutdown", len(self._live))
         for run in list(self._live.values()):
             if not run.stop.is_set():
                 run.stop_reason = "shutdown"
                 run.stop.set()
-        with anyio.move_on_after(STOP_WAIT_S):
+        await self._settled(within=STOP_WAIT_S)
+
+    async def _settled(self, within: float) -> None:
+        """Wait, at most ``within`` seconds, until every running execution has ended."""
+        with anyio.move_on_after(within):
             for run in list(self._live.values()):
                 await run.done.wait()
 

@@ -103,6 +103,11 @@ class Journal:
                 return
             await changed.wait()
 
+    async def lines(self, after_seq: int = 0) -> AsyncIterator[str]:
+        """:meth:`follow` as NDJSON lines, as streams and reconnects send them."""
+        async for event in self.follow(after_seq):
+            yield encode(event) + "\n"
+
 
 def encode(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))
