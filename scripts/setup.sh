@@ -42,6 +42,9 @@ if [ "$mode" = serve ]; then
   exec .venv/bin/baponi serve "$@"
 fi
 
+# Node tools the tests run (Azurite, the MCP Inspector), pinned by package-lock.json.
+npm ci --no-audit --no-fund --loglevel=error >/dev/null
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
