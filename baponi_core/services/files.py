@@ -79,6 +79,20 @@ class Files:
         os.close(fd)
         return self._url(self._grant("GET", base, names, None), base_url, [])
 
+    async def read(
+        self, principal: Principal, request: FileRequest, max_bytes: int
+    ) -> bytes | None:
+        """The whole file when it holds at most ``max_bytes``, else None."""
+        names = parts(request.path)
+        base = await self._root(principal, request)
+        fd, size = await anyio.to_thread.run_sync(self.tree.open_read, base + names)
+        try:
+            if size > max_bytes:
+                return None
+            return await anyio.to_thread.run_sync(os.read, fd, max_bytes + 1)
+        finally:
+            os.close(fd)
+
     async def delete(self, principal: Principal, request: FileRequest) -> None:
         names = parts(request.path)
         base = await self._root(principal, request)
