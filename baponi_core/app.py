@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from types import TracebackType
 
@@ -16,8 +17,8 @@ from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import Executions
 from baponi_core.services.files import Files
-from baponi_core.services.threads import ThreadHomes
 from baponi_core.services.webhooks import Webhooks
+from baponi_core.storage.places import Storage
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.store.sqlite import SqliteStore
 
@@ -67,15 +68,25 @@ class Core:
         async with contextlib.AsyncExitStack() as stack:
             await self.store.open()
             stack.push_async_callback(self.store.close)
+            # Sandboxes run as an unprivileged uid when we are root, else as ourselves.
+            owner = self.settings.sandbox_uid if os.geteuid() == 0 else None
+            signer = UrlSigner.load(self.settings.signing_keys)
+            storage = Storage(
+                self.settings.storage_url,
+                self.settings.storage_options,
+                self.settings.home,
+                owner,
+                signer,
+            )
             self._runtime = SandboxRuntime.start(
-                self.settings.runtime, self.settings.threads, uid=self.settings.sandbox_uid
+                self.settings.runtime, storage.shared, uid=self.settings.sandbox_uid
             )
             stack.callback(self._runtime.close)
             stack.push_async_callback(self.webhooks.close)
-            threads = ThreadHomes(self.settings.threads, owner=self._runtime.uid)
-            self._files = Files(threads, UrlSigner.load(self.settings.signing_keys))
+            quota = self.settings.thread_quota_bytes
+            self._files = Files(self.store, storage, signer, quota)
             self._executions = Executions(
-                self.store, self._runtime, threads, ConcurrencyLimiter(), self.webhooks
+                self.store, self._runtime, storage, ConcurrencyLimiter(), self.webhooks, quota
             )
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops

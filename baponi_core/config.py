@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 8080
+DEFAULT_THREAD_QUOTA = 10 << 30  # 10 GiB: one file of the largest size an upload may have
 RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # webhook tries: six over about 43 min
 
 
@@ -26,6 +27,9 @@ class Settings:
     webhook_retry_delays: tuple[float, ...] = RETRY_DELAYS_S
     shutdown_grace_s: float = 30.0  # how long running executions may finish at shutdown
     public_url: str | None = None  # base of signed URLs; default: the URL the client used
+    storage_url: str | None = None  # thread homes and volumes: a directory (default: home)
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, for clouds
+    thread_quota_bytes: int = DEFAULT_THREAD_QUOTA  # what one thread home may hold
 
     @property
     def database(self) -> Path:
@@ -34,6 +38,16 @@ class Settings:
     @property
     def threads(self) -> Path:
         return self.home / "threads"
+
+    @property
+    def volumes(self) -> Path:
+        """Managed volumes' files; sandboxes see a volume at /data/<slug>/."""
+        return self.home / "volumes"
+
+    @property
+    def cache(self) -> Path:
+        """Local copies of storage connections' files, shared with sandboxes."""
+        return self.home / "cache"
 
     @property
     def signing_keys(self) -> Path:

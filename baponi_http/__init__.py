@@ -1,5 +1,1 @@
-"""The HTTP adapter: maps Baponi's REST API onto the core services."""
-
-from baponi_http.app import create_app
-
-__all__ = ["create_app"]
+"""The HTTP adapter: maps Baponi's REST API onto the core services (see ``baponi_http.app``)."""

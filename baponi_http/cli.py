@@ -1,10 +1,12 @@
-"""``baponi``: run the server and manage organisations, sandbox profiles and API keys."""
+"""``baponi``: run the server and manage organisations, sandbox profiles, API keys,
+volumes and storage connections."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -22,7 +24,9 @@ Baponi, self-hosted: a sandbox for AI agents' code that speaks Baponi's API.
 
 State (SQLite database, thread homes) lives under --home, or $BAPONI_HOME,
 or ~/.baponi. Each API key belongs to an organisation and is bound to a
-sandbox profile, which sets the resources of every execution made with it.
+sandbox profile, which sets the resources of every execution made with it,
+and to volumes and storage connections, mounted at /data/<slug>/ in every
+execution made with it.
 """
 
 EPILOG = """\
@@ -32,6 +36,43 @@ examples:
   baponi orgs create acme --max-concurrency 5
   baponi profiles set small --org acme --cpus 0.5 --memory 256 --max-timeout 60
   baponi keys create --org acme --profile small
+  baponi volumes create reports --org acme
+  baponi connections create lake --org acme --url s3://my-bucket/data \\
+      --option-from-env key=AWS_ACCESS_KEY_ID --option-from-env secret=AWS_SECRET_ACCESS_KEY
+  baponi keys create --org acme --volume reports --connection lake
+"""
+
+VOLUMES_EPILOG = """\
+A managed volume keeps its files on this server's disk (under --home). Each
+key bound to it (baponi keys create --volume SLUG) sees it at /data/<slug>/ in
+every execution, read-only when the volume is. Volumes and storage connections
+share one set of slugs per organisation.
+
+examples:
+  baponi volumes create reports --org acme
+  baponi volumes create reference --read-only --org acme
+  baponi keys create --org acme --volume reports --volume reference
+  baponi volumes list --org acme
+  baponi volumes delete reports --org acme     unbinds it from every key
+"""
+
+CONNECTIONS_EPILOG = """\
+A storage connection is a bucket of your own (s3://, gs://, gcs://, az:// or
+abfs://), mounted like a volume at /data/<slug>/ in the executions of the keys
+bound to it (baponi keys create --connection SLUG). Its credentials are fsspec
+storage options kept in the server's database; sandboxed code never sees them,
+and listings show only their names. Use --option-from-env for secrets, so that
+they appear neither in the process list nor in shell history.
+
+examples:
+  baponi connections create lake --org acme --url s3://my-bucket/data \\
+      --option-from-env key=AWS_ACCESS_KEY_ID \\
+      --option-from-env secret=AWS_SECRET_ACCESS_KEY \\
+      --option endpoint_url=https://s3.eu-west-1.amazonaws.com
+  baponi connections create archive --read-only --url gs://acme-archive \\
+      --option-from-env token=GOOGLE_APPLICATION_CREDENTIALS
+  baponi keys create --org acme --connection lake
+  baponi connections list --org acme
 """
 
 
@@ -60,6 +101,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         webhook_retry_delays=args.webhook_retry_delays,
         shutdown_grace_s=args.shutdown_grace,
         public_url=args.public_url,
+        storage_url=args.storage,
+        storage_options=args.storage_options,
+        thread_quota_bytes=args.thread_quota,
     )
     first_key = asyncio.run(_with_admin(settings, lambda admin: admin.first_start()))
     if first_key:
@@ -84,7 +128,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     async def action(admin: Admin) -> str:
-        _, secret = await admin.create_key(args.org, args.name, args.profile)
+        _, secret = await admin.create_key(
+            args.org, args.name, args.profile, args.volumes, args.connections
+        )
         return secret
 
     print(asyncio.run(_with_admin(settings, action)))
@@ -95,14 +141,93 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
     async def action(admin: Admin) -> list[str]:
         org = await admin.org(args.org)
         profiles = {p.id: p.name for p in await admin.store.list_profiles(org.id)}
+        bound = await admin.store.key_volumes(org.id)
+        connections = {v.slug for v in await admin.store.list_volumes(org.id) if v.url}
         return [
             f"{k.id}  {k.prefix}...  {k.name}  profile={profiles.get(k.profile_id, '?')}"
+            + _bindings(bound.get(k.id, []), connections)
             + ("  (revoked)" if k.revoked_at else "")
             for k in await admin.store.list_keys(org.id)
         ]
 
     print("\n".join(asyncio.run(_with_admin(settings, action))))
     return 0
+
+
+def _bindings(slugs: list[str], connections: set[str]) -> str:
+    text = ""
+    for label, chosen in (
+        ("volumes", [s for s in slugs if s not in connections]),
+        ("connections", [s for s in slugs if s in connections]),
+    ):
+        if chosen:
+            text += f"  {label}={','.join(chosen)}"
+    return text
+
+
+def _volumes_create(args: argparse.Namespace, settings: Settings) -> int:
+    volume = asyncio.run(
+        _with_admin(
+            settings, lambda admin: admin.create_volume(args.org, args.slug, args.read_only)
+        )
+    )
+    print(f"created volume {volume.slug} ({volume.id}), {_mode(volume.read_only)}")
+    return 0
+
+
+def _connections_create(args: argparse.Namespace, settings: Settings) -> int:
+    options = dict(args.options)
+    for name, variable in args.env_options:
+        if variable not in os.environ:
+            raise SystemExit(f"baponi: environment variable {variable} is not set")
+        options[name] = os.environ[variable]
+    volume = asyncio.run(
+        _with_admin(
+            settings,
+            lambda admin: admin.create_volume(
+                args.org, args.slug, args.read_only, url=args.url, options=options
+            ),
+        )
+    )
+    print(
+        f"created storage connection {volume.slug} ({volume.id}) to {volume.url}, "
+        f"{_mode(volume.read_only)}"
+    )
+    return 0
+
+
+def _volumes_list(args: argparse.Namespace, settings: Settings) -> int:
+    connections = args.command == "connections"
+    volumes = asyncio.run(_with_admin(settings, lambda admin: admin.list_volumes(args.org)))
+    print("\n".join(_describe_volume(v) for v in volumes if v.is_connection == connections))
+    return 0
+
+
+def _volumes_delete(args: argparse.Namespace, settings: Settings) -> int:
+    connection = args.command == "connections"
+    asyncio.run(
+        _with_admin(settings, lambda admin: admin.delete_volume(args.org, args.slug, connection))
+    )
+    print(f"deleted {'storage connection' if connection else 'volume'} {args.slug}")
+    return 0
+
+
+def _mode(read_only: bool) -> str:
+    return "read-only" if read_only else "read-write"
+
+
+def _describe_volume(v: Any) -> str:
+    text = f"{v.slug}  {v.id}  {_mode(v.read_only)}"
+    if v.is_connection:  # option names only: their values are credentials
+        text += f"  {v.url}  options={','.join(sorted(v.options)) or '-'}"
+    return text
+
+
+def _option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -214,6 +339,31 @@ def _delays(text: str) -> tuple[float, ...]:
     return tuple(_seconds(part) for part in text.split(","))
 
 
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+    number, unit = text[:-1], text[-1:].upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(unit)
+    if scale is None:
+        number, scale = text, 1
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 10G, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 bytes")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="baponi",
@@ -275,6 +425,29 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between webhook tries; one try more than delays "
         "(default: 5,30,120,600,1800, or $BAPONI_WEBHOOK_RETRY_DELAYS)",
     )
+    serve.add_argument(
+        "--storage",
+        default=os.environ.get("BAPONI_STORAGE"),
+        metavar="URL",
+        help="where thread homes and volumes live: a directory, or s3://bucket/prefix, "
+        "gs://bucket/prefix, az://container/prefix (default: --home; or $BAPONI_STORAGE)",
+    )
+    serve.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=os.environ.get("BAPONI_STORAGE_OPTIONS", "{}"),
+        metavar="JSON",
+        help="fsspec options of a cloud --storage, e.g. credentials or an endpoint_url "
+        "(default: the provider's usual environment variables; or $BAPONI_STORAGE_OPTIONS)",
+    )
+    serve.add_argument(
+        "--thread-quota",
+        type=_size,
+        default=os.environ.get("BAPONI_THREAD_QUOTA", "10G"),
+        metavar="SIZE",
+        help="bytes one thread home may hold, e.g. 500M or 10G; an execution growing it "
+        "further is stopped, an upload beyond it refused (default: 10G; or $BAPONI_THREAD_QUOTA)",
+    )
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
@@ -284,6 +457,22 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="default", help="a label for the key")
     create.add_argument(
         "--profile", default=DEFAULT_PROFILE, help="sandbox profile the key is bound to"
+    )
+    create.add_argument(
+        "--volume",
+        dest="volumes",
+        action="append",
+        default=[],
+        metavar="SLUG",
+        help="mount this volume at /data/<slug>/ in the key's executions (repeatable)",
+    )
+    create.add_argument(
+        "--connection",
+        dest="connections",
+        action="append",
+        default=[],
+        metavar="SLUG",
+        help="mount this storage connection at /data/<slug>/ likewise (repeatable)",
     )
     create.set_defaults(run=_keys_create)
     keys.add_parser(
@@ -331,6 +520,8 @@ def parser() -> argparse.ArgumentParser:
         help="add a new key to sign with; older keys keep verifying until their URLs expire",
     ).set_defaults(run=_signing_rotate)
 
+    _volume_commands(commands, home, org)
+
     profiles = commands.add_parser(
         "profiles", help="sandbox profiles (resource limits)"
     ).add_subparsers(dest="action", required=True)
@@ -349,6 +540,71 @@ def parser() -> argparse.ArgumentParser:
         run=_profiles_list
     )
     return top
+
+
+def _volume_commands(
+    commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentParser
+) -> None:
+    """``volumes`` and ``connections``: create, list, delete."""
+    for group, text, epilog in (
+        ("volumes", "volumes on this server, mounted at /data/<slug>/", VOLUMES_EPILOG),
+        ("connections", "storage connections: your own buckets", CONNECTIONS_EPILOG),
+    ):
+        kind = "storage connection" if group == "connections" else "volume"
+        actions = commands.add_parser(
+            group,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ).add_subparsers(dest="action", required=True)
+        create = actions.add_parser(
+            "create",
+            parents=[home, org],
+            help=f"create a {kind}",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        create.add_argument("slug", help="1-63 of a-z, 0-9 and '-': the directory /data/<slug>/")
+        create.add_argument(
+            "--read-only", action="store_true", help="sandboxes may read it, never write it"
+        )
+        if group == "connections":
+            create.add_argument(
+                "--url",
+                required=True,
+                help="s3://BUCKET[/PREFIX], gs://..., gcs://, az://, abfs://",
+            )
+            create.add_argument(
+                "--option",
+                dest="options",
+                type=_option,
+                action="append",
+                default=[],
+                metavar="NAME=VALUE",
+                help="an fsspec storage option, e.g. endpoint_url=https://... (repeatable)",
+            )
+            create.add_argument(
+                "--option-from-env",
+                dest="env_options",
+                type=_option,
+                action="append",
+                default=[],
+                metavar="NAME=VARIABLE",
+                help="a storage option read from an environment variable, for secrets (repeatable)",
+            )
+        create.set_defaults(run=_connections_create if group == "connections" else _volumes_create)
+        listing = f"list {kind}s" + (
+            " (option names, never their values)" if kind != "volume" else ""
+        )
+        actions.add_parser("list", parents=[home, org], help=listing).set_defaults(
+            run=_volumes_list
+        )
+        delete = actions.add_parser(
+            "delete", parents=[home, org], help=f"delete a {kind} and unbind it from every key"
+        )
+        delete.add_argument("slug")
+        delete.set_defaults(run=_volumes_delete)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 BAPONI = [sys.executable, "-m", "baponi_http.cli"]
+pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
 
 
 def free_port() -> int:

@@ -375,7 +375,7 @@ def test_expired_url_is_refused(
     """Tokens made with the server's own key file: valid until their expiry, refused after."""
     thread, _ = stored
     signer = UrlSigner.load(server.home / "signing.keys")
-    root = ("thread", org_id, thread)
+    root = ("threads", org_id, thread)
     now = int(time.time())
 
     fresh = url_with(server, signer.sign(Grant("GET", root, "f.txt", None, now + 60)))

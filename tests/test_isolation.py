@@ -108,10 +108,10 @@ def wait_no_sandbox_processes(server: Server, grace_s: float = 2.0) -> list[str]
 
 
 def thread_home(server: Server, thread_id: str) -> Path:
-    """The host directory of ``thread_id`` for the default (only) organisation."""
-    orgs = [d for d in (server.home / "threads").iterdir() if d.is_dir()]
-    assert len(orgs) == 1, orgs
-    return orgs[0] / thread_id
+    """The host directory of ``thread_id`` (thread ids here are unique across organisations)."""
+    homes = list((server.home / "threads").glob(f"*/{thread_id}"))
+    assert len(homes) == 1, homes
+    return homes[0]
 
 
 @pytest.fixture(autouse=True)

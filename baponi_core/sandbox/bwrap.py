@@ -1,8 +1,8 @@
 """The bubblewrap command line for one sandbox.
 
 Every path a sandbox sees is listed here. Host directories that hold state (the thread
-home, the generated /etc) are passed as file descriptors opened by the server, so bwrap,
-running as the unprivileged sandbox uid, needs no access to the server's directories.
+home, volumes, the generated /etc) are passed as file descriptors opened by the server, so
+bwrap, running as the unprivileged sandbox uid, needs no access to the server's directories.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
-from baponi_core.sandbox.spec import SandboxSpec
+from baponi_core.sandbox.spec import DATA, SandboxSpec
 
 RUN_DIR = "/run/baponi"
 
@@ -46,6 +46,7 @@ class Fds:
     info: int
     block: int
     home: int | None
+    mounts: tuple[int, ...] = ()  # one per ``spec.mounts``, in the same order
 
 
 def command(bwrap: str, spec: SandboxSpec, fds: Fds, etc_binds: list[str]) -> list[str]:
@@ -110,6 +111,11 @@ def command(bwrap: str, spec: SandboxSpec, fds: Fds, etc_binds: list[str]) -> li
         argv += ["--perms", "0700", "--size", str(limits.home_bytes), "--tmpfs", HOME]
     else:
         argv += ["--bind-fd", str(fds.home), HOME]
+    # Always there, so code can probe it. bwrap makes the parents of each target in the
+    # root tmpfs, read-only once / is (the runtime refuses targets inside one another).
+    argv += ["--perms", "0755", "--dir", DATA]
+    for mount, fd in zip(spec.mounts, fds.mounts, strict=True):
+        argv += ["--ro-bind-fd" if mount.read_only else "--bind-fd", str(fd), mount.target]
     argv += [
         "--perms",
         "0444",

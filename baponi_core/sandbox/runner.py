@@ -10,6 +10,7 @@ namespace will hook in.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.rootfs import build_etc
 from baponi_core.sandbox.spawner import Spawner
-from baponi_core.sandbox.spec import Ending, Limits, Outcome, SandboxSpec
+from baponi_core.sandbox.spec import Ending, Limits, Mount, Outcome, SandboxSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ OutputSink = Callable[[str, bytes], None]  # (stream name, bytes): called as out
 
 class SandboxError(Exception):
     """The sandbox could not be set up: a platform fault, never the user's code."""
+
+
+class MountError(SandboxError):
+    """A mount's directory is missing, or is not a plain directory: a symlink (planted by
+    sandboxed code) on the way is never followed. The message names the sandbox path only.
+    """
 
 
 @dataclass
@@ -101,27 +108,51 @@ class SandboxRuntime:
     def start(
         cls,
         workdir: Path,
-        homes: Path,
+        shared: Iterable[Path],
         *,
         uid: int | None = 64000,
         bwrap_path: str | None = None,
     ) -> SandboxRuntime:
-        """A runtime keeping its files in ``workdir``, for thread homes under ``homes``."""
+        """A runtime keeping its files in ``workdir``. ``shared`` are the host directories
+        whose contents sandboxes may get (thread homes, volumes, caches): every home or
+        mount source must lie under one of them. They are made traversable, not listable.
+        """
         found = bwrap_path or shutil.which("bwrap")
         if found is None:
             raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        # Named by position: /run/baponi/run is the workdir, /run/baponi/1-volumes a share.
+        named = {f"{i}-{d.name}"[:64]: d for i, d in enumerate(shared, 1)}
         # bwrap exits as soon as its pid-namespace init reports the exit code, orphaning that
         # init: without this it is reparented to the host's pid 1 and lingers as a zombie
         # (forever when the server itself is pid 1 in a container). We reap it in _reap.
         _set_child_subreaper()
         # Traversable but not listable: the sandbox uid must reach the directories bwrap binds.
-        for d in (workdir, homes):
+        for d in (workdir, *named.values()):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o711)
         if os.geteuid() != 0:  # sandboxes run as ourselves: our directories are reachable
             return cls(workdir, uid=None, bwrap_path=found, cgroups=None, exposed={})
-        exposed = mountns.expose({"run": workdir, "homes": homes})
+        exposed = mountns.expose({"run": workdir, **named})
         return cls(workdir, uid=uid, bwrap_path=found, cgroups=Cgroups.detect(), exposed=exposed)
+
+    def _open_mount(self, mount: Mount) -> int:
+        """An O_PATH descriptor of the mount's directory, walked down one name at a time."""
+        source = self._visible(mount.source)
+        if self._exposed and source == mount.source:
+            raise MountError(f"cannot mount {mount.target}: its source is not shared")
+        try:
+            fd = _open_dir(source)
+        except OSError as exc:
+            raise MountError(f"cannot mount {mount.target}: {_why(exc)}") from None
+        try:
+            for name in mount.names:
+                below = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+        except OSError as exc:
+            os.close(fd)
+            raise MountError(f"cannot mount {mount.target}: {_why(exc)}") from None
+        return fd
 
     def _visible(self, path: Path) -> Path:
         """``path`` as bwrap, running as the sandbox uid, can reach it."""
@@ -185,6 +216,9 @@ class SandboxRuntime:
         if spec.home.path is not None:
             home = keep(_open_dir(self._visible(spec.home.path)))
             child_fds.append(home)
+        _check_targets(spec.mounts)
+        mounts = tuple(keep(self._open_mount(mount)) for mount in spec.mounts)
+        child_fds += mounts
         info_r, info_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         block_r, block_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         out_r, out_w = (keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
@@ -200,6 +234,7 @@ class SandboxRuntime:
                 info=info_w,
                 block=block_r,
                 home=home,
+                mounts=mounts,
             ),
             self._etc_binds,
         )
@@ -389,6 +424,27 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _open_dir(path: Path) -> int:
     """Open a home directory without following a symlink planted in its place."""
-    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.open(path, _DIR_FLAGS)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "no such directory"
+    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+        return "not a directory (symbolic links are not followed)"
+    return exc.strerror or "cannot open"
+
+
+def _check_targets(mounts: tuple[Mount, ...]) -> None:
+    """No mount at or inside another one: bwrap would create the inner target inside the
+    host directory bound at the outer one."""
+    targets = [f"{m.target}/" for m in mounts]
+    for i, one in enumerate(targets):
+        for other in targets[i + 1 :]:
+            if one.startswith(other) or other.startswith(one):
+                raise SandboxError(f"mounts {one[:-1]} and {other[:-1]} overlap")

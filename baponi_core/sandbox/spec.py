@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MiB = 1 << 20
+DATA = "/data"  # where volumes and storage connections appear: /data/<slug>/
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,64 @@ class Home:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """The host directory ``source``, walked down ``names``, bound at ``target``.
+
+    ``source`` lies under one of the directories the runtime shares with sandboxes (see
+    :meth:`SandboxRuntime.start`) and is trusted: the server made it. ``names`` are
+    single path components below it (a sub-directory, for ``sub_paths``), written by
+    sandboxed code, so each is opened without following symlinks: a symlink on the way
+    fails the run instead of mounting what it points at.
+    """
+
+    source: Path
+    names: tuple[str, ...]
+    target: str
+    read_only: bool
+
+    def __post_init__(self) -> None:
+        for name in self.names:
+            if name in ("", ".", "..") or "/" in name or "\0" in name:
+                raise ValueError(f"mount path component {name!r} is not a plain name")
+        path = PurePosixPath(self.target)
+        if not path.is_absolute() or str(path) != self.target or ".." in path.parts:
+            raise ValueError(f"mount target {self.target!r} is not a normalised absolute path")
+        if path.parts[:2] != ("/", DATA[1:]) or len(path.parts) < 3 or "\0" in self.target:
+            raise ValueError(f"mount target {self.target!r} must lie below {DATA}")
+
+
+def volume_mounts(
+    volumes: Iterable[tuple[str, Path, bool]], sub_paths: Sequence[str] = ()
+) -> tuple[Mount, ...]:
+    """Mounts for ``(slug, host directory, read_only)`` volumes at ``/data/<slug>``.
+
+    Without ``sub_paths`` every volume is mounted whole. With them, only the listed
+    directories (``/data/<slug>/a/b``; ``/data/<slug>`` is the whole volume) are, each at
+    its own path: the rest of a volume, and volumes not named, stay out of sight. A path
+    inside another listed one adds nothing and is dropped. Raises ``ValueError`` for a
+    path outside ``/data/<slug>`` of a given volume.
+    """
+    by_slug = {slug: (source, read_only) for slug, source, read_only in volumes}
+    if not sub_paths:
+        return tuple(
+            Mount(source, (), f"{DATA}/{slug}", read_only)
+            for slug, (source, read_only) in sorted(by_slug.items())
+        )
+    wanted: set[tuple[str, ...]] = set()
+    for sub_path in sub_paths:
+        parts = PurePosixPath(sub_path).parts
+        if parts[:2] != ("/", DATA.strip("/")) or len(parts) < 3 or parts[2] not in by_slug:
+            raise ValueError(f"{sub_path} is not in a volume mounted at {DATA}/<slug>")
+        wanted.add(parts[2:])
+    kept = [p for p in wanted if not any(p[: len(q)] == q for q in wanted if q != p)]
+    mounts = []
+    for slug, *names in sorted(kept):
+        source, read_only = by_slug[slug]
+        mounts.append(Mount(source, tuple(names), "/".join((DATA, slug, *names)), read_only))
+    return tuple(mounts)
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     language: str
     code: bytes
@@ -39,6 +99,7 @@ class SandboxSpec:
     home: Home = Home()
     limits: Limits = Limits()
     name: str = "run"  # unique among running sandboxes; names the cgroup
+    mounts: tuple[Mount, ...] = ()  # volumes and storage connections, under /data
 
 
 class Ending(Enum):

@@ -1,21 +1,30 @@
-"""Operator actions: organisations, sandbox profiles and API keys."""
+"""Operator actions: organisations, sandbox profiles, API keys, volumes and storage
+connections."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
 from baponi_core.services.webhooks import secret_for
-from baponi_core.store import ApiKey, Org, Profile, Store
+from baponi_core.store import ApiKey, Org, Principal, Profile, Store, Volume
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+# A volume's slug is the directory it is mounted at, /data/<slug>: lower case, no dots.
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+CONNECTION_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEFAULT_ORG = "default"
 DEFAULT_PROFILE = "default"
 DEFAULT_MAX_CONCURRENCY = 8
+# The key id the local user (stdio MCP) acts under: no secret, never stored, so it can
+# never be presented over HTTP; stable, so its executions stay recognisable across runs.
+LOCAL_KEY_ID = "key_local"
 
 # Bounds an operator may set on a profile (lower, upper).
 PROFILE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -35,6 +44,36 @@ def _check_name(kind: str, name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def _check_slug(slug: str) -> str:
+    if not SLUG.fullmatch(slug):
+        raise ValidationError(
+            f"volume slug {slug!r} is invalid: it must be 1-63 lower-case letters, digits "
+            "or '-', starting with a letter or digit (it is mounted at /data/<slug>)"
+        )
+    return slug
+
+
+def _check_connection(url: str, options: dict[str, str]) -> None:
+    """A bucket URL without credentials in it (they go in ``options``), and str options."""
+    scheme, sep, rest = url.partition("://")
+    bucket = rest.split("/", 1)[0]
+    if not sep or scheme not in CONNECTION_SCHEMES or not bucket:
+        raise ValidationError(
+            f"storage connection URL must be <scheme>://<bucket>[/prefix] with scheme one of "
+            f"{', '.join(CONNECTION_SCHEMES)}"
+        )
+    if "@" in bucket or any(c in rest for c in "?#\\\0") or ".." in rest.split("/"):
+        raise ValidationError(
+            "storage connection URL must hold no credentials, query, '..' or backslash: "
+            "pass credentials as options"
+        )
+    for name, value in options.items():
+        if not isinstance(name, str) or not OPTION_NAME.fullmatch(name):
+            raise ValidationError(f"storage option name {name!r} is invalid")
+        if not isinstance(value, str):
+            raise ValidationError(f"storage option {name} must be a string")
 
 
 class Admin:
@@ -83,13 +122,21 @@ class Admin:
         return profile
 
     async def create_key(
-        self, org_name: str = DEFAULT_ORG, name: str = "default", profile: str = DEFAULT_PROFILE
+        self,
+        org_name: str = DEFAULT_ORG,
+        name: str = "default",
+        profile: str = DEFAULT_PROFILE,
+        volumes: Sequence[str] = (),
+        connections: Sequence[str] = (),
     ) -> tuple[ApiKey, str]:
-        """A new key; its secret is returned once and only its hash is kept."""
+        """A new key, bound to the given volumes and storage connections (slugs in its
+        organisation); its secret is returned once and only its hash is kept."""
         org = await self.org(org_name)
         bound = await self.store.get_profile(org.id, profile)
         if bound is None:
             raise NotFound(f"profile {profile} not found in organisation {org_name}")
+        mounted = [await self._volume(org, slug, connection=False) for slug in volumes]
+        mounted += [await self._volume(org, slug, connection=True) for slug in connections]
         secret = new_api_key()
         key = ApiKey(
             id=new_id("key"),
@@ -100,7 +147,65 @@ class Admin:
             created_at=time.time(),
         )
         await self.store.create_key(key, hash_key(secret))
+        try:
+            await self.store.bind_volumes(key.id, list(dict.fromkeys(v.id for v in mounted)))
+        except Exception:
+            await self.store.revoke_key(org.id, key.id, time.time())  # never half-bound
+            raise
         return key, secret
+
+    async def create_volume(
+        self,
+        org_name: str,
+        slug: str,
+        read_only: bool = False,
+        url: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> Volume:
+        """A managed volume (no ``url``) or a storage connection to the user's bucket."""
+        _check_slug(slug)
+        if url is None and options:
+            raise ValidationError("storage options are only for storage connections (a URL)")
+        if url is not None:
+            _check_connection(url, options or {})
+        org = await self.org(org_name)
+        if await self.store.get_volume(org.id, slug) is not None:
+            raise Conflict(f"volume {slug} already exists in organisation {org_name}")
+        volume = Volume(
+            id=new_id("vol"),
+            org_id=org.id,
+            slug=slug,
+            read_only=read_only,
+            created_at=time.time(),
+            url=url,
+            options=dict(options or {}),
+        )
+        await self.store.create_volume(volume)
+        return volume
+
+    async def list_volumes(self, org_name: str) -> list[Volume]:
+        """Volumes and storage connections of the organisation, by slug."""
+        return await self.store.list_volumes((await self.org(org_name)).id)
+
+    async def delete_volume(self, org_name: str, slug: str, connection: bool | None = None) -> None:
+        """Forget the volume and unbind it from every key (its stored files are not touched).
+        ``connection`` True or False insists on a storage connection or a managed volume."""
+        org = await self.org(org_name)
+        if connection is not None:
+            await self._volume(org, slug, connection)
+        if not await self.store.delete_volume(org.id, slug):
+            raise NotFound(f"volume {slug} not found in organisation {org_name}")
+
+    async def _volume(self, org: Org, slug: str, connection: bool) -> Volume:
+        """A volume (or, with ``connection``, a storage connection) of ``org`` by slug."""
+        kind = "storage connection" if connection else "volume"
+        volume = await self.store.get_volume(org.id, slug)
+        if volume is None:
+            raise NotFound(f"{kind} {slug} not found in organisation {org.name}")
+        if volume.is_connection != connection:
+            actual = "storage connection" if volume.is_connection else "managed volume"
+            raise ValidationError(f"{slug} is a {actual}, not a {kind}")
+        return volume
 
     async def revoke_key(self, org_name: str, key_id: str) -> None:
         org = await self.org(org_name)
@@ -123,3 +228,22 @@ class Admin:
             return None
         _, secret = await self.create_key(name="first key")
         return secret
+
+    async def local_principal(self) -> Principal:
+        """The user on this machine (``baponi-mcp`` over stdio), trusted without an API key:
+        the default organisation, its default profile and all its volumes."""
+        org = await self.ensure_default_org()
+        profile = await self.store.get_profile(org.id, DEFAULT_PROFILE)
+        if profile is None:  # deleted by hand: the defaults, as create_org makes them
+            profile = Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE)
+            await self.store.save_profile(profile)
+        key = ApiKey(
+            id=LOCAL_KEY_ID,
+            org_id=org.id,
+            profile_id=profile.id,
+            name="local user",
+            prefix="local",
+            created_at=org.created_at,
+        )
+        volumes = tuple(await self.store.list_volumes(org.id))
+        return Principal(key=key, org=org, profile=profile, volumes=volumes)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,14 +31,24 @@ from baponi_core.errors import (
 from baponi_core.ids import new_trace_id
 from baponi_core.limits import TRACE_ID_PATTERN
 from baponi_core.models import ExecuteRequest, ExecutionView, SandboxResult
-from baponi_core.sandbox import Home, Limits, Outcome, SandboxRuntime, SandboxSpec
-from baponi_core.sandbox.runner import SandboxError
+from baponi_core.sandbox import (
+    Home,
+    Limits,
+    Mount,
+    Outcome,
+    SandboxRuntime,
+    SandboxSpec,
+    volume_mounts,
+)
+from baponi_core.sandbox.runner import MountError, SandboxError
 from baponi_core.sandbox.spec import Ending, MiB
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.journal import Journal, encode
-from baponi_core.services.threads import ThreadHomes
+from baponi_core.services.threads import ThreadClaims
 from baponi_core.services.webhooks import Webhooks
-from baponi_core.store import Execution, Principal, Profile, Store
+from baponi_core.storage.local import LocalTree, TooDeep
+from baponi_core.storage.places import Place, Storage
+from baponi_core.store import Execution, Principal, Profile, Store, Volume
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +56,10 @@ RETENTION_S = 300  # output is kept for timeout + this, after the start
 PERSIST_EVERY_S = 0.5
 PURGE_EVERY_S = 60
 STOP_WAIT_S = 10
+QUOTA_SAMPLE_S = 0.1  # at least this long between two measures of a thread home
 CANCELLED = "Cancelled by user"
 SERVER_STOPPED = "server_stopped"  # the server went down while the execution ran
+DISK_QUOTA_EXCEEDED = "disk_quota_exceeded"  # the thread home outgrew --thread-quota
 
 # How each ending shows in the record (status) and the SandboxResult (error).
 ENDINGS: dict[Ending, tuple[str, str | None]] = {
@@ -55,7 +68,11 @@ ENDINGS: dict[Ending, tuple[str, str | None]] = {
     Ending.OUTPUT_LIMIT: ("failed", "output_limit_exceeded"),
     Ending.SECCOMP: ("seccomp", "security_policy_violation"),
 }
-STOPS = {"cancel": ("cancelled", CANCELLED), "shutdown": ("failed", SERVER_STOPPED)}
+STOPS = {
+    "cancel": ("cancelled", CANCELLED),
+    "shutdown": ("failed", SERVER_STOPPED),
+    "quota": ("failed", DISK_QUOTA_EXCEEDED),
+}
 
 
 @dataclass
@@ -65,6 +82,7 @@ class Run:
     record: Execution
     request: ExecuteRequest
     profile: Profile
+    volumes: tuple[Volume, ...]  # mounted at /data/<slug>
     held: contextlib.ExitStack  # its concurrency slot and thread claim
     journal: Journal
     stop: anyio.Event = field(default_factory=anyio.Event)
@@ -97,13 +115,16 @@ class Executions:
         self,
         store: Store,
         runtime: SandboxRuntime,
-        threads: ThreadHomes,
+        storage: Storage,
         limiter: ConcurrencyLimiter,
         webhooks: Webhooks,
+        quota: int,
     ) -> None:
         self.store = store
         self.runtime = runtime
-        self.threads = threads
+        self.storage = storage
+        self.threads = ThreadClaims()
+        self.quota = quota  # bytes a thread home may hold
         self.limiter = limiter
         self.webhooks = webhooks
         self.accepting = True
@@ -146,6 +167,7 @@ class Executions:
                 raise ValidationError("webhook_url requires the header Prefer: respond-async")
             self.webhooks.check(request.webhook_url)
         profile = principal.profile
+        check_sub_paths(principal.volumes, request.sub_paths)
         if request.timeout > profile.max_timeout:
             raise RateLimited(
                 f"timeout {request.timeout}s exceeds the plan limit of {profile.max_timeout}s",
@@ -169,7 +191,14 @@ class Executions:
                 webhook_delivery_status="pending" if request.webhook_url else None,
             )
             await self.store.insert_execution(record)
-            run = Run(record, request, profile, stack.pop_all(), Journal(record.trace_id))
+            run = Run(
+                record,
+                request,
+                profile,
+                principal.volumes,
+                stack.pop_all(),
+                Journal(record.trace_id),
+            )
         self._live[record.trace_id] = run
         self._tasks.start_soon(self._lifecycle, run, name=f"execution {record.trace_id}")
         return run
@@ -200,30 +229,90 @@ class Executions:
         if run.stop.is_set():  # cancelled before it started
             _finish(run, *STOPS[run.stop_reason], exit_code=-1)
             return
-        home = Home()
-        if request.thread_id is not None:
-            try:
-                home = Home(self.threads.path(record.org_id, request.thread_id))
-            except OSError:
-                log.exception("thread home for %s not available", record.trace_id)
-                _finish(run, "failed", "thread_mount_error", exit_code=-1)
-                return
-        spec = SandboxSpec(
-            language=request.language,
-            code=request.code.encode(),
-            env=dict(request.env_vars or {}),
-            home=home,
-            limits=limits_for(run.profile, request.timeout),
-            name=record.trace_id,
+        thread = (
+            self.storage.thread(record.org_id, request.thread_id) if request.thread_id else None
         )
+        volumes = [(v, self.storage.volume(v)) for v in run.volumes]
+        places = ([thread] if thread else []) + [place for _, place in volumes]
         try:
-            outcome = await self.runtime.run(spec, on_output=run.journal.output, stop=run.stop)
-        except SandboxError as exc:
-            log.error("sandbox for %s failed: %s", record.trace_id, exc)
-            _finish(run, "failed", "service_unavailable", exit_code=-1)
-            run.failure = Unavailable("the sandbox runtime is unavailable; try again")
-            return
-        _from_outcome(run, outcome)
+            mounts = await self._bring_in(run, places, volumes)
+            if mounts is None:
+                return
+            spec = SandboxSpec(
+                language=request.language,
+                code=request.code.encode(),
+                env=dict(request.env_vars or {}),
+                home=Home(thread.workspace) if thread else Home(),
+                mounts=mounts,
+                limits=limits_for(run.profile, request.timeout),
+                name=record.trace_id,
+            )
+            outcome = await self._sandboxed(run, spec, thread)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _write_back(run, places)
+        if outcome is not None:
+            _from_outcome(run, outcome)
+
+    async def _bring_in(
+        self, run: Run, places: list[Place], volumes: list[tuple[Volume, Place]]
+    ) -> tuple[Mount, ...] | None:
+        """Sync every root in and build the volume mounts; on failure the run ends with
+        the root's mount error and its code never runs."""
+        for place in places:
+            try:
+                await place.backend.pull(place.key)
+            except Exception:
+                log.exception("could not bring in %s for %s", place.key, run.trace_id)
+                _finish(run, "failed", place.mount_error, exit_code=-1)
+                return None
+        try:
+            return await anyio.to_thread.run_sync(
+                _mounts, volumes, run.request.sub_paths, self.runtime.uid
+            )
+        except (BaponiError, OSError):
+            log.exception("could not mount the volumes of %s", run.trace_id)
+            _finish(run, "failed", "volume_mount_error", exit_code=-1)
+            return None
+
+    async def _sandboxed(self, run: Run, spec: SandboxSpec, thread: Place | None) -> Outcome | None:
+        """Run the sandbox, stopped early if the thread home outgrows its quota."""
+        async with anyio.create_task_group() as watch:
+            if thread is not None:
+                watch.start_soon(self._watch_quota, run, thread.workspace)
+            try:
+                return await self.runtime.run(spec, on_output=run.journal.output, stop=run.stop)
+            except MountError as exc:  # a volume directory swapped for a link meanwhile
+                log.error("mounts of %s failed: %s", run.trace_id, exc)
+                _finish(run, "failed", "volume_mount_error", exit_code=-1)
+            except SandboxError as exc:
+                log.error("sandbox for %s failed: %s", run.trace_id, exc)
+                _finish(run, "failed", "service_unavailable", exit_code=-1)
+                run.failure = Unavailable("the sandbox runtime is unavailable; try again")
+            finally:
+                watch.cancel_scope.cancel()
+        return None
+
+    async def _watch_quota(self, run: Run, workspace: Path) -> None:
+        """Sample the home's size while code runs; growing past the quota (or past its size
+        at the start, for a home already over it) stops the run. Scans are spaced so that
+        they cost at most a twentieth of one core."""
+        tree = LocalTree(workspace, owner=None)
+        allowed: int | None = None
+        while not run.stop.is_set():
+            started = time.monotonic()
+            try:
+                used: int | None = await anyio.to_thread.run_sync(tree.usage, ())
+            except TooDeep:  # nested beyond what the server accounts for
+                used = None
+            if allowed is None and used is not None:
+                allowed = max(self.quota, used)
+            if used is None or allowed is None or used > allowed:
+                log.warning("%s exceeded the thread disk quota", run.trace_id)
+                run.stop_reason = "quota"
+                run.stop.set()
+                return
+            await anyio.sleep(max(QUOTA_SAMPLE_S, 20 * (time.monotonic() - started)))
 
     async def _settle(self, run: Run) -> None:
         """Record the end, whatever happened; then let waiters and the webhook go."""
@@ -325,6 +414,40 @@ class Executions:
         with anyio.move_on_after(within):
             for run in list(self._live.values()):
                 await run.done.wait()
+
+
+def check_sub_paths(volumes: tuple[Volume, ...], sub_paths: list[str] | None) -> None:
+    """Refuse, before anything runs, a sub-path outside the key's volumes."""
+    try:
+        volume_mounts(((v.slug, Path("/"), v.read_only) for v in volumes), sub_paths or ())
+    except ValueError as exc:
+        raise ValidationError(f"sub_paths: {exc}") from None
+
+
+def _mounts(
+    volumes: list[tuple[Volume, Place]], sub_paths: list[str] | None, owner: int | None
+) -> tuple[Mount, ...]:
+    """The volume mounts of one run; narrowed sub-directories of a writable volume are made
+    (without following links) when missing. Blocking."""
+    mounts = volume_mounts(
+        ((v.slug, place.workspace, v.read_only) for v, place in volumes), sub_paths or ()
+    )
+    for mount in mounts:  # a missing directory of a read-only volume is a mount error
+        with LocalTree(mount.source, owner).directory(mount.names, create=not mount.read_only):
+            pass
+    return mounts
+
+
+async def _write_back(run: Run, places: list[Place]) -> None:
+    """Store what the run changed. A failure loses nothing: the files stay in the
+    workspace and go with the next push."""
+    for place in places:
+        if place.read_only:
+            continue
+        try:
+            await place.backend.push(place.key)
+        except Exception:
+            log.exception("could not store %s after %s", place.key, run.trace_id)
 
 
 def limits_for(profile: Profile, timeout: int) -> Limits:

@@ -14,7 +14,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,39 +98,34 @@ class LocalTree:
 
     def entries(self, base: tuple[str, ...], prefix: tuple[str, ...]) -> list[Entry]:
         """Directories and regular files under ``prefix`` (or that file), recursively; paths
-        relative to ``base``. Links, FIFOs, sockets and hard-linked files are left out."""
+        relative to ``base``. Links, FIFOs, sockets and hard-linked files are left out, as
+        downloads refuse them, and so is anything deeper than :data:`MAX_DEPTH`."""
         with self.directory(base) as top:
             try:
                 with self.directory(prefix[:-1], top=top) as parent:
                     if not prefix:
-                        return self._walk(parent, "")
+                        return _listing(parent, "")
                     info = os.stat(prefix[-1], dir_fd=parent, follow_symlinks=False)
                     here = "/".join(prefix)
-                    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                    if _served(info):
                         return [Entry(here, info.st_size, info.st_mtime, False)]
                     if not stat.S_ISDIR(info.st_mode):
                         return []
                     with _opened(prefix[-1], O_DIR, parent) as fd:
-                        return self._walk(fd, here + "/")
+                        return _listing(fd, here + "/")
             except (NotFound, FileNotFoundError):
                 return []
 
-    def _walk(self, top: int, prefix: str) -> list[Entry]:
-        """Iterative, so a tree nested thousands deep by sandboxed code cannot exhaust
-        the stack; files with several links are left out, as downloads refuse them."""
-        found: list[Entry] = []
-        stack = [(os.dup(top), prefix)]
-        try:
-            while stack and len(found) < MAX_LISTED:
-                fd, rel = stack.pop()
-                try:
-                    _scan(fd, rel, found, stack)
-                finally:
-                    os.close(fd)
-        finally:
-            for fd, _ in stack:
-                os.close(fd)
-        return found
+    def files(self, base: tuple[str, ...]) -> dict[str, tuple[int, float]]:
+        """Every served file below ``base`` (no count limit): relative path -> size, mtime."""
+        with self.directory(base) as top, contextlib.closing(_descend(top)) as found:
+            return {rel: (i.st_size, i.st_mtime) for rel, i in found if _served(i)}
+
+    def usage(self, base: tuple[str, ...]) -> int:
+        """Bytes allocated to the entries below ``base``, every kind counted, none followed
+        (an empty root holds 0). A tree deeper than :data:`MAX_DEPTH` raises :class:`TooDeep`."""
+        with self.directory(base) as top, contextlib.closing(_descend(top, strict=True)) as found:
+            return sum(info.st_blocks * 512 for _, info in found)
 
     def open_read(self, names: tuple[str, ...]) -> tuple[int, int]:
         """An fd of the regular file at ``names`` and its size."""
@@ -202,22 +197,67 @@ def _opened(name: str, flags: int, dir_fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def _scan(fd: int, rel: str, found: list[Entry], stack: list[tuple[int, str]]) -> None:
-    """Add the entries of directory ``fd`` to ``found``; its subdirectories to ``stack``."""
-    for name in sorted(os.listdir(fd)):
-        if len(found) >= MAX_LISTED:
-            return
-        try:
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-            found.append(Entry(rel + name, info.st_size, info.st_mtime, False))
-        elif stat.S_ISDIR(info.st_mode):
-            found.append(Entry(rel + name, 0, info.st_mtime, True))
-            if rel.count("/") < MAX_DEPTH:
-                with contextlib.suppress(NotFound):
-                    stack.append((_open(name, O_DIR, fd), f"{rel}{name}/"))
+class TooDeep(Exception):
+    """A tree nested deeper than :data:`MAX_DEPTH`."""
+
+
+def _served(info: os.stat_result) -> bool:
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def _listing(top: int, prefix: str) -> list[Entry]:
+    found: list[Entry] = []
+    with contextlib.closing(_descend(top)) as entries:
+        for rel, info in entries:
+            if len(found) >= MAX_LISTED:
+                break
+            if _served(info):
+                found.append(Entry(prefix + rel, info.st_size, info.st_mtime, False))
+            elif stat.S_ISDIR(info.st_mode):
+                found.append(Entry(prefix + rel, 0, info.st_mtime, True))
+    return found
+
+
+def _descend(top: int, strict: bool = False) -> Generator[tuple[str, os.stat_result]]:
+    """Every entry below ``top``, depth first in name order, with its own ``lstat``.
+
+    Holds one fd per level, so neither a wide nor a deep tree made by sandboxed code
+    exhausts descriptors or the stack. Below :data:`MAX_DEPTH` levels it stops descending,
+    or raises :class:`TooDeep` when ``strict``.
+    """
+    levels = [(os.dup(top), "", iter(_names(top)))]
+    try:
+        while levels:
+            fd, rel, names = levels[-1]
+            name = next(names, None)
+            if name is None:
+                levels.pop()
+                os.close(fd)
+                continue
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            yield rel + name, info
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            if len(levels) >= MAX_DEPTH:
+                if strict:
+                    raise TooDeep(f"directories nested deeper than {MAX_DEPTH} levels")
+                continue
+            with contextlib.suppress(NotFound):
+                child = _open(name, O_DIR, fd)
+                levels.append((child, f"{rel}{name}/", iter(_names(child))))
+    finally:
+        for fd, _, _ in levels:
+            os.close(fd)
+
+
+def _names(fd: int) -> list[str]:
+    try:
+        return sorted(os.listdir(fd))
+    except PermissionError:  # a server not running as root meets a directory made 000
+        return []
 
 
 def _remove_tree(parent: int, name: str) -> None:

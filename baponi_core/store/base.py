@@ -41,12 +41,36 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class Volume:
+    """Storage mounted at ``/data/<slug>/`` in the sandboxes of the keys bound to it.
+
+    ``url`` ``None`` is a managed volume on the server's own storage; a URL
+    (``s3://bucket/prefix``, ``gs://...``, ``az://...``) is a storage connection to the
+    user's own bucket, ``options`` its fsspec storage options, credentials included: kept
+    out of ``repr`` so that they never reach a log, and never shown by listings.
+    """
+
+    id: str
+    org_id: str
+    slug: str
+    read_only: bool
+    created_at: float
+    url: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, repr=False, hash=False)
+
+    @property
+    def is_connection(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling: the key and what it is bound to."""
 
     key: ApiKey
     org: Org
     profile: Profile
+    volumes: tuple[Volume, ...] = ()  # bound volumes and connections, sorted by slug
 
 
 @dataclass
@@ -91,6 +115,18 @@ class Store(Protocol):
     async def find_key(self, secret_hash: str) -> Principal | None: ...
     async def list_keys(self, org_id: str) -> list[ApiKey]: ...
     async def revoke_key(self, org_id: str, key_id: str, when: float) -> bool: ...
+
+    async def create_volume(self, volume: Volume) -> None: ...
+    async def get_volume(self, org_id: str, slug: str) -> Volume | None: ...
+    async def list_volumes(self, org_id: str) -> list[Volume]: ...
+    async def delete_volume(self, org_id: str, slug: str) -> bool:
+        """Delete the volume and its bindings to keys; ``False`` when there was none."""
+        ...
+
+    async def bind_volumes(self, key_id: str, volume_ids: list[str]) -> None: ...
+    async def key_volumes(self, org_id: str) -> dict[str, list[str]]:
+        """The slugs bound to each key of the organisation (keys without any left out)."""
+        ...
 
     async def insert_execution(self, execution: Execution) -> None: ...
     async def update_execution(self, execution: Execution) -> None: ...

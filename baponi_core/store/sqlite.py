@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 
 from baponi_core.ids import new_id
-from baponi_core.store.base import ApiKey, Execution, Org, Principal, Profile
+from baponi_core.store.base import ApiKey, Execution, Org, Principal, Profile, Volume
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -98,6 +98,24 @@ CREATE TABLE execution_events (
 ) WITHOUT ROWID;
 CREATE INDEX execution_events_expiry ON execution_events (expires_at);
 """,
+    """
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    slug TEXT NOT NULL,
+    read_only INTEGER NOT NULL,
+    url TEXT,
+    options TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    UNIQUE (org_id, slug)
+);
+CREATE TABLE key_volumes (
+    key_id TEXT NOT NULL REFERENCES api_keys(id),
+    volume_id TEXT NOT NULL REFERENCES volumes(id) ON DELETE CASCADE,
+    PRIMARY KEY (key_id, volume_id)
+) WITHOUT ROWID;
+CREATE INDEX key_volumes_by_volume ON key_volumes (volume_id);
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -106,6 +124,7 @@ ORG_COLUMNS = "o.id, o.name, o.max_concurrency, o.created_at"
 PROFILE_FIELDS = [f.name for f in dataclasses.fields(Profile)]
 KEY_FIELDS = [f.name for f in dataclasses.fields(ApiKey)]
 EXECUTION_FIELDS = [f.name for f in dataclasses.fields(Execution)]
+VOLUME_COLUMNS = ", ".join(f"v.{f.name}" for f in dataclasses.fields(Volume))
 
 
 class SqliteStore:
@@ -244,7 +263,18 @@ class SqliteStore:
         if row is None:
             return None
         k, o = len(KEY_FIELDS), len(KEY_FIELDS) + 4
-        return Principal(key=ApiKey(*row[:k]), org=Org(*row[k:o]), profile=Profile(*row[o:]))
+        key = ApiKey(*row[:k])
+        volumes = await self._all(
+            f"SELECT {VOLUME_COLUMNS} FROM key_volumes kv JOIN volumes v ON v.id = kv.volume_id "
+            "WHERE kv.key_id = ? ORDER BY v.slug",
+            [key.id],
+        )
+        return Principal(
+            key=key,
+            org=Org(*row[k:o]),
+            profile=Profile(*row[o:]),
+            volumes=tuple(_volume(v) for v in volumes),
+        )
 
     async def list_keys(self, org_id: str) -> list[ApiKey]:
         rows = await self._all(
@@ -259,6 +289,59 @@ class SqliteStore:
             (when, org_id, key_id),
         )
         return changed == 1
+
+    # volumes and storage connections
+
+    async def create_volume(self, volume: Volume) -> None:
+        row = dataclasses.asdict(volume)
+        row["options"] = json.dumps(row["options"])
+        await self._insert("volumes", row)
+
+    async def get_volume(self, org_id: str, slug: str) -> Volume | None:
+        row = await self._one(
+            f"SELECT {VOLUME_COLUMNS} FROM volumes v WHERE v.org_id = ? AND v.slug = ?",
+            [org_id, slug],
+        )
+        return _volume(row) if row else None
+
+    async def list_volumes(self, org_id: str) -> list[Volume]:
+        rows = await self._all(
+            f"SELECT {VOLUME_COLUMNS} FROM volumes v WHERE v.org_id = ? ORDER BY v.slug", [org_id]
+        )
+        return [_volume(row) for row in rows]
+
+    async def delete_volume(self, org_id: str, slug: str) -> bool:
+        async with self._write() as db:
+            # Explicit, not left to ON DELETE CASCADE: that needs foreign_keys=ON everywhere.
+            await db.execute(
+                "DELETE FROM key_volumes WHERE volume_id IN "
+                "(SELECT id FROM volumes WHERE org_id = ? AND slug = ?)",
+                (org_id, slug),
+            )
+            async with db.execute(
+                "DELETE FROM volumes WHERE org_id = ? AND slug = ?", (org_id, slug)
+            ) as cursor:
+                return cursor.rowcount == 1
+
+    async def bind_volumes(self, key_id: str, volume_ids: list[str]) -> None:
+        if not volume_ids:
+            return
+        rows = ", ".join("(?, ?)" for _ in volume_ids)
+        await self._change(
+            f"INSERT OR IGNORE INTO key_volumes (key_id, volume_id) VALUES {rows}",
+            [v for volume_id in volume_ids for v in (key_id, volume_id)],
+        )
+
+    async def key_volumes(self, org_id: str) -> dict[str, list[str]]:
+        rows = await self._all(
+            "SELECT kv.key_id, v.slug FROM key_volumes kv JOIN volumes v ON v.id = kv.volume_id "
+            "WHERE v.org_id = ? ORDER BY v.slug",
+            [org_id],
+        )
+        bound: dict[str, list[str]] = {}
+        for key_id, slug in rows:
+            bound.setdefault(key_id, []).append(slug)
+        return bound
 
     # executions
 
@@ -345,6 +428,13 @@ class SqliteStore:
 
     async def purge_events(self, now: float) -> int:
         return await self._change("DELETE FROM execution_events WHERE expires_at <= ?", [now])
+
+
+def _volume(row: Any) -> Volume:
+    values = dict(zip((f.name for f in dataclasses.fields(Volume)), row, strict=True))
+    values["read_only"] = bool(values["read_only"])
+    values["options"] = json.loads(values["options"])
+    return Volume(**values)
 
 
 def _execution(row: Any) -> Execution:

@@ -1,0 +1,91 @@
+"""What a storage backend does for the services, whatever holds the bytes.
+
+A *root* is one thread home or volume, named by a key such as ``("threads", org, thread)``.
+Sandboxes always see a real directory, the root's *workspace*: on local disk it is the root
+itself; with a cloud backend it is a local copy, brought in before an execution (``pull``)
+and written back after it (``push``). Every method that touches a workspace treats what
+sandboxed code made there as hostile (see :mod:`baponi_core.storage.local`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from baponi_core.storage.local import Entry
+
+Key = tuple[str, ...]
+RESERVED = ".baponi-"  # names the server uses for its own objects; never listed or synced
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A URL granting one method on one file, and the headers the client must send."""
+
+    url: str
+    method: str
+    headers: list[dict[str, str]]
+    expires: int
+
+
+class Backend(Protocol):
+    def workspace(self, key: Key) -> Path:
+        """The directory sandboxes bind for ``key``, made on first use."""
+        ...
+
+    async def pull(self, key: Key) -> None:
+        """Bring the workspace up to date with the stored root."""
+        ...
+
+    async def push(self, key: Key) -> None:
+        """Store what changed in the workspace since the last pull or push."""
+        ...
+
+    async def exists(self, key: Key) -> bool: ...
+    async def create(self, key: Key) -> None: ...
+    async def entries(self, key: Key, prefix: tuple[str, ...]) -> list[Entry]: ...
+    async def delete(self, key: Key, names: tuple[str, ...]) -> None: ...
+    async def usage(self, key: Key) -> int:
+        """Bytes the root takes."""
+        ...
+
+    async def read(self, key: Key, names: tuple[str, ...], max_bytes: int) -> bytes | None:
+        """The whole file when it holds at most ``max_bytes``, else None."""
+        ...
+
+    async def sign(
+        self,
+        key: Key,
+        names: tuple[str, ...],
+        method: str,
+        size: int | None,
+        content_type: str | None,
+        expires: int,
+        base_url: str,
+    ) -> Signed:
+        """A URL for one GET of an existing file, or one PUT of exactly ``size`` bytes."""
+        ...
+
+
+def make_workspace(base: Path, key: Key, owner: int | None) -> Path:
+    """``base/key…``: parents traversable but not listable by the sandbox uid; the root
+    itself private to it. Key parts are validated names, never request paths."""
+    path = base
+    for name in key[:-1]:
+        path = path / name
+        _mkdir(path, 0o711)
+    path = path / key[-1]
+    if _mkdir(path, 0o700) and owner is not None:
+        os.chown(path, owner, owner, follow_symlinks=False)
+    return path
+
+
+def _mkdir(path: Path, mode: int) -> bool:
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    path.chmod(mode)  # explicit: mkdir's mode is filtered by the umask
+    return True

@@ -1,0 +1,159 @@
+"""Roots in an object store (S3, GCS, Azure Blob) through fsspec, with local workspaces.
+
+Sandboxes need a real directory, so each root has a workspace under the server's cache,
+synced (:mod:`sync`) before and after every execution. The Files API talks to the store
+directly: listings show what is stored, and signed URLs are the provider's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from baponi_core.errors import BaponiError, NotFound, Unavailable
+from baponi_core.storage.backend import RESERVED, Key, Signed, make_workspace
+from baponi_core.storage.local import Entry, LocalTree
+from baponi_core.storage.sync import Manifest, listing, pull, push
+
+MARKER = RESERVED + "root"  # an empty object that makes a root without files exist
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class CloudBackend:
+    """Roots below ``base`` ("bucket/prefix") of ``fs``; workspaces below ``cache``, at
+    ``cache_prefix + key``."""
+
+    def __init__(
+        self, fs: Any, base: str, cache: Path, owner: int | None, cache_prefix: Key = ()
+    ) -> None:
+        self.fs = fs
+        self.base = base.rstrip("/")
+        self.cache = cache
+        self.cache_prefix = cache_prefix
+        self.tree = LocalTree(cache, owner=owner)
+        self.owner = owner
+        self._locks: dict[Key, anyio.Lock] = {}
+
+    def _remote(self, key: Key, names: tuple[str, ...] = ()) -> str:
+        return "/".join(p for p in (self.base, *key, *names) if p)
+
+    def workspace(self, key: Key) -> Path:
+        return make_workspace(self.cache, self.cache_prefix + key, self.owner)
+
+    def _manifest(self, key: Key) -> Manifest:
+        space = self.workspace(key)
+        return Manifest(space.with_name(space.name + ".manifest.json"))
+
+    async def pull(self, key: Key) -> None:
+        await self._synced(pull, key)
+
+    async def push(self, key: Key) -> None:
+        await self._synced(push, key)
+
+    async def _synced(self, sync: Callable[..., None], key: Key) -> None:
+        """One sync of a root at a time: executions sharing a volume share its workspace."""
+        lock = self._locks.setdefault(key, anyio.Lock())
+        try:
+            async with lock:
+                await self._call(
+                    lambda: sync(
+                        self.fs,
+                        self._remote(key),
+                        self.tree,
+                        self.cache_prefix + key,
+                        self._manifest(key),
+                    )
+                )
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(key, None)
+
+    async def exists(self, key: Key) -> bool:
+        return await self._call(lambda: bool(self.fs.exists(self._remote(key))))
+
+    async def create(self, key: Key) -> None:
+        marker = self._remote(key, (MARKER,))
+        if not await self._call(lambda: bool(self.fs.exists(marker))):
+            await self._call(lambda: self.fs.pipe_file(marker, b""))
+
+    async def entries(self, key: Key, prefix: tuple[str, ...]) -> list[Entry]:
+        stored = await self._call(lambda: listing(self.fs, self._remote(key)))
+        wanted = "/".join(prefix)
+        found: dict[str, Entry] = {}
+        for rel, obj in stored.items():
+            if wanted and rel != wanted and not rel.startswith(wanted + "/"):
+                continue
+            found[rel] = Entry(rel, obj.size, obj.modified, False)
+            parent = rel.rpartition("/")[0]
+            while parent and len(parent) > len(wanted):  # object stores imply directories
+                seen = found.get(parent)
+                newest = max(obj.modified, seen.modified if seen else 0.0)
+                found[parent] = Entry(parent, 0, newest, True)
+                parent = parent.rpartition("/")[0]
+        return sorted(found.values(), key=lambda e: e.path)
+
+    async def delete(self, key: Key, names: tuple[str, ...]) -> None:
+        remote = self._remote(key, names)
+
+        def remove() -> None:
+            if self.fs.isfile(remote):
+                self.fs.rm_file(remote)
+            elif listing(self.fs, remote):
+                self.fs.rm(remote, recursive=True)
+            else:
+                raise NotFound("file not found")
+
+        await self._call(remove)
+
+    async def usage(self, key: Key) -> int:
+        stored = await self._call(lambda: listing(self.fs, self._remote(key)))
+        return sum(obj.size for obj in stored.values())
+
+    async def read(self, key: Key, names: tuple[str, ...], max_bytes: int) -> bytes | None:
+        remote = self._remote(key, names)
+
+        def fetch() -> bytes | None:
+            size = int(self.fs.info(remote).get("size") or 0)
+            return None if size > max_bytes else bytes(self.fs.cat_file(remote))
+
+        return await self._call(fetch)
+
+    async def sign(
+        self,
+        key: Key,
+        names: tuple[str, ...],
+        method: str,
+        size: int | None,
+        content_type: str | None,
+        expires: int,
+        base_url: str,
+    ) -> Signed:
+        remote = self._remote(key, names)
+        if method == "GET" and not await self._call(lambda: bool(self.fs.isfile(remote))):
+            raise NotFound("file not found")
+        from baponi_core.storage.presign import presign  # provider SDKs load late
+
+        ttl = expires - int(time.time())
+        url, headers = await self._call(
+            lambda: presign(self.fs, remote, "GET" if method == "GET" else "PUT", ttl, content_type)
+        )
+        return Signed(url, method, headers, expires)
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        """Run blocking storage calls in a worker; a missing object is NotFound, any other
+        storage failure is Unavailable, never a stack trace."""
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except FileNotFoundError as exc:
+            raise NotFound("file not found") from exc
+        except BaponiError:
+            raise
+        except Exception as exc:
+            log.warning("storage call failed: %r", exc)
+            raise Unavailable(f"storage unavailable ({type(exc).__name__})") from exc

@@ -1,0 +1,121 @@
+"""The embedded backend: roots are directories on local disk, bound into sandboxes as they are.
+
+Signed URLs are HMAC tokens (:mod:`signing`) that the HTTP adapter serves by calling
+:meth:`DiskBackend.download` and :meth:`DiskBackend.upload`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+
+from baponi_core.errors import ValidationError
+from baponi_core.storage.backend import Key, Signed, make_workspace
+from baponi_core.storage.local import Entry, LocalTree, Upload
+from baponi_core.storage.signing import Grant, UrlSigner
+
+CHUNK = 1 << 20
+SIGNED_PATH = "/v1/files/signed/"
+OCTETS = "application/octet-stream"
+
+
+class DiskBackend:
+    def __init__(self, base: Path, owner: int | None, signer: UrlSigner) -> None:
+        self.base = base
+        self.owner = owner
+        self.signer = signer
+        self.tree = LocalTree(base, owner=owner)
+
+    def workspace(self, key: Key) -> Path:
+        return make_workspace(self.base, key, self.owner)
+
+    async def pull(self, key: Key) -> None:
+        await anyio.to_thread.run_sync(self.workspace, key)
+
+    async def push(self, key: Key) -> None:
+        """Nothing to do: sandboxes wrote to the root itself."""
+
+    async def exists(self, key: Key) -> bool:
+        return await anyio.to_thread.run_sync(self.tree.exists, key)
+
+    async def create(self, key: Key) -> None:
+        await anyio.to_thread.run_sync(self.workspace, key)
+
+    async def entries(self, key: Key, prefix: tuple[str, ...]) -> list[Entry]:
+        return await anyio.to_thread.run_sync(self.tree.entries, key, prefix)
+
+    async def delete(self, key: Key, names: tuple[str, ...]) -> None:
+        await anyio.to_thread.run_sync(self.tree.delete, key + names)
+
+    async def usage(self, key: Key) -> int:
+        return await anyio.to_thread.run_sync(self.tree.usage, key)
+
+    async def read(self, key: Key, names: tuple[str, ...], max_bytes: int) -> bytes | None:
+        fd, size = await anyio.to_thread.run_sync(self.tree.open_read, key + names)
+        try:
+            if size > max_bytes:
+                return None
+            return await anyio.to_thread.run_sync(os.read, fd, max_bytes + 1)
+        finally:
+            os.close(fd)
+
+    async def sign(
+        self,
+        key: Key,
+        names: tuple[str, ...],
+        method: str,
+        size: int | None,
+        content_type: str | None,
+        expires: int,
+        base_url: str,
+    ) -> Signed:
+        headers = []
+        if method == "GET":
+            fd, _ = await anyio.to_thread.run_sync(self.tree.open_read, key + names)
+            os.close(fd)
+        else:
+            headers = [{"name": "Content-Type", "value": content_type or OCTETS}]
+        token = self.signer.sign(Grant(method, key, "/".join(names), size, expires))
+        return Signed(base_url.rstrip("/") + SIGNED_PATH + token, method, headers, expires)
+
+    # serving signed URLs
+
+    async def download(self, grant: Grant) -> tuple[int, AsyncIterator[bytes]]:
+        """The size of the granted file and its bytes, read as they are sent."""
+        names = grant.root + tuple(grant.path.split("/"))
+        fd, size = await anyio.to_thread.run_sync(self.tree.open_read, names)
+        return size, _read(fd)
+
+    async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
+        """Write exactly the granted size from ``chunks``; anything else leaves no trace."""
+        assert grant.size is not None
+        names = grant.root + tuple(grant.path.split("/"))
+        upload = await anyio.to_thread.run_sync(self.tree.begin_upload, names)
+        try:
+            async for chunk in chunks:
+                if upload.written + len(chunk) > grant.size:
+                    raise ValidationError(f"upload exceeds the signed size of {grant.size} bytes")
+                await anyio.to_thread.run_sync(write, upload, chunk)
+            if upload.written != grant.size:
+                raise ValidationError(f"upload ended after {upload.written} of {grant.size} bytes")
+            await anyio.to_thread.run_sync(self.tree.commit, upload)
+        finally:
+            upload.close()  # an unlinked O_TMPFILE: what was not committed disappears
+
+
+async def _read(fd: int) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def write(upload: Upload, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(upload.fd, view) :]
+    upload.written += len(chunk)

@@ -1,0 +1,108 @@
+"""Which backend holds a thread home, a volume or a storage connection, and under what key.
+
+The server's own storage (``--storage``: a directory, the default being the server home, or
+an ``s3://``, ``gs://`` or ``az://`` URL) holds thread homes and managed volumes. A storage
+connection is a volume whose bytes stay in the user's own bucket: it gets a backend of its
+own, built from credentials that only the server ever sees.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from baponi_core.errors import ValidationError
+from baponi_core.storage.backend import Backend, Key
+from baponi_core.storage.cloud import CloudBackend
+from baponi_core.storage.disk import DiskBackend
+from baponi_core.storage.signing import UrlSigner
+from baponi_core.store import Volume
+
+CLOUD_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+
+
+@dataclass(frozen=True)
+class Place:
+    """One root in its backend, and the execution error when it cannot be brought in."""
+
+    backend: Backend
+    key: Key
+    mount_error: str
+    read_only: bool = False
+
+    @property
+    def workspace(self) -> Path:
+        return self.backend.workspace(self.key)
+
+
+class Storage:
+    def __init__(
+        self,
+        url: str | None,
+        options: dict[str, Any],
+        home: Path,
+        owner: int | None,
+        signer: UrlSigner,
+    ) -> None:
+        self.cache = home / "cache"
+        self.owner = owner
+        self.disk: DiskBackend | None = None
+        self.main: Backend
+        if url is None or is_directory_url(url):
+            base = Path(url.removeprefix("file://")) if url else home
+            self.disk = self.main = DiskBackend(base, owner, signer)
+        else:
+            self.main = cloud(url, options, self.cache / "server", owner)
+        self._connections: dict[tuple[str, str | None], Backend] = {}
+
+    @property
+    def shared(self) -> list[Path]:
+        """The host directories that sandboxes bind from."""
+        found = [self.cache]
+        if self.disk is not None:
+            found += [self.disk.base / "threads", self.disk.base / "volumes"]
+        return found
+
+    def thread(self, org_id: str, thread_id: str) -> Place:
+        return Place(self.main, ("threads", org_id, thread_id), "thread_mount_error")
+
+    def volume(self, volume: Volume) -> Place:
+        if volume.url is None:
+            key = ("volumes", volume.org_id, volume.id)  # a new volume of an old slug starts empty
+            return Place(self.main, key, "volume_mount_error", volume.read_only)
+        backend = self._connections.get((volume.id, volume.url))
+        if backend is None:
+            prefix = ("connections", volume.org_id, volume.id)
+            backend = cloud(volume.url, volume.options, self.cache, self.owner, prefix)
+            self._connections[(volume.id, volume.url)] = backend
+        return Place(backend, (), "storage_mount_error", volume.read_only)
+
+
+def is_directory_url(url: str) -> bool:
+    return url.startswith("file://") or "://" not in url
+
+
+def cloud(
+    url: str, options: dict[str, Any], cache: Path, owner: int | None, cache_prefix: Key = ()
+) -> CloudBackend:
+    """A backend on the bucket (and prefix) of ``url``; ``options`` are fsspec's."""
+    scheme = url.partition("://")[0]
+    if scheme not in CLOUD_SCHEMES:
+        raise ValidationError(f"unsupported storage URL {scheme}://: use s3://, gs:// or az://")
+    settings: dict[str, Any] = {k: _literal(v) for k, v in options.items()}
+    if scheme == "s3":  # botocore would otherwise sign some URLs with SigV2
+        config = {"signature_version": "s3v4", **settings.get("config_kwargs", {})}
+        settings["config_kwargs"] = config
+    if scheme in ("gs", "gcs"):  # its gRPC bucket probe hangs on anything but Google itself
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    fs, base = fsspec.core.url_to_fs(url, skip_instance_cache=True, **settings)
+    return CloudBackend(fs, base, cache, owner, cache_prefix)
+
+
+def _literal(value: Any) -> Any:
+    """Options from the command line are strings; fsspec wants ``anon=False``, not "false"."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
