@@ -18,6 +18,8 @@ from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, FileRequest, parse
 from baponi_core.store import Principal
 from baponi_http.errors import HANDLERS, error_response
+from baponi_mcp.http import PATH as MCP_PATH
+from baponi_mcp.http import McpEndpoint
 
 NDJSON = "application/x-ndjson"
 MAX_BODY_BYTES = 8 << 20  # 1 MiB of code can take several MiB once JSON-escaped
@@ -165,9 +167,12 @@ async def ready(request: Request) -> Response:
 
 
 def create_app(settings: Settings) -> Starlette:
+    mcp = McpEndpoint(settings)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Core(settings) as core:
+        # MCP closes first: its calls in flight end before the core drains.
+        async with Core(settings) as core, mcp.running():
             app.state.core = core
             yield
 
@@ -184,6 +189,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/files/signed/{token}", signed_upload, methods=["PUT"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        Route(MCP_PATH, mcp),  # the MCP server, over streamable HTTP (baponi_mcp.http)
     ]
     app = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
     app.router.redirect_slashes = False  # an unknown path is a 404 with the error body

@@ -1,0 +1,161 @@
+"""``baponi-mcp``: the MCP server over stdio, for Claude Desktop and other local clients.
+
+It needs no configuration: it opens the embedded default (SQLite and storage under
+--home, $BAPONI_HOME or ~/.baponi) and acts as the default organisation with its default
+profile; the local user is trusted, so no API key is needed. Nothing but JSON-RPC is
+written to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from baponi_core.app import Core
+from baponi_core.config import Settings
+from baponi_core.errors import BaponiError, ValidationError
+from baponi_core.sandbox.runner import SandboxError
+from baponi_core.services.admin import PROFILE_BOUNDS
+from baponi_core.store import Principal
+from baponi_mcp.server import LocalAccess, build_server
+
+log = logging.getLogger("baponi_mcp")
+
+DESCRIPTION = """\
+The Baponi MCP server over stdio: tools sandbox_execute and files_download.
+
+State lives under --home ($BAPONI_HOME, default ~/.baponi), shared with `baponi serve`
+on the same home. Executions run as the default organisation with its default profile;
+the limit options below override that profile for this process only.
+"""
+
+# flag: (profile field, type, metavar, help); each also read from BAPONI_<FLAG>, e.g.
+# BAPONI_MAX_TIMEOUT for --max-timeout.
+LIMIT_OPTIONS: dict[str, tuple[str, type[Any], str, str]] = {
+    "--cpus": ("cpus", float, "N", "CPU cores per sandbox, e.g. 0.5"),
+    "--memory": ("memory_mb", int, "MIB", "memory per sandbox in MiB"),
+    "--pids": ("pids", int, "N", "processes and threads per sandbox"),
+    "--max-timeout": ("max_timeout", int, "SECONDS", "largest timeout a call may ask for"),
+    "--tmp": ("tmp_mb", int, "MIB", "size of /tmp in MiB"),
+    "--output": ("output_kb", int, "KIB", "stdout and stderr cap, KiB each"),
+}
+
+
+def env_name(flag: str) -> str:
+    return "BAPONI_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="baponi-mcp",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--home", help="state directory (default: $BAPONI_HOME or ~/.baponi)")
+    top.add_argument(
+        "--public-url",
+        default=os.environ.get("BAPONI_PUBLIC_URL"),
+        metavar="URL",
+        help="base of the signed file URLs handed out (default: $BAPONI_PUBLIC_URL, else "
+        "http://127.0.0.1:8080, where `baponi serve` listens by default)",
+    )
+    top.add_argument(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        default=os.environ.get("BAPONI_MAX_CONCURRENCY"),
+        help="executions running at once (default: the organisation's; or $BAPONI_MAX_CONCURRENCY)",
+    )
+    for flag, (field, kind, metavar, text) in LIMIT_OPTIONS.items():
+        top.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            metavar=metavar,
+            default=os.environ.get(env_name(flag)),
+            help=f"{text} (default: the profile's; or ${env_name(flag)})",
+        )
+    top.add_argument(
+        "--log-level",
+        default=os.environ.get("BAPONI_LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        help="logging on stderr (default: warning, or $BAPONI_LOG_LEVEL)",
+    )
+    return top
+
+
+def limits_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The profile limits given on the command line or in the environment, checked."""
+    limits = {}
+    for field, *_ in LIMIT_OPTIONS.values():
+        value = getattr(args, field)
+        if value is None:
+            continue
+        low, high = PROFILE_BOUNDS[field]
+        if not low <= value <= high:
+            raise ValidationError(f"{field} must be between {low:g} and {high:g}")
+        limits[field] = value
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        raise ValidationError("max concurrency must be at least 1")
+    return limits
+
+
+def with_limits(
+    principal: Principal, limits: dict[str, Any], max_concurrency: int | None
+) -> Principal:
+    """``principal`` with its limits overridden for this process (nothing is stored)."""
+    org = principal.org
+    if max_concurrency is not None:
+        org = dataclasses.replace(org, max_concurrency=max_concurrency)
+    profile = dataclasses.replace(principal.profile, **limits)
+    return dataclasses.replace(principal, org=org, profile=profile)
+
+
+async def serve(settings: Settings, limits: dict[str, Any], max_concurrency: int | None) -> None:
+    async with Core(settings) as core, anyio.create_task_group() as tasks:
+        tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
+        principal = with_limits(await core.admin.local_principal(), limits, max_concurrency)
+        log.info("serving MCP on stdio (home: %s)", settings.home)
+        # Running calls are cancelled when stdin closes or a signal comes: their sandboxes
+        # are killed before the core closes.
+        await build_server(LocalAccess(core, principal)).run_stdio_async()
+        tasks.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        limits = limits_of(args)
+        # No grace at shutdown: when the client is gone, nobody waits for a result.
+        settings = Settings.at(args.home, public_url=args.public_url, shutdown_grace_s=0.0)
+        anyio.run(serve, settings, limits, args.max_concurrency)
+    except BaponiError as exc:
+        print(f"baponi-mcp: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, SandboxError) as exc:  # e.g. bubblewrap missing, home not writable
+        print(f"baponi-mcp: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Streamable HTTP at ``/mcp`` of ``baponi serve``: the same keys, organisations and limits
+as REST.
+
+Stateless, like the reference: every POST is served on its own (``tools/list`` and
+``tools/call`` need no ``initialize`` first), so replicas need no sticky sessions. The
+Bearer key is checked before the SDK sees the request, by the same authenticator as REST
+(failed-key block included); the principal travels in the ASGI scope to the tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mcp.server.mcpserver import Context
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from baponi_core.app import Core
+from baponi_core.config import Settings
+from baponi_core.errors import BaponiError, Unauthorized
+from baponi_http.errors import baponi_error
+from baponi_mcp.errors import refusal
+from baponi_mcp.server import Caller, build_server
+
+PATH = "/mcp"
+PRINCIPAL = "baponi.principal"  # ASGI scope key the authenticated principal travels under
+MAX_BODY_BYTES = 8 << 20  # as REST: 1 MiB of code can take several MiB once JSON-escaped
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection: the Host (and any Origin) must name this server, as
+    loopback or as the configured public URL (behind a proxy or on a real host name)."""
+    hosts = [name for host in LOOPBACK for name in (host, f"{host}:*")]
+    origins = [f"{scheme}://{name}" for scheme in ("http", "https") for name in hosts]
+    if settings.public_url:
+        public = urllib.parse.urlsplit(settings.public_url)
+        if public.netloc:
+            hosts.append(public.netloc)
+            origins.append(f"{public.scheme}://{public.netloc}")
+            if public.port is None and public.hostname:  # Host may carry the default port
+                default = 443 if public.scheme == "https" else 80
+                hosts.append(f"{public.netloc}:{default}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+class HttpAccess:
+    """The caller of an HTTP request: the principal its key authenticated (set in the
+    scope by :class:`McpEndpoint`), the core of the app serving it."""
+
+    def caller(self, ctx: Context[Any, Any]) -> Caller:
+        request = ctx.request_context.request
+        if not isinstance(request, Request) or PRINCIPAL not in request.scope:
+            # Unreachable through McpEndpoint; never fall back to anyone's rights.
+            raise refusal(Unauthorized("missing API key: send Authorization: Bearer <key>"))
+        core: Core = request.app.state.core
+        base_url = core.settings.public_url or str(request.base_url)
+        return Caller(core, request.scope[PRINCIPAL], base_url)
+
+
+class McpEndpoint:
+    """The ASGI app at ``/mcp``: authenticate, then hand over to the SDK's transport.
+    The host app's lifespan must enter :meth:`running`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.server = build_server(HttpAccess())
+        self.server.streamable_http_app(  # sets up the session manager; its app is unused
+            streamable_http_path=PATH,
+            stateless_http=True,
+            max_request_body_size=MAX_BODY_BYTES,
+            transport_security=transport_security(settings),
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.server.session_manager.run():
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        core: Core = request.app.state.core
+        client = request.client.host if request.client else None
+        try:
+            principal = await core.auth.authenticate(request.headers.get("authorization"), client)
+        except BaponiError as exc:  # 401 (or 429 once blocked), as REST answers it
+            response = await baponi_error(request, exc)
+            await response(scope, receive, send)
+            return
+        scope[PRINCIPAL] = principal
+        await self.server.session_manager.handle_request(scope, receive, send)

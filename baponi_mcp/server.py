@@ -1,0 +1,204 @@
+"""The MCP server: the tools ``sandbox_execute`` and ``files_download``, defined once.
+
+Both transports serve this definition; they differ only in their :class:`Access`, which
+says who is calling and where signed URLs point: the trusted local user on stdio
+(:class:`LocalAccess`), the owner of the Bearer key over HTTP (``baponi_mcp.http``).
+The tools call the same core services as the REST adapter, with the same validation.
+
+No ``from __future__ import annotations`` here: the SDK reads the tools' annotations at
+run time to build their schemas.
+"""
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Protocol
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
+
+from baponi_core import limits
+from baponi_core.app import Core
+from baponi_core.config import DEFAULT_PORT
+from baponi_core.errors import Conflict
+from baponi_core.models import ExecuteRequest, FileRequest, SandboxResult, parse
+from baponi_core.services.executions import Run
+from baponi_core.store import Principal
+from baponi_mcp.content import INLINE_MAX_BYTES, file_blocks, result_text
+from baponi_mcp.errors import translated
+from baponi_mcp.schema import (
+    DOWNLOAD_DESCRIPTION,
+    EXECUTE_DESCRIPTION,
+    INSTRUCTIONS,
+    Code,
+    EnvVars,
+    ExecutionResult,
+    FileDownload,
+    FilePath,
+    Language,
+    Metadata,
+    Source,
+    StorageId,
+    SubPaths,
+    ThreadId,
+    Timeout,
+)
+
+log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 15.0  # a cancelled sandbox is killed at once; this only bounds the wait
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, and with what."""
+
+    core: Core
+    principal: Principal
+    base_url: str  # where the signed file URLs handed out point
+    url_note: str = ""  # said next to a URL, e.g. which server answers it
+
+
+class Access(Protocol):
+    """How a transport tells the tools who is calling."""
+
+    def caller(self, ctx: Context[Any, Any]) -> Caller: ...
+
+
+class LocalAccess:
+    """The user on this machine (stdio, and in-process clients): one trusted principal.
+
+    Signed URLs point at ``public_url``, else at ``baponi serve``'s default address; they
+    work while ``baponi serve`` runs on the same home. Small files come inline anyway."""
+
+    def __init__(self, core: Core, principal: Principal) -> None:
+        base_url = core.settings.public_url or f"http://127.0.0.1:{DEFAULT_PORT}"
+        note = "The URL is served by `baponi serve` running on the same home directory."
+        self._caller = Caller(core, principal, base_url, note)
+
+    def caller(self, ctx: Context[Any, Any]) -> Caller:
+        return self._caller
+
+
+def build_server(access: Access) -> MCPServer[Any]:
+    """The MCP server for callers resolved by ``access``."""
+    server: MCPServer[Any] = MCPServer(
+        "baponi", version=_version(), instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+
+    @server.tool(
+        title="Run code in a sandbox",
+        description=EXECUTE_DESCRIPTION,
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, open_world_hint=False
+        ),
+    )
+    async def sandbox_execute(
+        ctx: Context[Any, Any],
+        code: Code,
+        language: Language = "python",
+        thread_id: ThreadId = None,
+        timeout: Timeout = limits.DEFAULT_TIMEOUT,  # noqa: ASYNC109 (the sandbox's, by contract)
+        metadata: Metadata = None,
+        env_vars: EnvVars = None,
+        sub_paths: SubPaths = None,
+    ) -> Annotated[CallToolResult, ExecutionResult]:
+        caller = access.caller(ctx)
+        body = {
+            "code": code,
+            "language": language,
+            "thread_id": thread_id,
+            "timeout": timeout,
+            "metadata": metadata,
+            "env_vars": env_vars,
+            "sub_paths": sub_paths,
+        }
+        with translated():
+            request = parse(ExecuteRequest, {k: v for k, v in body.items() if v is not None})
+            run = await caller.core.executions.submit(caller.principal, request, mode="inline")
+        result = await _follow(run, ctx, caller)
+        return CallToolResult(
+            content=[TextContent(type="text", text=result_text(result))],
+            structured_content=result.model_dump(),
+            is_error=not result.success,
+        )
+
+    @server.tool(
+        title="Download a file from a thread or volume",
+        description=DOWNLOAD_DESCRIPTION,
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    )
+    async def files_download(
+        ctx: Context[Any, Any], id: StorageId, path: FilePath, source: Source = "thread"
+    ) -> Annotated[CallToolResult, FileDownload]:
+        caller = access.caller(ctx)
+        with translated():
+            request = parse(FileRequest, {"source": source, "id": id, "path": path})
+            data = await caller.core.files.read(caller.principal, request, INLINE_MAX_BYTES)
+            signed = await caller.core.files.download_url(
+                caller.principal, request, caller.base_url
+            )
+        mime_type, description, blocks = file_blocks(data)
+        size = "" if data is None else f"{len(data)} bytes, "
+        summary = (
+            f"{source} {id}, {path}: {size}{description}.\n"
+            f"Download URL (GET, expires {signed.expires_at}): {signed.url}"
+        )
+        if caller.url_note:
+            summary += f"\n{caller.url_note}"
+        download = FileDownload(
+            url=signed.url,
+            expires_at=signed.expires_at,
+            size=None if data is None else len(data),
+            mime_type=mime_type,
+            content_included=bool(blocks),
+        )
+        content: list[ContentBlock] = [TextContent(type="text", text=summary), *blocks]
+        return CallToolResult(content=content, structured_content=download.model_dump())
+
+    return server
+
+
+async def _follow(run: Run, ctx: Context[Any, Any], caller: Caller) -> SandboxResult:
+    """Wait for the end of ``run``, sending its output as progress meanwhile. If the call is
+    cancelled (the client cancelled it, or went away), the sandbox is killed."""
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_progress, run, ctx)
+            await run.done.wait()  # the progress task ends with the journal, just before
+    finally:
+        if not run.done.is_set():
+            with anyio.CancelScope(shield=True):
+                await _stop(run, caller)
+    with translated():
+        return await run.outcome()
+
+
+async def _progress(run: Run, ctx: Context[Any, Any]) -> None:
+    """Each output chunk as a progress notification (a no-op unless the client asked for
+    progress). Best effort: a client that cannot take them still gets the result."""
+    sent = 0
+    try:
+        async for event in run.journal.follow(0):
+            if event["type"] == "output":
+                sent += 1
+                await ctx.report_progress(sent, None, event["data"])
+    except Exception:
+        log.debug("progress of %s no longer sent", run.trace_id, exc_info=True)
+
+
+async def _stop(run: Run, caller: Caller) -> None:
+    try:
+        await caller.core.executions.cancel(caller.principal, run.trace_id)
+    except Conflict:  # it ended meanwhile
+        return
+    with anyio.move_on_after(STOP_WAIT_S):
+        await run.done.wait()
+
+
+def _version() -> str:
+    try:
+        return version("baponi-selfhosted")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "0"

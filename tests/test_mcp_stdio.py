@@ -1,0 +1,250 @@
+"""``baponi-mcp`` over stdio, spawned as a real process: by the official MCP SDK's client in
+both protocol eras it speaks, and by hand to prove stdout carries nothing but JSON-RPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.types import TextContent
+
+from baponi_mcp.errors import CODES
+
+pytestmark = pytest.mark.anyio
+
+BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))
+PROTOCOLS = {"auto": "2026-07-28", "legacy": "2025-11-25"}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def params(home: Path | None, *args: str, **env: str) -> StdioServerParameters:
+    """``baponi-mcp`` with ``home`` (or none, to use ~/.baponi) and a HOME of its own."""
+    where = ["--home", str(home)] if home is not None else []
+    environ = {"HOME": str(env.pop("HOME", home)), "PATH": os.environ["PATH"], **env}
+    return StdioServerParameters(command=BAPONI_MCP, args=[*where, *args], env=environ)
+
+
+def text_of(result: Any) -> str:
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    return block.text
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sdk_client_over_stdio(tmp_path: Path, mode: str) -> None:
+    thread = f"stdio-{uuid.uuid4().hex[:8]}"
+    seen: list[str | None] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(message)
+
+    async with Client(params(tmp_path / "home"), mode=mode) as client:
+        assert client.protocol_version == PROTOCOLS[mode]
+        assert client.server_info is not None and client.server_info.name == "baponi"
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names == {"sandbox_execute", "files_download"}
+
+        code = (
+            "import time\nprint('one', flush=True)\ntime.sleep(0.3)\n"
+            "open('r.txt', 'w').write('saved')\nprint('two')"
+        )
+        result = await client.call_tool(
+            "sandbox_execute", {"code": code, "thread_id": thread}, progress_callback=on_progress
+        )
+        assert result.is_error is False
+        assert text_of(result) == "one\ntwo\n"
+        assert result.structured_content is not None
+        assert result.structured_content["stdout"] == "one\ntwo\n"
+        assert str(seen[0]).startswith("one") and "".join(map(str, seen)) == "one\ntwo\n"
+
+        failed = await client.call_tool("sandbox_execute", {"code": "exit 4", "language": "bash"})
+        assert failed.is_error is True and text_of(failed) == "[exit code: 4]"
+
+        file = await client.call_tool("files_download", {"id": thread, "path": "r.txt"})
+        assert file.is_error is False
+        assert file.structured_content is not None
+        assert file.structured_content["url"].startswith("http://127.0.0.1:8080/v1/files/signed/")
+        block = file.content[1]
+        assert isinstance(block, TextContent) and block.text == "saved"
+    assert (tmp_path / "home" / "baponi.db").is_file()
+
+
+async def test_no_configuration_uses_home_dot_baponi(tmp_path: Path) -> None:
+    async with Client(params(None, HOME=str(tmp_path))) as client:
+        result = await client.call_tool("sandbox_execute", {"code": "echo hi", "language": "bash"})
+    assert text_of(result) == "hi\n"
+    assert (tmp_path / ".baponi" / "baponi.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "cap"),
+    [(["--max-timeout", "5"], {}, 5), ([], {"BAPONI_MAX_TIMEOUT": "7"}, 7)],
+    ids=["flag", "environment"],
+)
+async def test_profile_limits_from_flags_and_environment(
+    tmp_path: Path, args: list[str], env: dict[str, str], cap: int
+) -> None:
+    async with Client(params(tmp_path, *args, **env)) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("sandbox_execute", {"code": "print(1)", "timeout": cap + 1})
+        allowed = await client.call_tool("sandbox_execute", {"code": "print(1)", "timeout": cap})
+    assert refused.value.error.code == CODES["rate_limited"]
+    assert refused.value.error.message == f"timeout {cap + 1}s exceeds the plan limit of {cap}s"
+    assert text_of(allowed) == "1\n"
+
+
+def rpc(message_id: int | None, method: str, params: dict[str, Any] | None = None) -> bytes:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if message_id is not None:
+        message["id"] = message_id
+    if params is not None:
+        message["params"] = params
+    return (json.dumps(message) + "\n").encode()
+
+
+def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
+    """A chatty execution and debug logging: every stdout line is a JSON-RPC message, the
+    logs are on stderr, and closing stdin ends the server."""
+    process = subprocess.Popen(
+        [BAPONI_MCP, "--home", str(tmp_path), "--log-level", "debug"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+    )
+    init = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    }
+    code = "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)"
+    call = {"name": "sandbox_execute", "arguments": {"code": code}, "_meta": {"progressToken": 7}}
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(rpc(1, "initialize", init))
+    process.stdin.flush()
+    first = json.loads(process.stdout.readline())
+    assert first["id"] == 1 and first["result"]["serverInfo"]["name"] == "baponi"
+    process.stdin.write(rpc(None, "notifications/initialized"))
+    process.stdin.write(rpc(2, "tools/call", call))
+    process.stdin.flush()
+    messages = []
+    while not messages or messages[-1].get("id") != 2:
+        line = process.stdout.readline()
+        assert line, "the server closed stdout before answering"
+        messages.append(json.loads(line))
+    started = time.monotonic()
+    out, err = process.communicate(timeout=30)  # closes stdin
+    assert process.returncode == 0
+    assert time.monotonic() - started < 10
+    assert out == b""
+    assert all(m["jsonrpc"] == "2.0" for m in messages)
+    progress = [m["params"] for m in messages if m.get("method") == "notifications/progress"]
+    assert progress and all(p["progressToken"] == 7 for p in progress)
+    assert "".join(p["message"] for p in progress) in {
+        "to stdout\nto stderr\n",
+        "to stderr\nto stdout\n",
+    }
+    result = messages[-1]["result"]
+    assert result["structuredContent"]["stdout"] == "to stdout\n"
+    assert result["content"][0]["text"] == "to stdout\n\n\n[stderr]\nto stderr\n"
+    assert b"DEBUG" in err  # logs went to stderr
+
+
+def test_bad_option_exits_with_a_message(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [BAPONI_MCP, "--home", str(tmp_path), "--memory", "1"],
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert b"memory_mb must be between 32 and" in done.stderr
+
+
+def marker_alive(marker: str) -> bool:
+    """Whether a host process carries ``marker`` (sandboxed processes show in /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                return True
+        except OSError:  # ended while we looked
+            continue
+    return False
+
+
+def sleeper(marker: str) -> dict[str, Any]:
+    return {"code": f"echo ready; sleep {marker}", "language": "bash", "timeout": 60}
+
+
+async def wait_until(predicate: Any, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.02)
+    return True
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_cancelled_call_kills_the_sandbox(tmp_path: Path, mode: str) -> None:
+    marker = f"2345.{uuid.uuid4().int % 10**8:08d}"
+    async with Client(params(tmp_path), mode=mode) as client:
+        with anyio.move_on_after(30) as scope:
+            async with anyio.create_task_group() as tasks:
+
+                async def cancel_when_running() -> None:
+                    assert await wait_until(lambda: marker_alive(marker), within=10)
+                    scope.cancel()
+
+                tasks.start_soon(cancel_when_running)
+                await client.call_tool("sandbox_execute", sleeper(marker))
+        assert scope.cancelled_caught
+        assert await wait_until(lambda: not marker_alive(marker), within=1.0)
+        # the server is still there for the next call
+        after = await client.call_tool("sandbox_execute", {"code": "print('next')"})
+        assert text_of(after) == "next\n"
+
+
+def test_closing_stdin_kills_running_sandboxes(tmp_path: Path) -> None:
+    """A client that goes away mid-call (Claude Desktop quitting) leaves no sandbox behind."""
+    marker = f"3456.{uuid.uuid4().int % 10**8:08d}"
+    process = subprocess.Popen(
+        [BAPONI_MCP, "--home", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+    )
+    assert process.stdin is not None
+    init = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    }
+    process.stdin.write(rpc(1, "initialize", init))
+    process.stdin.write(rpc(None, "notifications/initialized"))
+    process.stdin.write(
+        rpc(2, "tools/call", {"name": "sandbox_execute", "arguments": sleeper(marker)})
+    )
+    process.stdin.flush()
+    deadline = time.monotonic() + 10
+    while not marker_alive(marker):
+        assert time.monotonic() < deadline, "the sandbox never started"
+        time.sleep(0.02)
+    process.stdin.close()
+    assert process.wait(timeout=15) == 0
+    assert not marker_alive(marker)
