@@ -11,6 +11,7 @@ from types import TracebackType
 import anyio
 
 from baponi_core.config import Settings
+from baponi_core.homelock import lock_home
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.services.admin import Admin
 from baponi_core.services.auth import Authenticator
@@ -66,6 +67,7 @@ class Core:
     async def __aenter__(self) -> Core:
         self.settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(os.close, lock_home(self.settings.home))
             await self.store.open()
             stack.push_async_callback(self.store.close)
             # Sandboxes run as an unprivileged uid when we are root, else as ourselves.

@@ -16,6 +16,7 @@ from typing import Any
 
 from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
 from baponi_core.errors import BaponiError
+from baponi_core.homelock import HomeInUse, lock_home
 from baponi_core.services.admin import DEFAULT_ORG, DEFAULT_PROFILE, Admin
 from baponi_core.store.sqlite import SqliteStore
 
@@ -94,16 +95,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from baponi_http.app import create_app
     from baponi_http.server import DrainingServer
 
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(lock_home(settings.home))  # say so now, before the port is taken
     settings = dataclasses.replace(
         settings,
+        **storage_settings(args),
         allow_private_webhooks=args.allow_private_webhooks,
         webhook_ca_file=Path(args.webhook_ca_file) if args.webhook_ca_file else None,
         webhook_retry_delays=args.webhook_retry_delays,
         shutdown_grace_s=args.shutdown_grace,
         public_url=args.public_url,
-        storage_url=args.storage,
-        storage_options=args.storage_options,
-        thread_quota_bytes=args.thread_quota,
     )
     first_key = asyncio.run(_with_admin(settings, lambda admin: admin.first_start()))
     if first_key:
@@ -364,6 +365,41 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where thread homes and volumes live; shared by ``baponi serve`` and ``baponi-mcp``."""
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("BAPONI_STORAGE"),
+        metavar="URL",
+        help="where thread homes and volumes live: a directory, or s3://bucket/prefix, "
+        "gs://bucket/prefix, az://container/prefix (default: --home; or $BAPONI_STORAGE)",
+    )
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=os.environ.get("BAPONI_STORAGE_OPTIONS", "{}"),
+        metavar="JSON",
+        help="fsspec options of a cloud --storage, e.g. credentials or an endpoint_url "
+        "(default: the provider's usual environment variables; or $BAPONI_STORAGE_OPTIONS)",
+    )
+    parser.add_argument(
+        "--thread-quota",
+        type=_size,
+        default=os.environ.get("BAPONI_THREAD_QUOTA", "10G"),
+        metavar="SIZE",
+        help="bytes one thread home may hold, e.g. 500M or 10G; an execution growing it "
+        "further is stopped, an upload beyond it refused (default: 10G; or $BAPONI_THREAD_QUOTA)",
+    )
+
+
+def storage_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "storage_url": args.storage,
+        "storage_options": args.storage_options,
+        "thread_quota_bytes": args.thread_quota,
+    }
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="baponi",
@@ -425,29 +461,7 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between webhook tries; one try more than delays "
         "(default: 5,30,120,600,1800, or $BAPONI_WEBHOOK_RETRY_DELAYS)",
     )
-    serve.add_argument(
-        "--storage",
-        default=os.environ.get("BAPONI_STORAGE"),
-        metavar="URL",
-        help="where thread homes and volumes live: a directory, or s3://bucket/prefix, "
-        "gs://bucket/prefix, az://container/prefix (default: --home; or $BAPONI_STORAGE)",
-    )
-    serve.add_argument(
-        "--storage-options",
-        type=_json_object,
-        default=os.environ.get("BAPONI_STORAGE_OPTIONS", "{}"),
-        metavar="JSON",
-        help="fsspec options of a cloud --storage, e.g. credentials or an endpoint_url "
-        "(default: the provider's usual environment variables; or $BAPONI_STORAGE_OPTIONS)",
-    )
-    serve.add_argument(
-        "--thread-quota",
-        type=_size,
-        default=os.environ.get("BAPONI_THREAD_QUOTA", "10G"),
-        metavar="SIZE",
-        help="bytes one thread home may hold, e.g. 500M or 10G; an execution growing it "
-        "further is stopped, an upload beyond it refused (default: 10G; or $BAPONI_THREAD_QUOTA)",
-    )
+    add_storage_arguments(serve)
     serve.set_defaults(run=_serve)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
@@ -615,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.run(args, settings)
     except BaponiError as exc:
         print(f"baponi: {exc.message}", file=sys.stderr)
+        return 1
+    except HomeInUse as exc:
+        print(f"baponi: {exc}", file=sys.stderr)
         return 1
     return code
 

@@ -21,9 +21,11 @@ import anyio
 from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, ValidationError
+from baponi_core.homelock import HomeInUse
 from baponi_core.sandbox.runner import SandboxError
 from baponi_core.services.admin import PROFILE_BOUNDS
 from baponi_core.store import Principal
+from baponi_http.cli import add_storage_arguments, storage_settings
 from baponi_mcp.server import LocalAccess, build_server
 
 log = logging.getLogger("baponi_mcp")
@@ -66,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
         help="base of the signed file URLs handed out (default: $BAPONI_PUBLIC_URL, else "
         "http://127.0.0.1:8080, where `baponi serve` listens by default)",
     )
+    add_storage_arguments(top)
     top.add_argument(
         "--max-concurrency",
         type=int,
@@ -146,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = limits_of(args)
         # No grace at shutdown: when the client is gone, nobody waits for a result.
-        settings = Settings.at(args.home, public_url=args.public_url, shutdown_grace_s=0.0)
+        settings = Settings.at(
+            args.home,
+            public_url=args.public_url,
+            shutdown_grace_s=0.0,
+            **storage_settings(args),
+        )
         anyio.run(serve, settings, limits, args.max_concurrency)
     except BaponiError as exc:
         print(f"baponi-mcp: {exc.message}", file=sys.stderr)
         return 1
-    except (OSError, SandboxError) as exc:  # e.g. bubblewrap missing, home not writable
+    except (OSError, SandboxError, HomeInUse) as exc:  # e.g. no bubblewrap, home in use
         print(f"baponi-mcp: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -70,16 +70,22 @@ class Backend(Protocol):
 
 
 def make_workspace(base: Path, key: Key, owner: int | None) -> Path:
-    """``base/key…``: parents traversable but not listable by the sandbox uid; the root
-    itself private to it. Key parts are validated names, never request paths."""
+    return ensure_workspace(base, key, owner)[0]
+
+
+def ensure_workspace(base: Path, key: Key, owner: int | None) -> tuple[Path, bool]:
+    """``base/key…`` and whether it was just made: parents traversable but not listable by
+    the sandbox uid; the root itself private to it. Key parts are validated names, never
+    request paths."""
     path = base
     for name in key[:-1]:
         path = path / name
         _mkdir(path, 0o711)
     path = path / key[-1]
-    if _mkdir(path, 0o700) and owner is not None:
+    made = _mkdir(path, 0o700)
+    if made and owner is not None:
         os.chown(path, owner, owner, follow_symlinks=False)
-    return path
+    return path, made
 
 
 def _mkdir(path: Path, mode: int) -> bool:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import anyio
 
 from baponi_core.errors import BaponiError, NotFound, Unavailable
-from baponi_core.storage.backend import RESERVED, Key, Signed, make_workspace
+from baponi_core.storage.backend import RESERVED, Key, Signed, ensure_workspace, make_workspace
 from baponi_core.storage.local import Entry, LocalTree
 from baponi_core.storage.sync import Manifest, listing, pull, push
 
@@ -39,6 +39,7 @@ class CloudBackend:
         self.tree = LocalTree(cache, owner=owner)
         self.owner = owner
         self._locks: dict[Key, anyio.Lock] = {}
+        self._made: set[Key] = set()  # roots known to have their marker
 
     def _remote(self, key: Key, names: tuple[str, ...] = ()) -> str:
         return "/".join(p for p in (self.base, *key, *names) if p)
@@ -47,14 +48,20 @@ class CloudBackend:
         return make_workspace(self.cache, self.cache_prefix + key, self.owner)
 
     def _manifest(self, key: Key) -> Manifest:
-        space = self.workspace(key)
-        return Manifest(space.with_name(space.name + ".manifest.json"))
+        space, made = ensure_workspace(self.cache, self.cache_prefix + key, self.owner)
+        manifest = space.with_name(space.name + ".manifest.json")
+        if made:  # a manifest without its workspace would make the push delete everything
+            manifest.unlink(missing_ok=True)
+        return Manifest(manifest)
 
     async def pull(self, key: Key) -> None:
         await self._synced(pull, key)
 
     async def push(self, key: Key) -> None:
         await self._synced(push, key)
+        if key not in self._made:  # a root that ran code exists, even with no files
+            await self.create(key)
+            self._made.add(key)
 
     async def _synced(self, sync: Callable[..., None], key: Key) -> None:
         """One sync of a root at a time: executions sharing a volume share its workspace."""
@@ -154,6 +161,8 @@ class CloudBackend:
             raise NotFound("file not found") from exc
         except BaponiError:
             raise
+        except NotImplementedError as exc:  # credentials that cannot sign (presign says why)
+            raise Unavailable(f"storage cannot sign URLs: {exc}") from exc
         except Exception as exc:
             log.warning("storage call failed: %r", exc)
             raise Unavailable(f"storage unavailable ({type(exc).__name__})") from exc

@@ -104,5 +104,10 @@ def cloud(
 
 
 def _literal(value: Any) -> Any:
-    """Options from the command line are strings; fsspec wants ``anon=False``, not "false"."""
-    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+    """Options from the command line are strings; fsspec wants ``anon=False`` and
+    ``retries=1``, not "false" and "1"."""
+    if not isinstance(value, str):
+        return value
+    if value.isdigit():
+        return int(value)
+    return {"true": True, "false": False}.get(value, value)

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from baponi_core.errors import ValidationError
+from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.storage.backend import RESERVED, Key
 from baponi_core.storage.disk import CHUNK, write
 from baponi_core.storage.local import LocalTree
@@ -57,16 +57,20 @@ def listing(fs: Any, root: str) -> dict[str, Stored]:
         if info.get("type") == "directory" or not rel or rel.endswith("/"):
             continue
         try:
-            names = parts(rel)
+            parts(rel)  # only names a request could use are brought in
         except ValidationError:
             log.warning("ignoring stored object with an unusable name: %r", rel)
             continue
-        if any(name.startswith(RESERVED) for name in names):
+        if _reserved(rel):
             continue
         size = int(info.get("size") or 0)
         modified = modified_of(info)
         found[rel] = Stored(tag_of(info, size, modified), size, modified)
     return found
+
+
+def _reserved(rel: str) -> bool:
+    return any(name.startswith(RESERVED) for name in rel.split("/"))
 
 
 def tag_of(info: dict[str, Any], size: int, modified: float) -> str:
@@ -113,7 +117,9 @@ def pull(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
         known = manifest.files.get(rel)
         if known is not None and known[0] == obj.tag:
             continue
-        manifest.files[rel] = _fetch(fs, f"{root}/{rel}", tree, key + parts(rel), obj.tag)
+        fetched = _fetch_over(fs, f"{root}/{rel}", tree, key + parts(rel), obj.tag)
+        if fetched is not None:
+            manifest.files[rel] = fetched
     for rel in [rel for rel in manifest.files if rel not in stored]:
         known = manifest.files.pop(rel)
         if local.get(rel) == known[1:]:  # deleted from storage, untouched here: follow
@@ -123,7 +129,7 @@ def pull(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
 
 
 def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> None:
-    local = tree.files(key)
+    local = {rel: state for rel, state in tree.files(key).items() if not _reserved(rel)}
     for rel, state in local.items():
         known = manifest.files.get(rel)
         if known is not None and known[1:] == state:
@@ -135,6 +141,30 @@ def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
             fs.rm_file(f"{root}/{rel}")
         del manifest.files[rel]
     manifest.save()
+
+
+def _fetch_over(fs: Any, remote: str, tree: LocalTree, names: Key, tag: str) -> Synced | None:
+    """Fetch, the stored side winning over whatever code left in the way (a file or link
+    where a directory must be, a directory where the file goes): removed, never followed.
+    What still cannot be placed is skipped, so one odd object never blocks the root."""
+    try:
+        return _fetch(fs, remote, tree, names, tag)
+    except (NotFound, Conflict):
+        _clear_way(tree, names)
+    try:
+        return _fetch(fs, remote, tree, names, tag)
+    except (NotFound, Conflict) as exc:
+        log.warning("could not place stored object %s: %s", remote, exc)
+        return None
+
+
+def _clear_way(tree: LocalTree, names: Key) -> None:
+    for depth in range(1, len(names)):
+        if not tree.exists(names[:depth]):
+            with contextlib.suppress(NotFound):
+                tree.delete(names[:depth])  # a link or file where a directory belongs
+    if tree.exists(names):
+        tree.delete(names)  # a directory where the file belongs
 
 
 def _fetch(fs: Any, remote: str, tree: LocalTree, names: Key, tag: str) -> Synced:
