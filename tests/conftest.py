@@ -8,13 +8,16 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+
+from baponi_core.store.sqlite import SqliteStore
 
 BAPONI = [sys.executable, "-m", "baponi_http.cli"]
 pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
@@ -127,3 +130,45 @@ def sdk(server: Server) -> Iterator[Any]:
 def api(server: Server) -> Iterator[httpx.Client]:
     with server.client() as client:
         yield client
+
+
+@pytest.fixture(scope="session")  # session: module-scoped async fixtures need it too
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture()
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A real SQLite store in a fresh file."""
+    opened = SqliteStore(tmp_path / "baponi.db")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def marker_processes(marker: str) -> list[bytes]:
+    """Command lines (argv joined by NUL) of host processes that mention ``marker``
+    (sandboxed processes are visible on the host, so this proves whether they live)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # the process ended while we looked
+            continue
+        if marker.encode() in cmdline:
+            found.append(cmdline)
+    return found
+
+
+async def wait_until(predicate: Any, within: float) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``within`` seconds pass (False)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.02)
+    return True

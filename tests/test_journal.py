@@ -12,11 +12,6 @@ from baponi_core.services.journal import Journal
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture()
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_tiny_writes_are_coalesced_and_utf8_split_across_writes_survives() -> None:
     journal = Journal("trc_j")
     text = "é€🙂" * 2000

@@ -16,7 +16,6 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,16 +34,12 @@ from baponi_core.store import Principal
 from baponi_mcp import LocalAccess, build_server
 from baponi_mcp.content import image_type, result_text
 from baponi_mcp.errors import CODES
+from tests.conftest import marker_processes, wait_until
 
 pytestmark = pytest.mark.anyio
 
 MODES = ["auto", "legacy"]
 CANCELLED = "Cancelled by user"
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -89,31 +84,6 @@ def text_of(result: CallToolResult) -> str:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def marker_processes(marker: str) -> list[bytes]:
-    """Command lines of host processes that mention ``marker`` (sandboxed processes are
-    visible on the host, so this proves whether they live)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:  # the process ended while we looked
-            continue
-        if marker.encode() in cmdline:
-            found.append(cmdline)
-    return found
-
-
-async def wait_for(predicate: Any, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await anyio.sleep(0.02)
-    return True
 
 
 def trace_with_probe(core: Core, probe: str) -> str:
@@ -364,14 +334,14 @@ async def test_cancelling_the_call_kills_the_sandbox(
 
                 async def cancel_when_running() -> None:
                     await started.wait()
-                    assert await wait_for(all_started, within=10)
+                    assert await wait_until(all_started, within=10)
                     scope.cancel()
 
                 tasks.start_soon(cancel_when_running)
                 await client.call_tool("sandbox_execute", args, progress_callback=on_progress)
         assert scope.cancelled_caught
         cancelled_at = time.monotonic()
-        assert await wait_for(lambda: not marker_processes(marker), within=5)
+        assert await wait_until(lambda: not marker_processes(marker), within=5)
         assert time.monotonic() - cancelled_at < 1.0, "sandboxed processes outlived the cancel"
 
     trace_id = trace_with_probe(core, probe)

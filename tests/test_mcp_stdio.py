@@ -18,16 +18,12 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
+from tests.conftest import marker_processes, wait_until
 
 pytestmark = pytest.mark.anyio
 
 BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))
 PROTOCOLS = {"auto": "2026-07-28", "legacy": "2025-11-25"}
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def params(home: Path | None, *args: str, **env: str) -> StdioServerParameters:
@@ -175,28 +171,8 @@ def test_bad_option_exits_with_a_message(tmp_path: Path) -> None:
     assert b"memory_mb must be between 32 and" in done.stderr
 
 
-def marker_alive(marker: str) -> bool:
-    """Whether a host process carries ``marker`` (sandboxed processes show in /proc)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
-                return True
-        except OSError:  # ended while we looked
-            continue
-    return False
-
-
 def sleeper(marker: str) -> dict[str, Any]:
     return {"code": f"echo ready; sleep {marker}", "language": "bash", "timeout": 60}
-
-
-async def wait_until(predicate: Any, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await anyio.sleep(0.02)
-    return True
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -207,13 +183,13 @@ async def test_cancelled_call_kills_the_sandbox(tmp_path: Path, mode: str) -> No
             async with anyio.create_task_group() as tasks:
 
                 async def cancel_when_running() -> None:
-                    assert await wait_until(lambda: marker_alive(marker), within=10)
+                    assert await wait_until(lambda: marker_processes(marker), within=10)
                     scope.cancel()
 
                 tasks.start_soon(cancel_when_running)
                 await client.call_tool("sandbox_execute", sleeper(marker))
         assert scope.cancelled_caught
-        assert await wait_until(lambda: not marker_alive(marker), within=1.0)
+        assert await wait_until(lambda: not marker_processes(marker), within=1.0)
         # the server is still there for the next call
         after = await client.call_tool("sandbox_execute", {"code": "print('next')"})
         assert text_of(after) == "next\n"
@@ -242,9 +218,9 @@ def test_closing_stdin_kills_running_sandboxes(tmp_path: Path) -> None:
     )
     process.stdin.flush()
     deadline = time.monotonic() + 10
-    while not marker_alive(marker):
+    while not marker_processes(marker):
         assert time.monotonic() < deadline, "the sandbox never started"
         time.sleep(0.02)
     process.stdin.close()
     assert process.wait(timeout=15) == 0
-    assert not marker_alive(marker)
+    assert not marker_processes(marker)

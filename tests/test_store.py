@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -18,21 +17,6 @@ from baponi_core.store.sqlite import SqliteStore
 from tests.conftest import BAPONI
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture()
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture()
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "baponi.db")
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def execution(org_id: str, trace_id: str = "trc_test1") -> Execution:

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -25,7 +24,7 @@ from baponi import (
     ThreadBusyError,
 )
 
-from tests.conftest import Server, cli
+from tests.conftest import Server, cli, marker_processes
 
 EXECUTE = "/v1/sandbox/execute"
 NDJSON = {"Accept": "application/x-ndjson"}
@@ -102,22 +101,6 @@ def wait_terminal(sdk: Any, trace_id: str, timeout: float = 30) -> Any:
         return record if record.status in TERMINAL else None
 
     return wait_until(probe, timeout, interval=0.1)
-
-
-def marker_processes(marker: str) -> list[bytes]:
-    """Command lines (argv joined by NUL) of host processes that mention ``marker``
-    (sandboxed processes are visible on the host, so this proves whether they live)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:  # the process ended while we looked
-            continue
-        if marker.encode() in cmdline:
-            found.append(cmdline)
-    return found
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +41,6 @@ from tests.conftest import BAPONI, cli
 
 SANDBOX_UID = 64000
 PR_SET_CHILD_SUBREAPER = 36
-
-
-@pytest.fixture()
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture()
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "baponi.db")
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 # -- store ----------------------------------------------------------------------------------
