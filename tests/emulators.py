@@ -9,6 +9,8 @@
 Each yields an ``Emulator``; ``options`` are JSON-serialisable fsspec storage options that a
 server subprocess can receive as-is (it also needs ``env``). Registered for every test module
 by ``pytest_plugins`` in tests/conftest.py.
+The fixtures wrap the context managers ``start_s3()``, ``start_gcs(work)`` and
+``start_azure(work)``, which benchmarks use outside pytest.
 """
 
 from __future__ import annotations
@@ -98,10 +100,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path) -
 # --- S3 ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def s3_emulator() -> Iterator[Emulator]:
+@contextlib.contextmanager
+def start_s3() -> Iterator[Emulator]:
     """moto S3 on 127.0.0.1 with bucket "baponi-test"; keys "testing"/"testing"."""
-    _need("moto", "s3fs")
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
@@ -133,6 +134,14 @@ def s3_emulator() -> Iterator[Emulator]:
         yield emulator
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_emulator() -> Iterator[Emulator]:
+    """moto S3 on 127.0.0.1 with bucket "baponi-test"; keys "testing"/"testing"."""
+    _need("moto", "s3fs")
+    with start_s3() as emulator:
+        yield emulator
 
 
 # --- GCS -----------------------------------------------------------------------------------
@@ -179,19 +188,16 @@ def _service_account(token_uri: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+@contextlib.contextmanager
+def start_gcs(work: Path) -> Iterator[Emulator]:
     """gcp-storage-emulator on 127.0.0.1 with bucket "baponi-test"; ``options["token"]`` is
-    a throwaway service-account key file, so the same options can sign v4 URLs."""
-    _need("gcp_storage_emulator", "gcsfs", "cryptography")
-    import gcsfs
+    a throwaway service-account key file (written in ``work``), so the same options can sign
+    v4 URLs."""
     from gcp_storage_emulator.server import create_server
 
-    if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
-        pytest.fail("gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set")
     tokens = ThreadingHTTPServer(("127.0.0.1", 0), _TokenHandler)
     threading.Thread(target=tokens.serve_forever, daemon=True).start()
-    key_file = tmp_path_factory.mktemp("gcs") / "service-account.json"
+    key_file = work / "service-account.json"
     token_uri = f"http://127.0.0.1:{tokens.server_address[1]}/token"
     key_file.write_text(json.dumps(_service_account(token_uri)))
     key_file.chmod(0o600)
@@ -217,18 +223,28 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]
         tokens.server_close()
 
 
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """gcp-storage-emulator on 127.0.0.1 with bucket "baponi-test"; ``options["token"]`` is
+    a throwaway service-account key file, so the same options can sign v4 URLs."""
+    _need("gcp_storage_emulator", "gcsfs", "cryptography")
+    import gcsfs
+
+    if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+        pytest.fail("gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set")
+    with start_gcs(tmp_path_factory.mktemp("gcs")) as emulator:
+        yield emulator
+
+
 # --- Azure Blob ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def azure_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    """Azurite (blob) on 127.0.0.1 with container "baponi-test", devstoreaccount1 key."""
-    _need("adlfs", "azure.storage.blob")
-    if not os.access(AZURITE, os.X_OK):
-        pytest.skip(f"{AZURITE} missing (run `npm ci` at the repository root)")
+@contextlib.contextmanager
+def start_azure(work: Path) -> Iterator[Emulator]:
+    """Azurite (blob) on 127.0.0.1 with container "baponi-test", devstoreaccount1 key; its
+    log and any stray file go in ``work``."""
     from azure.storage.blob import BlobServiceClient
 
-    work = tmp_path_factory.mktemp("azurite")
     log = work / "azurite.log"
     port = _free_port()
     # --skipApiVersionCheck: azure-storage-blob sends a newer x-ms-version than Azurite knows.
@@ -261,3 +277,13 @@ def azure_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulato
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def azure_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """Azurite (blob) on 127.0.0.1 with container "baponi-test", devstoreaccount1 key."""
+    _need("adlfs", "azure.storage.blob")
+    if not os.access(AZURITE, os.X_OK):
+        pytest.skip(f"{AZURITE} missing (run `npm ci` at the repository root)")
+    with start_azure(tmp_path_factory.mktemp("azurite")) as emulator:
+        yield emulator

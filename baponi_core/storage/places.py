@@ -8,6 +8,7 @@ own, built from credentials that only the server ever sees.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,10 @@ def cloud(
     if scheme == "s3":  # botocore would otherwise sign some URLs with SigV2
         config = {"signature_version": "s3v4", **settings.get("config_kwargs", {})}
         settings["config_kwargs"] = config
+    if scheme in ("az", "abfs"):  # it logs every request's headers at INFO
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
+            logging.WARNING
+        )
     if scheme in ("gs", "gcs"):  # its gRPC bucket probe hangs on anything but Google itself
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     fs, base = fsspec.core.url_to_fs(url, skip_instance_cache=True, **settings)
