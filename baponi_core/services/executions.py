@@ -234,20 +234,21 @@ class Executions:
         )
         volumes = [(v, self.storage.volume(v)) for v in run.volumes]
         places = ([thread] if thread else []) + [place for _, place in volumes]
+        mounts = await self._bring_in(run, places, volumes)
+        if mounts is None:  # nothing ran, so there is nothing to store
+            return
+        home = thread.workspace if thread else None
+        spec = SandboxSpec(
+            language=request.language,
+            code=request.code.encode(),
+            env=dict(request.env_vars or {}),
+            home=Home(home),
+            mounts=mounts,
+            limits=limits_for(run.profile, request.timeout),
+            name=record.trace_id,
+        )
         try:
-            mounts = await self._bring_in(run, places, volumes)
-            if mounts is None:
-                return
-            spec = SandboxSpec(
-                language=request.language,
-                code=request.code.encode(),
-                env=dict(request.env_vars or {}),
-                home=Home(thread.workspace) if thread else Home(),
-                mounts=mounts,
-                limits=limits_for(run.profile, request.timeout),
-                name=record.trace_id,
-            )
-            outcome = await self._sandboxed(run, spec, thread)
+            outcome = await self._sandboxed(run, spec, home)
         finally:
             with anyio.CancelScope(shield=True):
                 await _write_back(run, places)
@@ -275,11 +276,11 @@ class Executions:
             _finish(run, "failed", "volume_mount_error", exit_code=-1)
             return None
 
-    async def _sandboxed(self, run: Run, spec: SandboxSpec, thread: Place | None) -> Outcome | None:
-        """Run the sandbox, stopped early if the thread home outgrows its quota."""
+    async def _sandboxed(self, run: Run, spec: SandboxSpec, home: Path | None) -> Outcome | None:
+        """Run the sandbox, stopped early if the thread ``home`` outgrows its quota."""
         async with anyio.create_task_group() as watch:
-            if thread is not None:
-                watch.start_soon(self._watch_quota, run, thread.workspace)
+            if home is not None:
+                watch.start_soon(self._watch_quota, run, home)
             try:
                 return await self.runtime.run(spec, on_output=run.journal.output, stop=run.stop)
             except MountError as exc:  # a volume directory swapped for a link meanwhile

@@ -40,7 +40,8 @@ class Files:
             place = self.storage.volume(volume)
             if write and place.read_only:
                 raise Forbidden(f"volume {request.id} is read-only")
-            await place.backend.create(place.key)  # a volume exists from its creation on
+            if write:  # reads of a volume nothing has written to yet find it empty
+                await place.backend.create(place.key)
             return place
         place = self.storage.thread(principal.org.id, request.id)
         if create:

@@ -99,22 +99,22 @@ class LocalTree:
     def entries(self, base: tuple[str, ...], prefix: tuple[str, ...]) -> list[Entry]:
         """Directories and regular files under ``prefix`` (or that file), recursively; paths
         relative to ``base``. Links, FIFOs, sockets and hard-linked files are left out, as
-        downloads refuse them, and so is anything deeper than :data:`MAX_DEPTH`."""
-        with self.directory(base) as top:
-            try:
-                with self.directory(prefix[:-1], top=top) as parent:
-                    if not prefix:
-                        return _listing(parent, "")
-                    info = os.stat(prefix[-1], dir_fd=parent, follow_symlinks=False)
-                    here = "/".join(prefix)
-                    if _served(info):
-                        return [Entry(here, info.st_size, info.st_mtime, False)]
-                    if not stat.S_ISDIR(info.st_mode):
-                        return []
-                    with _opened(prefix[-1], O_DIR, parent) as fd:
-                        return _listing(fd, here + "/")
-            except (NotFound, FileNotFoundError):
-                return []
+        downloads refuse them, and so is anything deeper than :data:`MAX_DEPTH`. A root not
+        made yet lists empty."""
+        try:
+            with self.directory(base) as top, self.directory(prefix[:-1], top=top) as parent:
+                if not prefix:
+                    return _listing(parent, "")
+                info = os.stat(prefix[-1], dir_fd=parent, follow_symlinks=False)
+                here = "/".join(prefix)
+                if _served(info):
+                    return [Entry(here, info.st_size, info.st_mtime, False)]
+                if not stat.S_ISDIR(info.st_mode):
+                    return []
+                with _opened(prefix[-1], O_DIR, parent) as fd:
+                    return _listing(fd, here + "/")
+        except (NotFound, FileNotFoundError):
+            return []
 
     def files(self, base: tuple[str, ...]) -> dict[str, tuple[int, float]]:
         """Every served file below ``base`` (no count limit): relative path -> size, mtime."""
