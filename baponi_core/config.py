@@ -31,6 +31,10 @@ class Settings:
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, for clouds
     thread_quota_bytes: int = DEFAULT_THREAD_QUOTA  # what one thread home may hold
 
+    def base_url(self, seen: str) -> str:
+        """Where signed URLs point: ``public_url``, else the URL the client used."""
+        return self.public_url or seen
+
     @property
     def database(self) -> Path:
         return self.home / "baponi.db"

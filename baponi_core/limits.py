@@ -6,6 +6,7 @@ import re
 
 LANGUAGES = ("bash", "node", "python")
 MAX_CODE_BYTES = 1_048_576
+MAX_REQUEST_BYTES = 8 << 20  # a JSON body: 1 MiB of code can take several MiB once escaped
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
 DEFAULT_TIMEOUT = 60
 

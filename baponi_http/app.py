@@ -15,6 +15,7 @@ from starlette.routing import Route
 from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
+from baponi_core.limits import MAX_REQUEST_BYTES
 from baponi_core.models import ExecuteRequest, FileRequest, parse
 from baponi_core.store import Principal
 from baponi_http.errors import HANDLERS, error_response
@@ -22,7 +23,6 @@ from baponi_mcp.http import PATH as MCP_PATH
 from baponi_mcp.http import McpEndpoint
 
 NDJSON = "application/x-ndjson"
-MAX_BODY_BYTES = 8 << 20  # 1 MiB of code can take several MiB once JSON-escaped
 
 
 def core_of(request: Request) -> Core:
@@ -37,12 +37,12 @@ async def principal_of(request: Request) -> Principal:
 
 async def json_body(request: Request) -> Any:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
         raise ValidationError("request body too large")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > MAX_REQUEST_BYTES:
             raise ValidationError("request body too large")
     try:
         return json.loads(body)
@@ -101,7 +101,7 @@ async def cancel_execution(request: Request) -> Response:
 
 
 def public_url(request: Request) -> str:
-    return core_of(request).settings.public_url or str(request.base_url)
+    return core_of(request).settings.base_url(str(request.base_url))
 
 
 async def file_request(request: Request) -> tuple[Principal, FileRequest]:

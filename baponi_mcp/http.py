@@ -22,13 +22,13 @@ from starlette.types import Receive, Scope, Send
 from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, Unauthorized
+from baponi_core.limits import MAX_REQUEST_BYTES
 from baponi_http.errors import baponi_error
 from baponi_mcp.errors import refusal
 from baponi_mcp.server import Caller, build_server
 
 PATH = "/mcp"
 PRINCIPAL = "baponi.principal"  # ASGI scope key the authenticated principal travels under
-MAX_BODY_BYTES = 8 << 20  # as REST: 1 MiB of code can take several MiB once JSON-escaped
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -60,7 +60,7 @@ class HttpAccess:
             # Unreachable through McpEndpoint; never fall back to anyone's rights.
             raise refusal(Unauthorized("missing API key: send Authorization: Bearer <key>"))
         core: Core = request.app.state.core
-        base_url = core.settings.public_url or str(request.base_url)
+        base_url = core.settings.base_url(str(request.base_url))
         return Caller(core, request.scope[PRINCIPAL], base_url)
 
 
@@ -73,7 +73,7 @@ class McpEndpoint:
         self.server.streamable_http_app(  # sets up the session manager; its app is unused
             streamable_http_path=PATH,
             stateless_http=True,
-            max_request_body_size=MAX_BODY_BYTES,
+            max_request_body_size=MAX_REQUEST_BYTES,
             transport_security=transport_security(settings),
         )
 

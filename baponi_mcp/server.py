@@ -73,7 +73,7 @@ class LocalAccess:
     work while ``baponi serve`` runs on the same home. Small files come inline anyway."""
 
     def __init__(self, core: Core, principal: Principal) -> None:
-        base_url = core.settings.public_url or f"http://127.0.0.1:{DEFAULT_PORT}"
+        base_url = core.settings.base_url(f"http://127.0.0.1:{DEFAULT_PORT}")
         note = "The URL is served by `baponi serve` running on the same home directory."
         self._caller = Caller(core, principal, base_url, note)
 
