@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from baponi_core.app import Core
 from baponi_core.config import Settings
@@ -154,6 +154,13 @@ async def signed_upload(request: Request) -> Response:
     return Response(status_code=200)
 
 
+# The signed-file routes need no key: the token is the authorisation.
+SIGNED_ROUTES = [
+    Route("/v1/files/signed/{token}", signed_download, methods=["GET"]),
+    Route("/v1/files/signed/{token}", signed_upload, methods=["PUT"]),
+]
+
+
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -185,12 +192,23 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/files/upload_url", files_upload_url, methods=["POST"]),
         Route("/v1/files/download_url", files_download_url, methods=["POST"]),
         Route("/v1/files", files_delete, methods=["DELETE"]),
-        Route("/v1/files/signed/{token}", signed_download, methods=["GET"]),
-        Route("/v1/files/signed/{token}", signed_upload, methods=["PUT"]),
+        *SIGNED_ROUTES,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route(MCP_PATH, mcp),  # the MCP server, over streamable HTTP (baponi_mcp.http)
     ]
-    app = Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
+    return _starlette(routes, lifespan=lifespan)
+
+
+def create_files_app(core: Core) -> Starlette:
+    """Only the signed-file routes, over a core already open: what ``baponi-mcp`` serves on
+    loopback so that the URLs it hands out for local storage work."""
+    app = _starlette(SIGNED_ROUTES)
+    app.state.core = core
+    return app
+
+
+def _starlette(routes: Sequence[BaseRoute], **options: Any) -> Starlette:
+    app = Starlette(routes=routes, exception_handlers=HANDLERS, **options)
     app.router.redirect_slashes = False  # an unknown path is a 404 with the error body
     return app

@@ -1,12 +1,18 @@
-"""uvicorn's server, draining running executions as soon as a shutdown begins."""
+"""uvicorn's server: draining executions at shutdown for ``baponi serve``, and embedded in
+another program's event loop for ``baponi-mcp``."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
+
+EMBEDDED_GRACE_S = 5  # for downloads in flight when the embedding program stops
 
 
 class DrainingServer(uvicorn.Server):
@@ -28,3 +34,38 @@ class DrainingServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             await drain
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A server inside a program that owns the signals (uvicorn would take SIGINT and
+    SIGTERM from it) and stdout (uvicorn's access log goes there)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@asynccontextmanager
+async def serving(app: Starlette, host: str, port: int) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host:port`` (0: any free port) while the block runs; gives the
+    server's base URL. The socket listens before the block starts, so the URL works at once."""
+    sock = socket.create_server((host, port))
+    config = uvicorn.Config(
+        app,
+        lifespan="off",  # the app's state is the embedding program's
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=EMBEDDED_GRACE_S,
+    )
+    server = EmbeddedServer(config)
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(server.serve, [sock])
+            try:
+                name = f"[{host}]" if ":" in host else host
+                yield f"http://{name}:{sock.getsockname()[1]}"
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()

@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -25,7 +27,9 @@ from baponi_core.homelock import HomeInUse
 from baponi_core.sandbox.runner import SandboxError
 from baponi_core.services.admin import PROFILE_BOUNDS
 from baponi_core.store import Principal
-from baponi_http.cli import add_storage_arguments, storage_settings
+from baponi_http.app import create_files_app
+from baponi_http.cli import add_storage_arguments, port_number, storage_settings
+from baponi_http.server import serving
 from baponi_mcp.server import LocalAccess, build_server
 
 log = logging.getLogger("baponi_mcp")
@@ -65,8 +69,16 @@ def parser() -> argparse.ArgumentParser:
         "--public-url",
         default=os.environ.get("BAPONI_PUBLIC_URL"),
         metavar="URL",
-        help="base of the signed file URLs handed out (default: $BAPONI_PUBLIC_URL, else "
-        "http://127.0.0.1:8080, where `baponi serve` listens by default)",
+        help="base of the signed file URLs handed out, for a proxy in front of --files-port "
+        "(default: $BAPONI_PUBLIC_URL, else this process's own file server on 127.0.0.1)",
+    )
+    top.add_argument(
+        "--files-port",
+        type=port_number,
+        metavar="PORT",
+        default=os.environ.get("BAPONI_FILES_PORT", 0),
+        help="loopback port serving the signed file URLs of local storage (default: a free "
+        "port chosen at start; or $BAPONI_FILES_PORT)",
     )
     add_storage_arguments(top)
     top.add_argument(
@@ -121,15 +133,27 @@ def with_limits(
     return dataclasses.replace(principal, org=org, profile=profile)
 
 
-async def serve(settings: Settings, limits: dict[str, Any], max_concurrency: int | None) -> None:
+async def serve(args: argparse.Namespace, settings: Settings, limits: dict[str, Any]) -> None:
     async with Core(settings) as core, anyio.create_task_group() as tasks:
         tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
-        principal = with_limits(await core.admin.local_principal(), limits, max_concurrency)
-        log.info("serving MCP on stdio (home: %s)", settings.home)
-        # Running calls are cancelled when stdin closes or a signal comes: their sandboxes
-        # are killed before the core closes.
-        await build_server(LocalAccess(core, principal)).run_stdio_async()
+        principal = with_limits(await core.admin.local_principal(), limits, args.max_concurrency)
+        async with _file_server(core, args.files_port) as files_url:
+            log.info("serving MCP on stdio (home: %s, files: %s)", settings.home, files_url)
+            # Running calls are cancelled when stdin closes or a signal comes: their
+            # sandboxes are killed before the core closes.
+            await build_server(LocalAccess(core, principal, files_url)).run_stdio_async()
         tasks.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _file_server(core: Core, port: int) -> AsyncIterator[str]:
+    """The signed-file routes on loopback, when storage is local (a home has one server
+    process, so no `baponi serve` can answer them). Cloud URLs are the provider's own."""
+    if not core.files.serves_urls:
+        yield f"http://127.0.0.1:{port}"  # never in a URL: nothing is signed locally
+        return
+    async with serving(create_files_app(core), "127.0.0.1", port) as url:
+        yield url
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -155,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_grace_s=0.0,
             **storage_settings(args),
         )
-        anyio.run(serve, settings, limits, args.max_concurrency)
+        anyio.run(serve, args, settings, limits)
     except BaponiError as exc:
         print(f"baponi-mcp: {exc.message}", file=sys.stderr)
         return 1

@@ -20,7 +20,6 @@ from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 
 from baponi_core import limits
 from baponi_core.app import Core
-from baponi_core.config import DEFAULT_PORT
 from baponi_core.errors import Conflict
 from baponi_core.models import ExecuteRequest, FileRequest, SandboxResult, parse
 from baponi_core.services.executions import Run
@@ -57,7 +56,7 @@ class Caller:
     core: Core
     principal: Principal
     base_url: str  # where the signed file URLs handed out point
-    url_note: str = ""  # said next to a URL, e.g. which server answers it
+    url_note: str = ""  # said next to a URL of base_url, e.g. which server answers it
 
 
 class Access(Protocol):
@@ -69,13 +68,12 @@ class Access(Protocol):
 class LocalAccess:
     """The user on this machine (stdio, and in-process clients): one trusted principal.
 
-    Signed URLs point at ``public_url``, else at ``baponi serve``'s default address; they
-    work while ``baponi serve`` runs on the same home. Small files come inline anyway."""
+    Signed URLs for local storage point at ``public_url``, else at ``files_url``: the
+    signed-file routes that ``baponi-mcp`` serves on loopback while it runs."""
 
-    def __init__(self, core: Core, principal: Principal) -> None:
-        base_url = core.settings.base_url(f"http://127.0.0.1:{DEFAULT_PORT}")
-        note = "The URL is served by `baponi serve` running on the same home directory."
-        self._caller = Caller(core, principal, base_url, note)
+    def __init__(self, core: Core, principal: Principal, files_url: str) -> None:
+        note = "The URL works on this machine while the Baponi MCP server runs."
+        self._caller = Caller(core, principal, core.settings.base_url(files_url), note)
 
     def caller(self, ctx: Context[Any, Any]) -> Caller:
         return self._caller
@@ -145,7 +143,7 @@ def build_server(access: Access) -> MCPServer[Any]:
             f"{source} {id}, {path}: {size}{description}.\n"
             f"Download URL (GET, expires {signed.expires_at}): {signed.url}"
         )
-        if caller.url_note:
+        if caller.url_note and signed.url.startswith(caller.base_url):
             summary += f"\n{caller.url_note}"
         download = FileDownload(
             url=signed.url,

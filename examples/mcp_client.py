@@ -1,5 +1,6 @@
 """Talk to ``baponi-mcp`` the way Claude Desktop does: spawn it over stdio with the official
-MCP SDK's client, run code with live output, then fetch a plot the code drew.
+MCP SDK's client, run code with live output, fetch a plot the code drew, then a file too
+large to come inline, through the URL that ``baponi-mcp`` serves itself on loopback.
 
     .venv/bin/python examples/mcp_client.py
 
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import anyio
+import httpx
 from mcp import Client, StdioServerParameters
 from mcp.types import ImageContent, TextContent
 
@@ -87,6 +89,17 @@ async def main() -> None:
         saved = Path(tempfile.gettempdir()) / "baponi-mcp-plot.png"
         saved.write_bytes(base64.b64decode(image.data))
         print(f"saved the {image.mime_type} image block as {saved}")
+
+        print("\n4. a file over 1 MiB comes as a URL only, served by baponi-mcp itself:")
+        code = "open('rows.csv', 'w').write(''.join(f'{i},{i * i}\\n' for i in range(200_000)))"
+        await client.call_tool("sandbox_execute", {"code": code, "thread_id": THREAD})
+        big = await client.call_tool("files_download", {"id": THREAD, "path": "rows.csv"})
+        assert big.structured_content is not None
+        url = big.structured_content["url"]
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(url)
+        answer.raise_for_status()
+        print(f"GET {url[:50]}...: {len(answer.content)} bytes, ending {answer.text[-12:]!r}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import sqlite3
 import struct
 import time
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from baponi._base import result_to_llm_text
 from baponi.types import SandboxResult as SdkResult
@@ -31,6 +33,8 @@ from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, SandboxResult, parse
 from baponi_core.store import Principal
+from baponi_http.app import create_files_app
+from baponi_http.server import serving
 from baponi_mcp import LocalAccess, build_server
 from baponi_mcp.content import image_type, result_text
 from baponi_mcp.errors import CODES
@@ -55,15 +59,23 @@ async def principal(core: Core) -> Principal:
 
 
 @pytest.fixture(scope="module")
-def local(core: Core, principal: Principal) -> MCPServer[Any]:
-    return build_server(LocalAccess(core, principal))
+async def files_url(core: Core) -> AsyncIterator[str]:
+    """The signed-file routes on loopback, as ``baponi-mcp`` serves them."""
+    async with serving(create_files_app(core), "127.0.0.1", 0) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def local(core: Core, principal: Principal, files_url: str) -> MCPServer[Any]:
+    return build_server(LocalAccess(core, principal, files_url))
 
 
 def limited(core: Core, principal: Principal, **changes: Any) -> MCPServer[Any]:
     """A server whose caller has the plan limits ``changes`` (org or profile fields)."""
     org = dataclasses.replace(principal.org, **changes.pop("org", {}))
     profile = dataclasses.replace(principal.profile, **changes)
-    return build_server(LocalAccess(core, dataclasses.replace(principal, org=org, profile=profile)))
+    caller = dataclasses.replace(principal, org=org, profile=profile)
+    return build_server(LocalAccess(core, caller, "http://127.0.0.1:9"))  # no files here
 
 
 async def call(server: MCPServer[Any], args: dict[str, Any], mode: str = "auto") -> CallToolResult:
@@ -450,14 +462,21 @@ def assert_signed(result: CallToolResult) -> dict[str, Any]:
     assert result.is_error is False, text_of(result)
     data = result.structured_content
     assert data is not None
-    assert data["url"].startswith("http://127.0.0.1:8080/v1/files/signed/")
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1/files/signed/[\w.-]+", data["url"])
     expires = datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
     left = (expires - datetime.now(UTC)).total_seconds()
     assert 800 < left <= 900  # 15 minutes
     summary = text_of(result)
     assert data["url"] in summary and data["expires_at"] in summary
-    assert "baponi serve" in summary
+    assert "works on this machine while the Baponi MCP server runs" in summary
     return data
+
+
+async def fetch(url: str) -> bytes:
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await http.get(url)
+    assert answer.status_code == 200, answer.text
+    return answer.content
 
 
 async def test_download_text_file(local: MCPServer[Any], files_thread: str) -> None:
@@ -471,6 +490,7 @@ async def test_download_text_file(local: MCPServer[Any], files_thread: str) -> N
     assert len(result.content) == 2
     assert isinstance(result.content[1], TextContent)
     assert result.content[1].text == "line 1\nline 2 é\n"
+    assert await fetch(data["url"]) == "line 1\nline 2 é\n".encode()
     nested = await download(local, id=files_thread, path="out/report.csv", source="thread")
     assert isinstance(nested.content[1], TextContent) and nested.content[1].text == "a,b\n1,2\n"
 
@@ -491,14 +511,22 @@ async def test_download_image_comes_as_an_image_block(
     assert base64.b64decode(image.data) == png()
 
 
-@pytest.mark.parametrize(("path", "size"), [("blob.bin", 256), ("big.txt", None), ("empty.txt", 0)])
+@pytest.mark.parametrize(
+    ("path", "size", "content"),
+    [
+        ("blob.bin", 256, bytes(range(256))),
+        ("big.txt", None, b"x" * (1024 * 1024 + 1)),
+        ("empty.txt", 0, b""),
+    ],
+)
 async def test_download_without_inline_content(
-    local: MCPServer[Any], files_thread: str, path: str, size: int | None
+    local: MCPServer[Any], files_thread: str, path: str, size: int | None, content: bytes
 ) -> None:
     result = await download(local, id=files_thread, path=path)
     data = assert_signed(result)
     assert (data["size"], data["content_included"]) == (size, False)
     assert len(result.content) == 1  # the URL only
+    assert await fetch(data["url"]) == content  # answered by the loopback file server
 
 
 @pytest.mark.parametrize(

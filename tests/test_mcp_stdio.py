@@ -3,8 +3,11 @@ both protocol eras it speaks, and by hand to prove stdout carries nothing but JS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import TextContent
@@ -72,10 +76,57 @@ async def test_sdk_client_over_stdio(tmp_path: Path, mode: str) -> None:
         file = await client.call_tool("files_download", {"id": thread, "path": "r.txt"})
         assert file.is_error is False
         assert file.structured_content is not None
-        assert file.structured_content["url"].startswith("http://127.0.0.1:8080/v1/files/signed/")
+        url = file.structured_content["url"]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1/files/signed/[\w.-]+", url)
         block = file.content[1]
         assert isinstance(block, TextContent) and block.text == "saved"
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(url)).content == b"saved"
     assert (tmp_path / "home" / "baponi.db").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_download_urls_are_served_by_baponi_mcp(tmp_path: Path) -> None:
+    """With local storage no `baponi serve` can share the home, so `baponi-mcp` answers its
+    own signed URLs, on loopback, and nothing else there."""
+    port = free_port()
+    thread = f"big-{uuid.uuid4().hex[:8]}"
+    code = "import os\nopen('big.bin', 'wb').write(os.urandom(2 * 1024 * 1024))"
+    check = "import hashlib\nprint(hashlib.sha256(open('big.bin', 'rb').read()).hexdigest())"
+    async with (
+        Client(params(tmp_path, BAPONI_FILES_PORT=str(port))) as client,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        written = await client.call_tool("sandbox_execute", {"code": code, "thread_id": thread})
+        assert written.is_error is False, text_of(written)
+        file = await client.call_tool("files_download", {"id": thread, "path": "big.bin"})
+        assert file.structured_content is not None
+        url = file.structured_content["url"]
+        assert url.startswith(f"http://127.0.0.1:{port}/v1/files/signed/")
+        assert file.structured_content["content_included"] is False
+        assert "while the Baponi MCP server runs" in text_of(file)
+
+        got = await http.get(url)
+        assert got.status_code == 200 and len(got.content) == 2 * 1024 * 1024
+        digest = await client.call_tool("sandbox_execute", {"code": check, "thread_id": thread})
+        assert text_of(digest) == hashlib.sha256(got.content).hexdigest() + "\n"
+
+        forged = await http.get(url[:-2] + ("AA" if not url.endswith("AA") else "BB"))
+        assert forged.status_code == 403
+        assert forged.json() == {"error": "forbidden", "message": "signature does not match"}
+        base = f"http://127.0.0.1:{port}"
+        rest = await http.post(f"{base}/v1/sandbox/execute", json={"code": "print(1)"})
+        assert rest.status_code == 404  # only the signed routes: no execution without a key
+        assert rest.json() == {"error": "not_found", "message": "no such endpoint"}
+        assert (await http.post(f"{base}/mcp", json={})).status_code == 404
+    async with httpx.AsyncClient(timeout=5) as http:
+        with pytest.raises(httpx.ConnectError):  # gone with the MCP server
+            await http.get(url)
 
 
 async def test_no_configuration_uses_home_dot_baponi(tmp_path: Path) -> None:
@@ -126,8 +177,12 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
         "capabilities": {},
         "clientInfo": {"name": "raw", "version": "0"},
     }
-    code = "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)"
-    call = {"name": "sandbox_execute", "arguments": {"code": code}, "_meta": {"progressToken": 7}}
+    code = (
+        "import sys\nopen('f.txt', 'w').write('file')\n"
+        "print('to stdout')\nprint('to stderr', file=sys.stderr)"
+    )
+    arguments = {"code": code, "thread_id": "raw"}
+    call = {"name": "sandbox_execute", "arguments": arguments, "_meta": {"progressToken": 7}}
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(rpc(1, "initialize", init))
     process.stdin.flush()
@@ -141,6 +196,13 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
         line = process.stdout.readline()
         assert line, "the server closed stdout before answering"
         messages.append(json.loads(line))
+    # a download served by the process's file server logs nothing on stdout either
+    fetch = {"name": "files_download", "arguments": {"id": "raw", "path": "f.txt"}}
+    process.stdin.write(rpc(3, "tools/call", fetch))
+    process.stdin.flush()
+    download = json.loads(process.stdout.readline())
+    assert download["id"] == 3
+    assert httpx.get(download["result"]["structuredContent"]["url"], timeout=10).text == "file"
     started = time.monotonic()
     out, err = process.communicate(timeout=30)  # closes stdin
     assert process.returncode == 0

@@ -28,6 +28,12 @@ class Files:
         self.signer = signer
         self.quota = quota  # bytes a thread may hold
 
+    @property
+    def serves_urls(self) -> bool:
+        """Whether the signed URLs handed out are this server's own (local storage), to be
+        answered by :meth:`download` and :meth:`upload`, rather than a cloud provider's."""
+        return self.storage.disk is not None
+
     async def _place(
         self, principal: Principal, request: FileRequest, write: bool = False, create: bool = False
     ) -> Place:
