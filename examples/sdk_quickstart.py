@@ -20,8 +20,9 @@ client = Baponi(base_url=os.environ.get("BAPONI_BASE_URL", "http://127.0.0.1:808
 result = client.execute("import sys; print(f'hello from Python {sys.version_info[:2]}')")
 print(result.stdout, end="")
 
-result = client.execute("echo \"$GREETING from $(uname -n)\"", language="bash",
-                        env_vars={"GREETING": "hello"})
+result = client.execute(
+    'echo "$GREETING from $(uname -n)"', language="bash", env_vars={"GREETING": "hello"}
+)
 print(result.stdout, end="")
 
 result = client.execute("console.log([1, 2, 3].map((x) => x * 2))", language="node")

@@ -46,5 +46,6 @@ fi
 npm ci --no-audit --no-fund --loglevel=error >/dev/null
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
