@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
-from tests.conftest import marker_processes, wait_until
+from tests.conftest import free_port, marker_processes, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -83,12 +82,6 @@ async def test_sdk_client_over_stdio(tmp_path: Path, mode: str) -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             assert (await http.get(url)).content == b"saved"
     assert (tmp_path / "home" / "baponi.db").is_file()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_download_urls_are_served_by_baponi_mcp(tmp_path: Path) -> None:
