@@ -22,6 +22,9 @@ after it, so the cases below isolate that sync:
   workspace and manifest under ``<home>/cache`` are deleted (untimed) before every cloud
   run, as after a restart with an empty cache or on a new server: everything is downloaded.
   The code checks that all 200 files are there.
+* **200 files, all rewritten**: the same thread; the code writes new random bytes into all
+  200 files, so the server uploads all of them after each run (its listing before is
+  unchanged).
 
 Backends are interleaved, their order rotating every iteration, so drift hits all of them
 alike. Times are client-side (one keep-alive ``httpx.Client`` per server). The emulators
@@ -208,6 +211,12 @@ def cases(runs: int, fresh_runs: int) -> list[Case]:
             fresh_runs,
             before=lambda backend: backend.drop_cache("big"),
         ),
+        Case(
+            f"thread, {BIG[0]} x 10 KiB, all rewritten",
+            "big",
+            SEED.format(count=BIG[0], size=BIG[1]),
+            fresh_runs,
+        ),
     ]
 
 
@@ -289,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Execution latency with a thread on local disk, S3 (moto), GCS "
             "(gcp-storage-emulator) and Azure (Azurite): p50/p90 and the ratio to local disk "
-            "for no thread, an unchanged small home, a 100 KiB rewrite and a fresh cache of "
-            "200 files. Starts its own emulators and servers on 127.0.0.1; run from the repo "
+            "for no thread, an unchanged small home, a 100 KiB rewrite, a fresh cache of "
+            "200 files and 200 files rewritten. Starts its own emulators and servers on 127.0.0.1; run from the repo "
             "root with PYTHONPATH=."
         ),
         epilog="Cells are 'p50 / p90 (p50 ratio to local disk)'. Exits non-zero on any failure.",

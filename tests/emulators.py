@@ -205,6 +205,9 @@ def start_gcs(work: Path) -> Iterator[Emulator]:
     port = _free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
+    # It serves one connection at a time from the stdlib's backlog of 5: clients with many
+    # requests in flight (as sync makes) would see connects dropped and retried for seconds.
+    server._api._httpd.socket.listen(128)
     try:
         yield Emulator(
             protocol="gs",

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from baponi_core.storage import sync
 from tests.conftest import Server, cli, start_server, stop_server
 from tests.emulators import Emulator
 
@@ -163,8 +167,6 @@ def test_a_thread_survives_a_lost_cache(cloud: Cloud) -> None:
         "import os\nos.makedirs('deep/er', exist_ok=True)\nopen('deep/er/f.txt','w').write('kept')",
         thread_id="cache",
     )
-    import shutil
-
     cache = cloud.server.home / "cache"
     homes = list(cache.glob("server/threads/*/cache"))
     assert len(homes) == 1
@@ -172,6 +174,42 @@ def test_a_thread_survives_a_lost_cache(cloud: Cloud) -> None:
     assert (homes[0].parent / "cache.manifest.json").exists()
     result = sdk.execute("print(open('deep/er/f.txt').read())", thread_id="cache")
     assert result.stdout == "kept\n"
+
+
+MANY = (
+    "import hashlib, os\n"
+    "sizes = [0, 1, 4096] * 24 + [9 * 1024 * 1024]  # over 32 per group; one streamed\n"
+    "os.makedirs('many', exist_ok=True)\n"
+    "for i, size in enumerate(sizes):\n"
+    "    open(f'many/{i:02}.bin', 'wb').write(os.urandom(size))\n"
+    "DIGEST\n"
+)
+DIGEST = (
+    "import hashlib, os\n"
+    "names = sorted(os.listdir('many'))\n"
+    "print(len(names), hashlib.sha256(b''.join(open('many/' + n, 'rb').read() "
+    "for n in names)).hexdigest())"
+)
+
+
+def test_many_files_of_every_size_survive_a_lost_cache(cloud: Cloud) -> None:
+    """Small files move in concurrent groups, empty ones without a request, large ones
+    streamed: all 73 come back byte for byte into an empty cache, in the bucket as written."""
+    sdk = cloud.server.sdk()
+    written = sdk.execute(MANY.replace("DIGEST", DIGEST), thread_id="many", timeout=60)
+    count, digest = written.stdout.split()
+    assert count == "73", written
+    fs = cloud.fs()
+    fs.invalidate_cache()
+    stored = fs.find(cloud.stored(org_id(cloud), "many", "many"), detail=True)
+    assert sorted(int(info["size"]) for info in stored.values()) == sorted(
+        [0, 1, 4096] * 24 + [9 * 1024 * 1024]
+    )
+    (space,) = (cloud.server.home / "cache").glob("server/threads/*/many")
+    shutil.rmtree(space)
+    space.with_name("many.manifest.json").unlink()
+    again = sdk.execute(DIGEST, thread_id="many", timeout=60)
+    assert again.stdout.split() == ["73", digest]
 
 
 def test_missing_thread_and_file_are_404(cloud: Cloud) -> None:
@@ -345,3 +383,16 @@ def test_reserved_names_stay_in_the_workspace(cloud: Cloud) -> None:
     )
     result = sdk.execute("import os\nprint(sorted(os.listdir('.')))", thread_id="reserved")
     assert result.stdout == "['.baponi-mine', 'ok']\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3 * sync.SMALL_BYTES // 2), max_size=120))
+def test_transfer_groups_cover_every_file_once_within_bounds(sizes: list[int]) -> None:
+    rels = [f"f{i}" for i in range(len(sizes))]
+    by_rel = dict(zip(rels, sizes, strict=True))
+    groups, large = sync._by_size(rels, by_rel)
+    assert large == [rel for rel in rels if by_rel[rel] > sync.SMALL_BYTES]
+    assert [rel for group in groups for rel in group] == [rel for rel in rels if rel not in large]
+    for group in groups:
+        assert 1 <= len(group) <= sync.BATCH_FILES
+        assert sum(by_rel[rel] for rel in group) <= sync.BATCH_BYTES

@@ -13,14 +13,21 @@ sandboxed code are not (and never followed). Blocking: run in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
+
+import fsspec.asyn
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.storage.backend import RESERVED, Key
@@ -29,6 +36,13 @@ from baponi_core.storage.local import LocalTree
 from baponi_core.storage.paths import parts
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Files up to SMALL_BYTES move whole, in groups transferred concurrently (a fresh cache of
+# many small files is bound by round trips, not bandwidth); larger ones stream one by one.
+SMALL_BYTES = 8 << 20
+BATCH_BYTES = 32 << 20  # what a group may hold in memory
+BATCH_FILES = 32  # requests in flight at once
 
 
 @dataclass(frozen=True)
@@ -113,13 +127,22 @@ class Manifest:
 def pull(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> None:
     stored = listing(fs, root)
     local = tree.files(key)
-    for rel, obj in stored.items():
-        known = manifest.files.get(rel)
-        if known is not None and known[0] == obj.tag:
-            continue
-        fetched = _fetch_over(fs, f"{root}/{rel}", tree, key + parts(rel), obj.tag)
-        if fetched is not None:
-            manifest.files[rel] = fetched
+    wanted = [rel for rel, obj in stored.items() if manifest.files.get(rel, ("",))[0] != obj.tag]
+    small, large = _by_size(wanted, {rel: stored[rel].size for rel in wanted})
+    for group in small:
+        # whole small objects, fetched together: one GET each, no HEAD (the listing has all)
+        reads = [_reader(fs, f"{root}/{rel}", stored[rel].size) for rel in group]
+        contents = concurrently(fs, reads)
+        for rel, data in zip(group, contents, strict=True):
+            if isinstance(data, BaseException):
+                _raise_unless_gone(data)
+            elif len(data) != stored[rel].size:  # rewritten since, or cut short: stream it
+                large.append(rel)
+            else:
+                _fetched(manifest, rel, tree, key, stored[rel].tag, partial(io.BytesIO, data))
+    for rel in large:
+        opener = partial(fs.open, f"{root}/{rel}", "rb")
+        _fetched(manifest, rel, tree, key, stored[rel].tag, opener)
     for rel in [rel for rel in manifest.files if rel not in stored]:
         known = manifest.files.pop(rel)
         if local.get(rel) == known[1:]:  # deleted from storage, untouched here: follow
@@ -130,31 +153,145 @@ def pull(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
 
 def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> None:
     local = {rel: state for rel, state in tree.files(key).items() if not _reserved(rel)}
-    for rel, state in local.items():
-        known = manifest.files.get(rel)
-        if known is not None and known[1:] == state:
-            continue
+    changed = [rel for rel, state in local.items() if manifest.files.get(rel, ("",))[1:] != state]
+    small, large = _by_size(changed, {rel: local[rel][0] for rel in changed})
+    for group in small:
+        large += _push_group(fs, root, tree, key, manifest, group)
+    for rel in large:
         manifest.files[rel] = _store(fs, f"{root}/{rel}", tree, key + parts(rel))
-        manifest.save()  # a later failure must not upload this one again
-    for rel in [rel for rel in manifest.files if rel not in local]:
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(f"{root}/{rel}")
-        del manifest.files[rel]
+        manifest.save()
+    gone = [rel for rel in manifest.files if rel not in local]
+    removed = concurrently(fs, [_remover(fs, f"{root}/{rel}") for rel in gone])
+    failed = [exc for exc in removed if isinstance(exc, BaseException)]
+    for rel, result in zip(gone, removed, strict=True):
+        if not isinstance(result, BaseException) or isinstance(result, FileNotFoundError):
+            del manifest.files[rel]
     manifest.save()
+    for exc in failed:
+        _raise_unless_gone(exc)
 
 
-def _fetch_over(fs: Any, remote: str, tree: LocalTree, names: Key, tag: str) -> Synced | None:
+def _push_group(
+    fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest, group: list[str]
+) -> list[str]:
+    """Store a group of small files together; gives those that grew too large meanwhile."""
+    read = {rel: _read(tree, key + parts(rel)) for rel in group}
+    small = {rel: got for rel, got in read.items() if got is not None}
+    calls = [_writer(fs, f"{root}/{rel}", data) for rel, (data, _) in small.items()]
+    results = concurrently(fs, calls)
+    for (rel, (_, state)), tag in zip(small.items(), results, strict=True):
+        if not isinstance(tag, BaseException):
+            manifest.files[rel] = (tag, *state)
+    manifest.save()  # a later failure must not upload these again
+    for tag in results:
+        if isinstance(tag, BaseException):
+            raise tag
+    return [rel for rel in group if rel not in small]
+
+
+def concurrently(fs: Any, calls: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
+    """Run ``calls`` on the filesystem's event loop (fsspec's cloud filesystems are
+    asynchronous), BATCH_FILES at a time; each gives its result or its exception."""
+
+    async def gathered() -> list[T | BaseException]:
+        results: list[T | BaseException] = []
+        for start in range(0, len(calls), BATCH_FILES):
+            batch = calls[start : start + BATCH_FILES]
+            results += await asyncio.gather(*(call() for call in batch), return_exceptions=True)
+        return results
+
+    return list(fsspec.asyn.sync(fs.loop, gathered)) if calls else []
+
+
+def _reader(fs: Any, remote: str, size: int) -> Callable[[], Awaitable[bytes]]:
+    """The listed size and no more: an object rewritten since is fetched on the next pull
+    (its tag changed), and memory stays bounded by the listing."""
+
+    async def read() -> bytes:
+        return bytes(await fs._cat_file(remote, start=0, end=size)) if size else b""
+
+    return read
+
+
+def _writer(fs: Any, remote: str, data: bytes) -> Callable[[], Awaitable[str]]:
+    async def write_then_tag() -> str:
+        await fs._pipe_file(remote, data)
+        obj = await fs._info(remote)
+        size = int(obj.get("size") or 0)
+        if size != len(data):
+            raise OSError(f"stored {size} of {len(data)} bytes")
+        return tag_of(obj, size, modified_of(obj))
+
+    return write_then_tag
+
+
+def _remover(fs: Any, remote: str) -> Callable[[], Awaitable[None]]:
+    return lambda: fs._rm_file(remote)
+
+
+def _raise_unless_gone(exc: BaseException) -> None:
+    """An object deleted since it was listed is simply not there any more."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
+
+
+def _by_size(rels: list[str], sizes: dict[str, int]) -> tuple[list[list[str]], list[str]]:
+    """Small files in groups to move together, each group holding at most BATCH_FILES files
+    and BATCH_BYTES in memory; large files, to stream one at a time."""
+    groups: list[list[str]] = []
+    held = 0
+    for rel in (rel for rel in rels if sizes[rel] <= SMALL_BYTES):
+        if not groups or held + sizes[rel] > BATCH_BYTES or len(groups[-1]) >= BATCH_FILES:
+            groups.append([])
+            held = 0
+        groups[-1].append(rel)
+        held += sizes[rel]
+    return groups, [rel for rel in rels if sizes[rel] > SMALL_BYTES]
+
+
+def _read(tree: LocalTree, names: Key) -> tuple[bytes, tuple[int, float]] | None:
+    """A small file's bytes, and its size and mtime once read; None if it is no longer
+    small (code in a shared volume may still be writing it)."""
+    fd, _ = tree.open_read(names)
+    try:
+        data = bytearray()
+        while len(data) <= SMALL_BYTES and (chunk := os.read(fd, CHUNK)):
+            data += chunk
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return None if len(data) > SMALL_BYTES else (bytes(data), (info.st_size, info.st_mtime))
+
+
+def _fetched(
+    manifest: Manifest,
+    rel: str,
+    tree: LocalTree,
+    key: Key,
+    tag: str,
+    source: Callable[[], ContextManager[BinaryIO]],
+) -> None:
+    synced = _fetch_over(source, tree, key + parts(rel), tag)
+    if synced is not None:
+        manifest.files[rel] = synced
+
+
+def _fetch_over(
+    source: Callable[[], ContextManager[BinaryIO]], tree: LocalTree, names: Key, tag: str
+) -> Synced | None:
     """Fetch, the stored side winning over whatever code left in the way (a file or link
     where a directory must be, a directory where the file goes): removed, never followed.
     What still cannot be placed is skipped, so one odd object never blocks the root."""
     try:
-        return _fetch(fs, remote, tree, names, tag)
+        return _fetch(source, tree, names, tag)
     except (NotFound, Conflict):
         _clear_way(tree, names)
+    except FileNotFoundError:  # deleted since it was listed
+        return None
     try:
-        return _fetch(fs, remote, tree, names, tag)
+        return _fetch(source, tree, names, tag)
     except (NotFound, Conflict) as exc:
-        log.warning("could not place stored object %s: %s", remote, exc)
+        log.warning("could not place stored object %s: %s", "/".join(names), exc)
         return None
 
 
@@ -167,11 +304,13 @@ def _clear_way(tree: LocalTree, names: Key) -> None:
         tree.delete(names)  # a directory where the file belongs
 
 
-def _fetch(fs: Any, remote: str, tree: LocalTree, names: Key, tag: str) -> Synced:
+def _fetch(
+    source: Callable[[], ContextManager[BinaryIO]], tree: LocalTree, names: Key, tag: str
+) -> Synced:
     upload = tree.begin_upload(names)
     try:
-        with fs.open(remote, "rb") as source:
-            while chunk := source.read(CHUNK):
+        with source() as stream:
+            while chunk := stream.read(CHUNK):
                 write(upload, chunk)
         tree.commit(upload)
         info = os.fstat(upload.fd)
