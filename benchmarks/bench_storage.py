@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             "Execution latency with a thread on local disk, S3 (moto), GCS "
             "(gcp-storage-emulator) and Azure (Azurite): p50/p90 and the ratio to local disk "
             "for no thread, an unchanged small home, a 100 KiB rewrite, a fresh cache of "
-            "200 files and 200 files rewritten. Starts its own emulators and servers on 127.0.0.1; run from the repo "
-            "root with PYTHONPATH=."
+            "200 files and 200 files rewritten. Starts its own emulators and servers on "
+            "127.0.0.1; run from the repo root with PYTHONPATH=."
         ),
         epilog="Cells are 'p50 / p90 (p50 ratio to local disk)'. Exits non-zero on any failure.",
     )

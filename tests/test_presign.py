@@ -157,7 +157,7 @@ def test_s3_urls_are_sigv4_with_exact_expiry(s3_emulator: Emulator) -> None:
     secret = s3_emulator.options["secret"]
 
     get_url, _ = presign(fs, path, "GET", EXPIRES)
-    put_url, put_headers = presign(fs, path, "PUT", EXPIRES, content_type="text/plain")
+    put_url, put_headers = presign(fs, path, "PUT", EXPIRES, content_type="text/plain", size=11)
 
     for url in (get_url, put_url):
         q = query(url)
@@ -166,14 +166,16 @@ def test_s3_urls_are_sigv4_with_exact_expiry(s3_emulator: Emulator) -> None:
         assert urlsplit(url).path == "/" + quote(path)
         assert "Signature" not in q and "AWSAccessKeyId" not in q  # no SigV2 leftovers
     assert query(get_url)["X-Amz-SignedHeaders"] == "host"
-    assert query(put_url)["X-Amz-SignedHeaders"] == "content-type;host"
+    assert query(put_url)["X-Amz-SignedHeaders"] == "content-length;content-type;host"
 
     sent = send_headers(put_headers)
+    assert sent == {"Content-Type": "text/plain", "Content-Length": "11"}
     assert sigv4_valid(get_url, "GET", {}, secret)
     assert sigv4_valid(put_url, "PUT", sent, secret)
-    # The signature binds the method, the content type and the path.
+    # The signature binds the method, the content type, the length and the path.
     assert not sigv4_valid(get_url, "PUT", {}, secret)
-    assert not sigv4_valid(put_url, "PUT", {"Content-Type": "text/html"}, secret)
+    assert not sigv4_valid(put_url, "PUT", {**sent, "Content-Type": "text/html"}, secret)
+    assert not sigv4_valid(put_url, "PUT", {**sent, "Content-Length": "12"}, secret)
     assert not sigv4_valid(put_url.replace("hello%20world", "hello%20worle"), "PUT", sent, secret)
 
 
@@ -214,7 +216,7 @@ def test_gcs_urls_are_v4_with_exact_expiry(gcs_emulator: Emulator) -> None:
     key_file = gcs_emulator.options["token"]
 
     get_url, _ = presign(fs, path, "GET", EXPIRES)
-    put_url, put_headers = presign(fs, path, "PUT", EXPIRES, content_type="text/plain")
+    put_url, put_headers = presign(fs, path, "PUT", EXPIRES, content_type="text/plain", size=11)
 
     for url in (get_url, put_url):
         q = query(url)
@@ -222,13 +224,16 @@ def test_gcs_urls_are_v4_with_exact_expiry(gcs_emulator: Emulator) -> None:
         assert q["X-Goog-Expires"] == str(EXPIRES)
         assert urlsplit(url).path == "/" + quote(path)
     assert query(get_url)["X-Goog-SignedHeaders"] == "host"
-    assert query(put_url)["X-Goog-SignedHeaders"] == "content-type;host"
+    assert query(put_url)["X-Goog-SignedHeaders"] == "content-type;host;x-goog-content-length-range"
 
     sent = send_headers(put_headers)
+    assert sent == {"Content-Type": "text/plain", "x-goog-content-length-range": "11,11"}
     assert gcs_v4_valid(get_url, "GET", {}, key_file)
     assert gcs_v4_valid(put_url, "PUT", sent, key_file)
     assert not gcs_v4_valid(get_url, "PUT", {}, key_file)
-    assert not gcs_v4_valid(put_url, "PUT", {"Content-Type": "text/html"}, key_file)
+    assert not gcs_v4_valid(put_url, "PUT", {**sent, "Content-Type": "text/html"}, key_file)
+    wider = {**sent, "x-goog-content-length-range": "0,1000000"}
+    assert not gcs_v4_valid(put_url, "PUT", wider, key_file)
 
 
 def test_gcs_anonymous_filesystem_cannot_presign(gcs_emulator: Emulator) -> None:

@@ -144,11 +144,12 @@ class CloudBackend:
         remote = self._remote(key, names)
         if method == "GET" and not await self._call(lambda: bool(self.fs.isfile(remote))):
             raise NotFound("file not found")
-        from baponi_core.storage.presign import presign  # provider SDKs load late
+        from baponi_core.storage.presign import Method, presign  # provider SDKs load late
 
         ttl = expires - int(time.time())
+        verb: Method = "GET" if method == "GET" else "PUT"
         url, headers = await self._call(
-            lambda: presign(self.fs, remote, "GET" if method == "GET" else "PUT", ttl, content_type)
+            lambda: presign(self.fs, remote, verb, ttl, content_type, size)
         )
         return Signed(url, method, headers, expires)
 

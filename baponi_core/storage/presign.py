@@ -35,13 +35,17 @@ def presign(
     method: Method,
     expires_s: int,
     content_type: str | None = None,
+    size: int | None = None,
 ) -> tuple[str, Headers]:
     """A provider-signed URL for ``path`` (a full fsspec path, e.g. "bucket/prefix/file" for
     s3fs/gcsfs, "container/prefix/file" for adlfs) and the headers the client must send with
     it (list of {"name","value"} dicts, the shape of the Files API).
 
     The URL is valid for exactly ``expires_s`` seconds. For PUT, ``content_type`` (when given)
-    is signed where the provider allows it and always returned as a header to send.
+    is signed where the provider allows it and always returned as a header to send, and
+    ``size`` (when given) is bound on S3 (a signed Content-Length) and GCS (a signed
+    x-goog-content-length-range), so the provider refuses any other length. An Azure SAS
+    cannot bind a length.
     """
     if method not in ("GET", "PUT"):
         raise ValueError(f"method must be GET or PUT, not {method!r}")
@@ -49,10 +53,12 @@ def presign(
         raise ValueError(f"expires_s must be a positive integer, not {expires_s!r}")
     fs, path = _unwrap(fs, path)
     protocols = _protocols(fs)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(f"size must be a non-negative integer, not {size!r}")
     if protocols & S3_PROTOCOLS:
-        return _presign_s3(fs, path, method, expires_s, content_type)
+        return _presign_s3(fs, path, method, expires_s, content_type, size)
     if protocols & GCS_PROTOCOLS:
-        return _presign_gcs(fs, path, method, expires_s, content_type)
+        return _presign_gcs(fs, path, method, expires_s, content_type, size)
     if protocols & AZURE_PROTOCOLS:
         return _presign_azure(fs, path, method, expires_s, content_type)
     raise PresignUnsupported(f"{type(fs).__name__} ({'/'.join(sorted(protocols))}) cannot sign")
@@ -79,15 +85,19 @@ def _content_headers(content_type: str | None) -> Headers:
 
 
 def _presign_s3(
-    fs: Any, path: str, method: Method, expires_s: int, content_type: str | None
+    fs: Any, path: str, method: Method, expires_s: int, content_type: str | None, size: int | None
 ) -> tuple[str, Headers]:
     signer = _s3v4(fs)
     if method == "GET":
         url = signer.sign(path, expiration=expires_s, client_method="get_object")
         return str(url), []
-    params = {} if content_type is None else {"ContentType": content_type}
+    params: dict[str, Any] = {} if content_type is None else {"ContentType": content_type}
+    headers = _content_headers(content_type)
+    if size is not None:  # signed: S3 refuses a body of any other length
+        params["ContentLength"] = size
+        headers.append({"name": "Content-Length", "value": str(size)})
     url = signer.sign(path, expiration=expires_s, client_method="put_object", **params)
-    return str(url), _content_headers(content_type)
+    return str(url), headers
 
 
 def _s3v4(fs: Any) -> Any:
@@ -111,12 +121,19 @@ def _s3v4(fs: Any) -> Any:
 
 
 def _presign_gcs(
-    fs: Any, path: str, method: Method, expires_s: int, content_type: str | None
+    fs: Any, path: str, method: Method, expires_s: int, content_type: str | None, size: int | None
 ) -> tuple[str, Headers]:
     _require_gcs_signer(fs)
-    extra = {} if method == "GET" or content_type is None else {"content_type": content_type}
+    if method == "GET":
+        return str(fs.sign(path, expiration=expires_s, version="v4", method=method)), []
+    extra: dict[str, Any] = {} if content_type is None else {"content_type": content_type}
+    headers = _content_headers(content_type)
+    if size is not None:  # signed: GCS refuses a body outside the range
+        bound = {"name": "x-goog-content-length-range", "value": f"{size},{size}"}
+        extra["headers"] = {bound["name"]: bound["value"]}
+        headers.append(bound)
     url = fs.sign(path, expiration=expires_s, version="v4", method=method, **extra)
-    return str(url), [] if method == "GET" else _content_headers(content_type)
+    return str(url), headers
 
 
 def _require_gcs_signer(fs: Any) -> None:
