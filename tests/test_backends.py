@@ -74,7 +74,15 @@ def test_seed_workflow_round_trip(cloud: Cloud) -> None:
     upload = sdk.upload_url(
         id="seed", path="data/input.csv", content_length=len(data), content_type="text/csv"
     )
-    assert upload.url.startswith(cloud.emulator.endpoint)  # the provider's URL, not ours
+    sent = {h.name: h.value for h in upload.headers}
+    if cloud.emulator.protocol == "az":  # a SAS cannot bind the size: the server takes it
+        assert upload.url.startswith(cloud.server.url + "/v1/files/signed/")
+    else:  # the provider's URL, with the size signed
+        assert upload.url.startswith(cloud.emulator.endpoint)
+        assert sent.get("Content-Length", sent.get("x-goog-content-length-range")) in (
+            str(len(data)),
+            f"{len(data)},{len(data)}",
+        )
     assert put(upload, data).status_code in (200, 201)
 
     code = (
@@ -210,6 +218,40 @@ def test_many_files_of_every_size_survive_a_lost_cache(cloud: Cloud) -> None:
     space.with_name("many.manifest.json").unlink()
     again = sdk.execute(DIGEST, thread_id="many", timeout=60)
     assert again.stdout.split() == ["73", digest]
+
+
+@pytest.mark.parametrize("sent", [b"x" * 99, b"x" * 101], ids=["short", "long"])
+def test_azure_uploads_of_another_size_never_reach_the_bucket(
+    azure_emulator: Emulator, sent: bytes, tmp_path: Any
+) -> None:
+    """Through the server, staged: the blob appears only once exactly the signed size came."""
+    url = azure_emulator.fresh_url()
+    options = json.dumps(azure_emulator.options)
+    server = start_server(tmp_path / "home", "--storage", url, "--storage-options", options)
+    try:
+        sdk = server.sdk()
+        upload = sdk.upload_url(id="sized", path="f.bin", content_length=100)
+        assert upload.url.startswith(server.url)
+        declared = httpx.put(upload.url, content=sent, timeout=30)
+        assert declared.status_code == 400, declared.text
+        # chunked, so no Content-Length: the staged body is refused when it is counted
+        refused = httpx.put(upload.url, content=iter([sent[:50], sent[50:]]), timeout=30)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "validation_error"
+        assert (
+            "signed size" in refused.json()["message"] or "ended after" in refused.json()["message"]
+        )
+        stored = f"{url.partition('://')[2]}/threads"
+        fs = azure_emulator.fs()
+        fs.invalidate_cache()
+        assert not [p for p in fs.find(stored) if p.endswith("/f.bin")]
+        staging = tmp_path / "home" / "staging"
+        assert staging.is_dir() and list(staging.iterdir()) == []  # staged, then dropped
+        exact = sdk.upload_url(id="sized", path="f.bin", content_length=100)
+        assert put(exact, b"y" * 100).status_code == 200
+        assert sdk.execute("print(len(open('f.bin').read()))", thread_id="sized").stdout == "100\n"
+    finally:
+        stop_server(server)
 
 
 def test_missing_thread_and_file_are_404(cloud: Cloud) -> None:

@@ -134,7 +134,7 @@ class Files:
             expires_at=iso(signed.expires),
         )
 
-    # serving the local backend's signed URLs
+    # serving the URLs this server signs
 
     def _disk(self) -> DiskBackend:
         if self.storage.disk is None:  # cloud backends hand out the provider's URLs
@@ -148,8 +148,8 @@ class Files:
         return await self._disk().download(grant)
 
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
-        disk = self._disk()
+        """Local storage, and cloud stores whose own URLs cannot bind a size (Azure)."""
         if grant.root[0] == "threads":  # grants made before other uploads filled the thread
             assert grant.size is not None
             await self._check_quota(self.storage.thread(*grant.root[1:]), grant.size)
-        await disk.upload(grant, chunks)
+        await self.storage.main.upload(grant, chunks)

@@ -10,14 +10,19 @@ sandboxed code made there as hostile (see :mod:`baponi_core.storage.local`).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from baponi_core.errors import ValidationError
 from baponi_core.storage.local import Entry
+from baponi_core.storage.signing import Grant, UrlSigner
 
 Key = tuple[str, ...]
 RESERVED = ".baponi-"  # names the server uses for its own objects; never listed or synced
+SIGNED_PATH = "/v1/files/signed/"  # where this server answers the URLs it signs
+OCTETS = "application/octet-stream"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,37 @@ class Backend(Protocol):
     ) -> Signed:
         """A URL for one GET of an existing file, or one PUT of exactly ``size`` bytes."""
         ...
+
+    async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
+        """Store exactly the granted size from ``chunks``, for a PUT URL this server
+        signed; anything else leaves no trace."""
+        ...
+
+
+def served(
+    signer: UrlSigner,
+    grant: Grant,
+    content_type: str | None,
+    base_url: str,
+) -> Signed:
+    """A URL that this server answers (``SIGNED_PATH``), carrying ``grant``."""
+    headers = (
+        [] if grant.method == "GET" else [{"name": "Content-Type", "value": content_type or OCTETS}]
+    )
+    url = base_url.rstrip("/") + SIGNED_PATH + signer.sign(grant)
+    return Signed(url, grant.method, headers, grant.expires)
+
+
+async def sized(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes]:
+    """``chunks``, refused as soon as they exceed ``size`` bytes or if they end short."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > size:
+            raise ValidationError(f"upload exceeds the signed size of {size} bytes")
+        yield chunk
+    if received != size:
+        raise ValidationError(f"upload ended after {received} of {size} bytes")
 
 
 def make_workspace(base: Path, key: Key, owner: int | None) -> Path:

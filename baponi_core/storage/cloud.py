@@ -8,16 +8,27 @@ directly: listings show what is stored, and signed URLs are the provider's own.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import anyio
 
 from baponi_core.errors import BaponiError, NotFound, Unavailable
-from baponi_core.storage.backend import RESERVED, Key, Signed, ensure_workspace, make_workspace
+from baponi_core.storage.backend import (
+    RESERVED,
+    Key,
+    Signed,
+    ensure_workspace,
+    make_workspace,
+    served,
+    sized,
+)
 from baponi_core.storage.local import Entry, LocalTree
+from baponi_core.storage.signing import Grant, UrlSigner
 from baponi_core.storage.sync import Manifest, listing, pull, push
 
 MARKER = RESERVED + "root"  # an empty object that makes a root without files exist
@@ -27,15 +38,29 @@ log = logging.getLogger(__name__)
 
 class CloudBackend:
     """Roots below ``base`` ("bucket/prefix") of ``fs``; workspaces below ``cache``, at
-    ``cache_prefix + key``."""
+    ``cache_prefix + key``.
+
+    Where the provider's upload URLs cannot bind a size (an Azure SAS), uploads come through
+    this server instead: ``signer`` signs them and the body is staged in ``staging`` until
+    exactly the signed size has arrived. Without a signer (storage connections, which the
+    Files API does not reach) such uploads are not offered."""
 
     def __init__(
-        self, fs: Any, base: str, cache: Path, owner: int | None, cache_prefix: Key = ()
+        self,
+        fs: Any,
+        base: str,
+        cache: Path,
+        owner: int | None,
+        cache_prefix: Key = (),
+        signer: UrlSigner | None = None,
+        staging: Path | None = None,
     ) -> None:
         self.fs = fs
         self.base = base.rstrip("/")
         self.cache = cache
         self.cache_prefix = cache_prefix
+        self.signer = signer
+        self.staging = staging
         self.tree = LocalTree(cache, owner=owner)
         self.owner = owner
         self._locks: dict[Key, anyio.Lock] = {}
@@ -144,14 +169,33 @@ class CloudBackend:
         remote = self._remote(key, names)
         if method == "GET" and not await self._call(lambda: bool(self.fs.isfile(remote))):
             raise NotFound("file not found")
-        from baponi_core.storage.presign import Method, presign  # provider SDKs load late
+        from baponi_core.storage.presign import Method, binds_size, presign  # SDKs load late
 
+        if method == "PUT" and not binds_size(self.fs) and self.signer is not None:
+            grant = Grant(method, key, "/".join(names), size, expires)
+            return served(self.signer, grant, content_type, base_url)
         ttl = expires - int(time.time())
         verb: Method = "GET" if method == "GET" else "PUT"
         url, headers = await self._call(
             lambda: presign(self.fs, remote, verb, ttl, content_type, size)
         )
         return Signed(url, method, headers, expires)
+
+    async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
+        """Stage the body on the server's disk, then store it in one piece: a body of the
+        wrong length never reaches the bucket."""
+        if self.staging is None or grant.size is None:
+            raise NotFound("not found")
+        remote = self._remote(grant.root, tuple(grant.path.split("/")))
+        staged = await anyio.to_thread.run_sync(_staging_file, self.staging)
+        try:
+            async with aclosing(sized(chunks, grant.size)) as body:
+                async for chunk in body:
+                    await anyio.to_thread.run_sync(staged.write, chunk)
+            await anyio.to_thread.run_sync(staged.flush)
+            await self._call(lambda: self.fs.put_file(staged.name, remote))
+        finally:
+            await anyio.to_thread.run_sync(staged.close)  # and gone
 
     async def _call(self, work: Callable[[], T]) -> T:
         """Run blocking storage calls in a worker; a missing object is NotFound, any other
@@ -167,3 +211,8 @@ class CloudBackend:
         except Exception as exc:
             log.warning("storage call failed: %r", exc)
             raise Unavailable(f"storage unavailable ({type(exc).__name__})") from exc
+
+
+def _staging_file(staging: Path) -> IO[bytes]:
+    staging.mkdir(mode=0o700, exist_ok=True)
+    return tempfile.NamedTemporaryFile(dir=staging, prefix="upload-")

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
 
-from baponi_core.errors import ValidationError
-from baponi_core.storage.backend import Key, Signed, make_workspace
+from baponi_core.storage.backend import Key, Signed, make_workspace, served, sized
 from baponi_core.storage.local import Entry, LocalTree, Upload
 from baponi_core.storage.signing import Grant, UrlSigner
 
 CHUNK = 1 << 20
-SIGNED_PATH = "/v1/files/signed/"
-OCTETS = "application/octet-stream"
 
 
 class DiskBackend:
@@ -72,14 +70,11 @@ class DiskBackend:
         expires: int,
         base_url: str,
     ) -> Signed:
-        headers = []
         if method == "GET":
             fd, _ = await anyio.to_thread.run_sync(self.tree.open_read, key + names)
             os.close(fd)
-        else:
-            headers = [{"name": "Content-Type", "value": content_type or OCTETS}]
-        token = self.signer.sign(Grant(method, key, "/".join(names), size, expires))
-        return Signed(base_url.rstrip("/") + SIGNED_PATH + token, method, headers, expires)
+        grant = Grant(method, key, "/".join(names), size, expires)
+        return served(self.signer, grant, content_type, base_url)
 
     # serving signed URLs
 
@@ -95,12 +90,9 @@ class DiskBackend:
         names = grant.root + tuple(grant.path.split("/"))
         upload = await anyio.to_thread.run_sync(self.tree.begin_upload, names)
         try:
-            async for chunk in chunks:
-                if upload.written + len(chunk) > grant.size:
-                    raise ValidationError(f"upload exceeds the signed size of {grant.size} bytes")
-                await anyio.to_thread.run_sync(write, upload, chunk)
-            if upload.written != grant.size:
-                raise ValidationError(f"upload ended after {upload.written} of {grant.size} bytes")
+            async with aclosing(sized(chunks, grant.size)) as body:
+                async for chunk in body:
+                    await anyio.to_thread.run_sync(write, upload, chunk)
             await anyio.to_thread.run_sync(self.tree.commit, upload)
         finally:
             upload.close()  # an unlinked O_TMPFILE: what was not committed disappears

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ class Storage:
             base = Path(url.removeprefix("file://")) if url else home
             self.disk = self.main = DiskBackend(base, owner, signer)
         else:
-            self.main = cloud(url, options, self.cache / "server", owner)
+            staging = home / "staging"  # uploads on their way to the bucket; ours alone
+            shutil.rmtree(staging, ignore_errors=True)  # what a crash left
+            self.main = cloud(url, options, self.cache / "server", owner, (), signer, staging)
         self._connections: dict[tuple[str, str | None], Backend] = {}
 
     @property
@@ -88,7 +91,13 @@ def is_directory_url(url: str) -> bool:
 
 
 def cloud(
-    url: str, options: dict[str, Any], cache: Path, owner: int | None, cache_prefix: Key = ()
+    url: str,
+    options: dict[str, Any],
+    cache: Path,
+    owner: int | None,
+    cache_prefix: Key = (),
+    signer: UrlSigner | None = None,
+    staging: Path | None = None,
 ) -> CloudBackend:
     """A backend on the bucket (and prefix) of ``url``; ``options`` are fsspec's."""
     scheme = url.partition("://")[0]
@@ -105,7 +114,7 @@ def cloud(
     if scheme in ("gs", "gcs"):  # its gRPC bucket probe hangs on anything but Google itself
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     fs, base = fsspec.core.url_to_fs(url, skip_instance_cache=True, **settings)
-    return CloudBackend(fs, base, cache, owner, cache_prefix)
+    return CloudBackend(fs, base, cache, owner, cache_prefix, signer, staging)
 
 
 def _literal(value: Any) -> Any:

@@ -64,6 +64,11 @@ def presign(
     raise PresignUnsupported(f"{type(fs).__name__} ({'/'.join(sorted(protocols))}) cannot sign")
 
 
+def binds_size(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether an upload URL of ``fs``'s provider can be held to one exact size."""
+    return bool(_protocols(_unwrap(fs, "")[0]) & (S3_PROTOCOLS | GCS_PROTOCOLS))
+
+
 def _unwrap(fs: fsspec.AbstractFileSystem, path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """A prefix-scoped DirFileSystem signs through the filesystem it wraps."""
     while isinstance(fs, DirFileSystem):
