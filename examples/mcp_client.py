@@ -11,6 +11,7 @@ No server and no API key needed: ``baponi-mcp`` opens the local home (BAPONI_HOM
 from __future__ import annotations
 
 import base64
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -60,7 +61,10 @@ async def on_progress(progress: float, total: float | None, message: str | None)
 
 
 async def main() -> None:
-    server = StdioServerParameters(command=BAPONI_MCP)
+    # The stdio client passes on only HOME, PATH and a few more: hand BAPONI_HOME over.
+    home = os.environ.get("BAPONI_HOME")
+    env = {"BAPONI_HOME": home} if home else None
+    server = StdioServerParameters(command=BAPONI_MCP, env=env)
     async with Client(server) as client:
         tools = (await client.list_tools()).tools
         print("tools:", ", ".join(tool.name for tool in tools))
