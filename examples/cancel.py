@@ -26,12 +26,13 @@ for i in range(120):
 client = Baponi(base_url=os.environ.get("BAPONI_BASE_URL", "http://127.0.0.1:8080"))
 
 with client.execute_stream(FOREVER, timeout=120) as stream:
-    ticks = 0
+    ticks, cancelled = 0, False
     for event in stream:
         if isinstance(event, OutputEvent):
             print(event.data, end="", flush=True)
             ticks += event.data.count("\n")
-            if ticks == 3:
+            if ticks >= 3 and not cancelled:  # an event may carry several lines
+                cancelled = True
                 # Same as POST /v1/executions/{trace_id}/cancel; answers at once.
                 print(f"cancel -> {stream.cancel().status}")
         elif isinstance(event, ResultEvent):
