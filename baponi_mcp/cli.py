@@ -31,6 +31,7 @@ from baponi_http.app import create_files_app
 from baponi_http.cli import add_storage_arguments, port_number, storage_settings
 from baponi_http.server import serving
 from baponi_mcp.server import LocalAccess, build_server
+from baponi_mcp.stdin import RelayedStdin
 
 log = logging.getLogger("baponi_mcp")
 
@@ -135,12 +136,13 @@ def with_limits(
 
 async def serve(args: argparse.Namespace, settings: Settings, limits: dict[str, Any]) -> None:
     async with Core(settings) as core, anyio.create_task_group() as tasks:
-        tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
+        stdin = RelayedStdin()
+        tasks.start_soon(_end_on_signal, stdin)
         principal = with_limits(await core.admin.local_principal(), limits, args.max_concurrency)
         async with _file_server(core, args.files_port) as files_url:
             log.info("serving MCP on stdio (home: %s, files: %s)", settings.home, files_url)
-            # Running calls are cancelled when stdin closes or a signal comes: their
-            # sandboxes are killed before the core closes.
+            # Running calls are cancelled when stdin ends (the client closed it, or a signal
+            # came): their sandboxes are killed before the core closes.
             await build_server(LocalAccess(core, principal, files_url)).run_stdio_async()
         tasks.cancel_scope.cancel()
 
@@ -156,11 +158,11 @@ async def _file_server(core: Core, port: int) -> AsyncIterator[str]:
         yield url
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def _end_on_signal(stdin: RelayedStdin) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
-            scope.cancel()
-            return
+            log.info("signal received: ending the session")
+            stdin.end()
 
 
 def main(argv: list[str] | None = None) -> int:

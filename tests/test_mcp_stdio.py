@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -250,8 +251,10 @@ async def test_cancelled_call_kills_the_sandbox(tmp_path: Path, mode: str) -> No
         assert text_of(after) == "next\n"
 
 
-def test_closing_stdin_kills_running_sandboxes(tmp_path: Path) -> None:
-    """A client that goes away mid-call (Claude Desktop quitting) leaves no sandbox behind."""
+@pytest.mark.parametrize("how", ["stdin closed", "SIGTERM", "SIGINT"])
+def test_ending_mid_call_kills_running_sandboxes(tmp_path: Path, how: str) -> None:
+    """A client that goes away mid-call (Claude Desktop quitting), or a signal while the
+    client still holds stdin open, ends the server at once and leaves no sandbox behind."""
     marker = f"3456.{uuid.uuid4().int % 10**8:08d}"
     process = subprocess.Popen(
         [BAPONI_MCP, "--home", str(tmp_path)],
@@ -276,6 +279,10 @@ def test_closing_stdin_kills_running_sandboxes(tmp_path: Path) -> None:
     while not marker_processes(marker):
         assert time.monotonic() < deadline, "the sandbox never started"
         time.sleep(0.02)
-    process.stdin.close()
+    if how == "stdin closed":
+        process.stdin.close()
+    else:
+        process.send_signal(getattr(signal, how))
     assert process.wait(timeout=15) == 0
     assert not marker_processes(marker)
+    process.stdin.close()
