@@ -43,6 +43,9 @@ T = TypeVar("T")
 SMALL_BYTES = 8 << 20
 BATCH_BYTES = 32 << 20  # what a group may hold in memory
 BATCH_FILES = 32  # requests in flight at once
+# A file that code (in a volume another execution shares) removed, or replaced by a link
+# or directory, since the workspace was scanned: left for the next push to see as it is.
+VANISHED = (NotFound, ValidationError)
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,9 @@ def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
     for group in small:
         large += _push_group(fs, root, tree, key, manifest, group)
     for rel in large:
-        manifest.files[rel] = _store(fs, f"{root}/{rel}", tree, key + parts(rel))
-        manifest.save()
+        with contextlib.suppress(*VANISHED):
+            manifest.files[rel] = _store(fs, f"{root}/{rel}", tree, key + parts(rel))
+            manifest.save()
     gone = [rel for rel in manifest.files if rel not in local]
     removed = concurrently(fs, [_remover(fs, f"{root}/{rel}") for rel in gone])
     failed = [exc for exc in removed if isinstance(exc, BaseException)]
@@ -175,7 +179,10 @@ def _push_group(
     fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest, group: list[str]
 ) -> list[str]:
     """Store a group of small files together; gives those that grew too large meanwhile."""
-    read = {rel: _read(tree, key + parts(rel)) for rel in group}
+    read: dict[str, tuple[bytes, tuple[int, float]] | None] = {}
+    for rel in group:
+        with contextlib.suppress(*VANISHED):
+            read[rel] = _read(tree, key + parts(rel))
     small = {rel: got for rel, got in read.items() if got is not None}
     calls = [_writer(fs, f"{root}/{rel}", data) for rel, (data, _) in small.items()]
     results = concurrently(fs, calls)
@@ -186,7 +193,7 @@ def _push_group(
     for tag in results:
         if isinstance(tag, BaseException):
             raise tag
-    return [rel for rel in group if rel not in small]
+    return [rel for rel, got in read.items() if got is None]
 
 
 def concurrently(fs: Any, calls: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
