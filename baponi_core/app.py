@@ -24,6 +24,7 @@ from baponi_core.storage.signing import UrlSigner
 from baponi_core.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
+SWEEP_EVERY_S = 600  # how soon the files of a deleted volume go
 
 
 class Core:
@@ -94,6 +95,7 @@ class Core:
             stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops
             await self._executions.start(tasks)
             tasks.start_soon(self.webhooks.run)
+            tasks.start_soon(self._sweep, storage)
             self._stack = stack.pop_all()
         return self
 
@@ -103,6 +105,18 @@ class Core:
         if self._executions is not None:
             await self._executions.drain(self.settings.shutdown_grace_s)
         await self._stack.aclose()
+
+    async def _sweep(self, storage: Storage) -> None:
+        """Free the storage of deleted volumes (``baponi volumes delete`` only forgets them,
+        from another process): at start, then every SWEEP_EVERY_S."""
+        while True:
+            try:
+                cleared = await storage.sweep(self.store.volume_ids)
+                if cleared:
+                    log.info("removed the files of %d deleted volume(s)", cleared)
+            except Exception:
+                log.exception("could not remove the files of deleted volumes")
+            await anyio.sleep(SWEEP_EVERY_S)
 
     async def problems(self) -> dict[str, str]:
         """What keeps the server from serving, by component; empty when ready."""

@@ -54,7 +54,7 @@ examples:
   baponi volumes create reference --read-only --org acme
   baponi keys create --org acme --volume reports --volume reference
   baponi volumes list --org acme
-  baponi volumes delete reports --org acme     unbinds it from every key
+  baponi volumes delete reports --org acme     unbinds it; the server removes its files
 """
 
 CONNECTIONS_EPILOG = """\
@@ -209,7 +209,10 @@ def _volumes_delete(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(
         _with_admin(settings, lambda admin: admin.delete_volume(args.org, args.slug, connection))
     )
-    print(f"deleted {'storage connection' if connection else 'volume'} {args.slug}")
+    kind = "storage connection" if connection else "volume"
+    what = "its cached copy goes" if connection else "its files go"
+    print(f"deleted {kind} {args.slug}")
+    print(f"({what} at the server's next sweep: at its start, then every 10 minutes)")
     return 0
 
 

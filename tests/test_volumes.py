@@ -227,7 +227,11 @@ def test_cli_volumes_create_list_delete_and_bind(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "lower-case letters, digits or '-'" in bad.stderr
 
-    assert cli(home, "volumes", "delete", "reports") == "deleted volume reports"
+    deleted = cli(home, "volumes", "delete", "reports").splitlines()
+    assert deleted == [
+        "deleted volume reports",
+        "(its files go at the server's next sweep: at its start, then every 10 minutes)",
+    ]
     assert "volumes=archive\n" in cli(home, "keys", "list") + "\n"  # unbound from the key
     again = run(home, "volumes", "delete", "reports")
     assert again.returncode == 1 and "volume reports not found" in again.stderr
@@ -278,9 +282,10 @@ def test_cli_connections_never_show_their_credentials(tmp_path: Path) -> None:
     )
     assert missing_env.returncode != 0 and "NOT_SET_X is not set" in missing_env.stderr
     assert run(home, "volumes", "delete", "lake", "--org", "acme").returncode == 1
-    assert cli(home, "connections", "delete", "lake", "--org", "acme") == (
-        "deleted storage connection lake"
-    )
+    assert cli(home, "connections", "delete", "lake", "--org", "acme").splitlines() == [
+        "deleted storage connection lake",
+        "(its cached copy goes at the server's next sweep: at its start, then every 10 minutes)",
+    ]
     assert cli(home, "connections", "list", "--org", "acme") == ""
 
 

@@ -78,6 +78,14 @@ class Backend(Protocol):
         signed; anything else leaves no trace."""
         ...
 
+    async def children(self, key: Key) -> list[str]:
+        """The names of the roots directly below ``key`` (e.g. the volume ids of an org)."""
+        ...
+
+    async def destroy(self, key: Key) -> None:
+        """Remove a root, its stored files and any local copy; gone already is fine."""
+        ...
+
 
 def served(
     signer: UrlSigner,

@@ -7,6 +7,7 @@ directly: listings show what is stored, and signed URLs are the provider's own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -143,6 +144,32 @@ class CloudBackend:
 
         await self._call(remove)
 
+    async def children(self, key: Key) -> list[str]:
+        def listed() -> list[str]:
+            self.fs.invalidate_cache(self._remote(key))
+            try:
+                found = self.fs.ls(self._remote(key), detail=True)
+            except FileNotFoundError:
+                return []
+            names = [
+                info["name"].rstrip("/").rpartition("/")[2]
+                for info in found
+                if info.get("type") == "directory"
+            ]
+            return sorted(name for name in names if name)
+
+        return await self._call(listed)
+
+    async def destroy(self, key: Key) -> None:
+        remote = self._remote(key)
+
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(remote, recursive=True)
+
+        await self._call(remove)
+        await anyio.to_thread.run_sync(forget_copy, self.tree, self.cache_prefix + key)
+
     async def usage(self, key: Key) -> int:
         stored = await self._call(lambda: listing(self.fs, self._remote(key)))
         return sum(obj.size for obj in stored.values())
@@ -216,3 +243,10 @@ class CloudBackend:
 def _staging_file(staging: Path) -> IO[bytes]:
     staging.mkdir(mode=0o700, exist_ok=True)
     return tempfile.NamedTemporaryFile(dir=staging, prefix="upload-")
+
+
+def forget_copy(tree: LocalTree, names: Key) -> None:
+    """Delete a root's workspace in the cache and the manifest beside it."""
+    for name in (names[-1], names[-1] + ".manifest.json"):
+        with contextlib.suppress(NotFound):
+            tree.delete((*names[:-1], name))

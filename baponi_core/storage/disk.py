@@ -6,6 +6,7 @@ Signed URLs are HMAC tokens (:mod:`signing`) that the HTTP adapter serves by cal
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import anyio
 
+from baponi_core.errors import NotFound
 from baponi_core.storage.backend import Key, Signed, make_workspace, served, sized
 from baponi_core.storage.local import Entry, LocalTree, Upload
 from baponi_core.storage.signing import Grant, UrlSigner
@@ -50,6 +52,13 @@ class DiskBackend:
 
     async def usage(self, key: Key) -> int:
         return await anyio.to_thread.run_sync(self.tree.usage, key)
+
+    async def children(self, key: Key) -> list[str]:
+        return await anyio.to_thread.run_sync(self.tree.children, key)
+
+    async def destroy(self, key: Key) -> None:
+        with contextlib.suppress(NotFound):
+            await anyio.to_thread.run_sync(self.tree.delete, key)
 
     async def read(self, key: Key, names: tuple[str, ...], max_bytes: int) -> bytes | None:
         fd, size = await anyio.to_thread.run_sync(self.tree.open_read, key + names)

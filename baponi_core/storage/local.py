@@ -96,6 +96,14 @@ class LocalTree:
         except NotFound:
             return False
 
+    def children(self, names: tuple[str, ...]) -> list[str]:
+        """The directories directly below ``names`` (none if it is missing); links left out."""
+        try:
+            with self.directory(names) as fd, os.scandir(fd) as found:
+                return sorted(e.name for e in found if e.is_dir(follow_symlinks=False))
+        except NotFound:
+            return []
+
     def entries(self, base: tuple[str, ...], prefix: tuple[str, ...]) -> list[Entry]:
         """Directories and regular files under ``prefix`` (or that file), recursively; paths
         relative to ``base``. Links, FIFOs, sockets and hard-linked files are left out, as

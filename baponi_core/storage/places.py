@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import fsspec
 
 from baponi_core.errors import ValidationError
 from baponi_core.storage.backend import Backend, Key
-from baponi_core.storage.cloud import CloudBackend
+from baponi_core.storage.cloud import CloudBackend, forget_copy
 from baponi_core.storage.disk import DiskBackend
+from baponi_core.storage.local import LocalTree
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.store import Volume
 
@@ -62,6 +65,7 @@ class Storage:
             shutil.rmtree(staging, ignore_errors=True)  # what a crash left
             self.main = cloud(url, options, self.cache / "server", owner, (), signer, staging)
         self._connections: dict[tuple[str, str | None], Backend] = {}
+        self._cache_tree = LocalTree(self.cache, owner=owner)
 
     @property
     def shared(self) -> list[Path]:
@@ -84,6 +88,41 @@ class Storage:
             backend = cloud(volume.url, volume.options, self.cache, self.owner, prefix)
             self._connections[(volume.id, volume.url)] = backend
         return Place(backend, (), "storage_mount_error", volume.read_only)
+
+    async def sweep(self, live: Callable[[], Awaitable[dict[str, set[str]]]]) -> int:
+        """Remove the files of deleted volumes, and the cached copies of deleted volumes and
+        storage connections (never a connection's bucket); the number of volumes cleared.
+
+        ``live`` gives the volume ids by organisation. Only organisations it names are
+        swept, so another server's volumes in a shared bucket are never touched; and it is
+        asked after the listing, so a volume made meanwhile is never taken for a deleted one.
+        """
+        stored = [
+            ("volumes", org, volume)
+            for org in await self.main.children(("volumes",))
+            for volume in await self.main.children(("volumes", org))
+        ]
+        cached = await anyio.to_thread.run_sync(self._cached_volumes)
+        ids = await live()
+        removed: set[str] = set()
+        for key in stored:
+            if key[-2] in ids and key[-1] not in ids[key[-2]]:
+                await self.main.destroy(key)
+                removed.add(key[-1])
+        for names in cached:
+            if names[-2] in ids and names[-1] not in ids[names[-2]]:
+                await anyio.to_thread.run_sync(forget_copy, self._cache_tree, names)
+                removed.add(names[-1])
+        return len(removed)
+
+    def _cached_volumes(self) -> list[Key]:
+        tree = self._cache_tree
+        return [
+            (*prefix, org, volume)
+            for prefix in (("server", "volumes"), ("connections",))
+            for org in tree.children(prefix)
+            for volume in tree.children((*prefix, org))
+        ]
 
 
 def is_directory_url(url: str) -> bool:

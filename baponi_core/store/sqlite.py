@@ -310,6 +310,13 @@ class SqliteStore:
         )
         return [_volume(row) for row in rows]
 
+    async def volume_ids(self) -> dict[str, set[str]]:
+        orgs = await self._all("SELECT id FROM orgs", [])
+        found: dict[str, set[str]] = {row[0]: set() for row in orgs}
+        for org_id, volume_id in await self._all("SELECT org_id, id FROM volumes", []):
+            found.setdefault(org_id, set()).add(volume_id)
+        return found
+
     async def delete_volume(self, org_id: str, slug: str) -> bool:
         async with self._write() as db:
             # Explicit, not left to ON DELETE CASCADE: that needs foreign_keys=ON everywhere.
