@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -30,7 +30,7 @@ from baponi_core.storage.backend import (
 )
 from baponi_core.storage.local import Entry, LocalTree
 from baponi_core.storage.signing import Grant, UrlSigner
-from baponi_core.storage.sync import Manifest, listing, pull, push
+from baponi_core.storage.sync import Manifest, listing, pull, push, staging_file
 
 MARKER = RESERVED + "root"  # an empty object that makes a root without files exist
 T = TypeVar("T")
@@ -41,8 +41,9 @@ class CloudBackend:
     """Roots below ``base`` ("bucket/prefix") of ``fs``; workspaces below ``cache``, at
     ``cache_prefix + key``.
 
-    Where the provider's upload URLs cannot bind a size (an Azure SAS), uploads come through
-    this server instead: ``signer`` signs them and the body is staged in ``staging`` until
+    ``staging`` is a directory private to the server, where large files wait to be stored
+    in one piece. Where the provider's upload URLs cannot bind a size (an Azure SAS),
+    uploads come through this server: ``signer`` signs them and the body is staged until
     exactly the signed size has arrived. Without a signer (storage connections, which the
     Files API does not reach) such uploads are not offered."""
 
@@ -52,9 +53,9 @@ class CloudBackend:
         base: str,
         cache: Path,
         owner: int | None,
+        staging: Path,
         cache_prefix: Key = (),
         signer: UrlSigner | None = None,
-        staging: Path | None = None,
     ) -> None:
         self.fs = fs
         self.base = base.rstrip("/")
@@ -84,7 +85,7 @@ class CloudBackend:
         await self._synced(pull, key)
 
     async def push(self, key: Key) -> None:
-        await self._synced(push, key)
+        await self._synced(partial(push, staging=self.staging), key)
         if key not in self._made:  # a root that ran code exists, even with no files
             await self.create(key)
             self._made.add(key)
@@ -211,10 +212,10 @@ class CloudBackend:
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Stage the body on the server's disk, then store it in one piece: a body of the
         wrong length never reaches the bucket."""
-        if self.staging is None or grant.size is None:
+        if self.signer is None or grant.size is None:
             raise NotFound("not found")
         remote = self._remote(grant.root, tuple(grant.path.split("/")))
-        staged = await anyio.to_thread.run_sync(_staging_file, self.staging)
+        staged = await anyio.to_thread.run_sync(staging_file, self.staging)
         try:
             async with aclosing(sized(chunks, grant.size)) as body:
                 async for chunk in body:
@@ -238,11 +239,6 @@ class CloudBackend:
         except Exception as exc:
             log.warning("storage call failed: %r", exc)
             raise Unavailable(f"storage unavailable ({type(exc).__name__})") from exc
-
-
-def _staging_file(staging: Path) -> IO[bytes]:
-    staging.mkdir(mode=0o700, exist_ok=True)
-    return tempfile.NamedTemporaryFile(dir=staging, prefix="upload-")
 
 
 def forget_copy(tree: LocalTree, names: Key) -> None:

@@ -57,13 +57,13 @@ class Storage:
         self.owner = owner
         self.disk: DiskBackend | None = None
         self.main: Backend
+        self.staging = home / "staging"  # files on their way to a bucket; the server's alone
+        shutil.rmtree(self.staging, ignore_errors=True)  # what a crash left
         if url is None or is_directory_url(url):
             base = Path(url.removeprefix("file://")) if url else home
             self.disk = self.main = DiskBackend(base, owner, signer)
         else:
-            staging = home / "staging"  # uploads on their way to the bucket; ours alone
-            shutil.rmtree(staging, ignore_errors=True)  # what a crash left
-            self.main = cloud(url, options, self.cache / "server", owner, (), signer, staging)
+            self.main = cloud(url, options, self.cache / "server", owner, self.staging, (), signer)
         self._connections: dict[tuple[str, str | None], Backend] = {}
         self._cache_tree = LocalTree(self.cache, owner=owner)
 
@@ -85,7 +85,9 @@ class Storage:
         backend = self._connections.get((volume.id, volume.url))
         if backend is None:
             prefix = ("connections", volume.org_id, volume.id)
-            backend = cloud(volume.url, volume.options, self.cache, self.owner, prefix)
+            backend = cloud(
+                volume.url, volume.options, self.cache, self.owner, self.staging, prefix
+            )
             self._connections[(volume.id, volume.url)] = backend
         return Place(backend, (), "storage_mount_error", volume.read_only)
 
@@ -134,9 +136,9 @@ def cloud(
     options: dict[str, Any],
     cache: Path,
     owner: int | None,
+    staging: Path,
     cache_prefix: Key = (),
     signer: UrlSigner | None = None,
-    staging: Path | None = None,
 ) -> CloudBackend:
     """A backend on the bucket (and prefix) of ``url``; ``options`` are fsspec's."""
     scheme = url.partition("://")[0]
@@ -153,7 +155,7 @@ def cloud(
     if scheme in ("gs", "gcs"):  # its gRPC bucket probe hangs on anything but Google itself
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     fs, base = fsspec.core.url_to_fs(url, skip_instance_cache=True, **settings)
-    return CloudBackend(fs, base, cache, owner, cache_prefix, signer, staging)
+    return CloudBackend(fs, base, cache, owner, staging, cache_prefix, signer)
 
 
 def _literal(value: Any) -> Any:

@@ -19,13 +19,14 @@ import io
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
 import fsspec.asyn
 
@@ -154,7 +155,7 @@ def pull(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
     manifest.save()
 
 
-def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> None:
+def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest, staging: Path) -> None:
     local = {rel: state for rel, state in tree.files(key).items() if not _reserved(rel)}
     changed = [rel for rel, state in local.items() if manifest.files.get(rel, ("",))[1:] != state]
     small, large = _by_size(changed, {rel: local[rel][0] for rel in changed})
@@ -162,7 +163,7 @@ def push(fs: Any, root: str, tree: LocalTree, key: Key, manifest: Manifest) -> N
         large += _push_group(fs, root, tree, key, manifest, group)
     for rel in large:
         with contextlib.suppress(*VANISHED):
-            manifest.files[rel] = _store(fs, f"{root}/{rel}", tree, key + parts(rel))
+            manifest.files[rel] = _store(fs, f"{root}/{rel}", tree, key + parts(rel), staging)
             manifest.save()
     gone = [rel for rel in manifest.files if rel not in local]
     removed = concurrently(fs, [_remover(fs, f"{root}/{rel}") for rel in gone])
@@ -185,18 +186,22 @@ def _push_group(
             read[rel] = _read(tree, key + parts(rel))
     small = {rel: got for rel, got in read.items() if got is not None}
     calls = [_writer(fs, f"{root}/{rel}", data) for rel, (data, _) in small.items()]
-    results = concurrently(fs, calls)
-    for (rel, (_, state)), tag in zip(small.items(), results, strict=True):
+    results = dict(zip(small, concurrently(fs, calls), strict=True))
+    for rel, tag in list(results.items()):
+        if isinstance(tag, BaseException):  # once more, alone: a transient failure passes
+            log.info("storing %s again after %r", rel, tag)
+            (results[rel],) = concurrently(fs, [_writer(fs, f"{root}/{rel}", small[rel][0])])
+    for rel, tag in results.items():
         if not isinstance(tag, BaseException):
-            manifest.files[rel] = (tag, *state)
+            manifest.files[rel] = (tag, *small[rel][1])
     manifest.save()  # a later failure must not upload these again
-    for tag in results:
+    for tag in results.values():
         if isinstance(tag, BaseException):
             raise tag
     return [rel for rel, got in read.items() if got is None]
 
 
-def concurrently(fs: Any, calls: list[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
+def concurrently(fs: Any, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T | BaseException]:
     """Run ``calls`` on the filesystem's event loop (fsspec's cloud filesystems are
     asynchronous), BATCH_FILES at a time; each gives its result or its exception."""
 
@@ -326,15 +331,28 @@ def _fetch(
     return tag, info.st_size, info.st_mtime
 
 
-def _store(fs: Any, remote: str, tree: LocalTree, names: Key) -> Synced:
+def _store(fs: Any, remote: str, tree: LocalTree, names: Key, staging: Path) -> Synced:
+    """A large file, copied to a private staging file and stored from there in one piece
+    (``put_file`` commits nothing of a failed upload; a file object written in a ``with``
+    block would commit what it had). fsspec never gets a path inside a workspace."""
     fd, _ = tree.open_read(names)
     try:
-        with fs.open(remote, "wb") as target:
+        with staging_file(staging) as staged:
             while chunk := os.read(fd, CHUNK):
-                target.write(chunk)
-        info = os.fstat(fd)
+                staged.write(chunk)
+            staged.flush()
+            info = os.fstat(fd)
+            fs.put_file(staged.name, remote)
     finally:
         os.close(fd)
     obj = fs.info(remote)
     size = int(obj.get("size") or 0)
+    if size != info.st_size:
+        raise OSError(f"stored {size} of {info.st_size} bytes")
     return tag_of(obj, size, modified_of(obj)), info.st_size, info.st_mtime
+
+
+def staging_file(staging: Path) -> IO[bytes]:
+    """A temporary file in the server's private staging directory, gone once closed."""
+    staging.mkdir(mode=0o700, exist_ok=True)
+    return tempfile.NamedTemporaryFile(dir=staging, prefix="staged-")
