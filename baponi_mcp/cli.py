@@ -38,9 +38,11 @@ log = logging.getLogger("baponi_mcp")
 DESCRIPTION = """\
 The Baponi MCP server over stdio: tools sandbox_execute and files_download.
 
-State lives under --home ($BAPONI_HOME, default ~/.baponi), shared with `baponi serve`
-on the same home. Executions run as the default organisation with its default profile;
-the limit options below override that profile for this process only.
+State lives under --home ($BAPONI_HOME, default ~/.baponi), the same layout as
+`baponi serve`'s; one server process uses a home at a time, so give each its own when
+both run. Executions run as the default organisation with its default profile; the
+limit options below override that profile for this process only. Download URLs of local
+storage are served by this process on 127.0.0.1 (--files-port).
 """
 
 # flag: (profile field, type, metavar, help); each also read from BAPONI_<FLAG>, e.g.
