@@ -35,7 +35,8 @@ Run from the repository root::
     PYTHONPATH=. .venv/bin/python benchmarks/bench_storage.py
 
 It asserts no timings but exits non-zero if any execution fails or prints the wrong output,
-or a written file does not come back intact, so the figures never measure a failure.
+a written file does not come back intact, or a server logged a failed push, so the figures
+never measure a failure.
 """
 
 from __future__ import annotations
@@ -70,12 +71,12 @@ SEED = (
     "import os\n"
     "for i in range({count}):\n"
     "    with open(f'/home/baponi/f{{i:03}}.bin', 'wb') as out:\n"
-    "        out.write(os.urandom({size}))\n"
+    "        out.write(os.urandom({size} - 1) + b'.')\n"  # no final CR: see random_bytes
     "print(1)\n"
 )
 REWRITE = (
     "import hashlib, os\n"
-    f"data = os.urandom({WRITE})\n"
+    f"data = os.urandom({WRITE} - 1) + b'.'\n"
     "with open('/home/baponi/changed.bin', 'wb') as out:\n"
     "    out.write(data)\n"
     "print(hashlib.sha256(data).hexdigest())\n"
@@ -331,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases(args.runs, args.fresh_runs):
                 print(f"measuring {case.name} ...", file=sys.stderr, flush=True)
                 rows.append(summarise(case, measure(backends, case, args.warmup)))
+            for backend in backends:  # a push failure does not fail the execution: look
+                if "could not store" in backend.server.log:
+                    raise Failed(f"{backend.name}: a push failed, see its log")
     except (Failed, httpx.HTTPError) as exc:
         # Keep the homes and the servers' logs (<home>.log) for a look.
         print(f"error: {exc}\nserver homes and logs kept in {work}", file=sys.stderr)

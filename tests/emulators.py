@@ -74,6 +74,12 @@ class Emulator:
         return fsspec.filesystem(self.protocol, **self.options)
 
 
+def random_bytes(size: int) -> bytes:
+    """Random bytes that do not end in CR: gcp-storage-emulator drops a trailing b"\\r" from
+    every simple upload (b"x\\r" is stored as b"x"), which real GCS does not."""
+    return os.urandom(size - 1) + b"." if size else b""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ import pytest
 from fsspec.implementations.dirfs import DirFileSystem
 
 from baponi_core.storage.presign import PresignUnsupported, presign
-from tests.emulators import Emulator
+from tests.emulators import Emulator, random_bytes
 
 EXPIRES = 900  # what the Files API uses
 
@@ -61,7 +61,7 @@ def query(url: str) -> dict[str, str]:
 def test_presigned_get_fetches_the_object(emulator: Emulator, http: httpx.Client) -> None:
     fs = emulator.fs()
     path = new_path(emulator)
-    body = secrets.token_bytes(2048)
+    body = random_bytes(2048)
     fs.pipe_file(path, body)
 
     url, headers = presign(fs, path, "GET", EXPIRES)
