@@ -23,6 +23,7 @@ from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
 from tests.conftest import free_port, marker_processes, wait_until
+from tests.emulators import Emulator
 
 pytestmark = pytest.mark.anyio
 
@@ -121,6 +122,25 @@ async def test_download_urls_are_served_by_baponi_mcp(tmp_path: Path) -> None:
     async with httpx.AsyncClient(timeout=5) as http:
         with pytest.raises(httpx.ConnectError):  # gone with the MCP server
             await http.get(url)
+
+
+async def test_cloud_storage_opens_no_file_port(tmp_path: Path, s3_emulator: Emulator) -> None:
+    """With a cloud --storage the URLs are the provider's: nothing listens on the port."""
+    port = free_port()
+    storage = ["--storage", s3_emulator.fresh_url()]
+    options = ["--storage-options", json.dumps(s3_emulator.options)]
+    server = params(tmp_path, *storage, *options, "--files-port", str(port), **s3_emulator.env)
+    code = "open('r.txt', 'w').write('in the bucket')"
+    async with Client(server) as client, httpx.AsyncClient(timeout=10) as http:
+        await client.call_tool("sandbox_execute", {"code": code, "thread_id": "cloud"})
+        file = await client.call_tool("files_download", {"id": "cloud", "path": "r.txt"})
+        assert file.structured_content is not None
+        url = file.structured_content["url"]
+        assert url.startswith(s3_emulator.endpoint)
+        assert "while the Baponi MCP server runs" not in text_of(file)
+        assert (await http.get(url)).content == b"in the bucket"
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{port}/")
 
 
 async def test_no_configuration_uses_home_dot_baponi(tmp_path: Path) -> None:
