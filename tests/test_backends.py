@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baponi_core.storage import sync
+from baponi_core.storage import places, sync
 from tests.conftest import Server, cli, start_server, stop_server
 from tests.emulators import Emulator
 
@@ -253,6 +254,19 @@ def test_azure_uploads_of_another_size_never_reach_the_bucket(
         assert sdk.execute("print(len(open('f.bin').read()))", thread_id="sized").stdout == "100\n"
     finally:
         stop_server(server)
+
+
+def test_listings_are_capped_as_on_local_disk(s3_emulator: Emulator, tmp_path: Any) -> None:
+    """The first entries in path order, directories included, and no more."""
+    backend = places.cloud(s3_emulator.fresh_url(), s3_emulator.options, tmp_path, None, tmp_path)
+    fs = s3_emulator.fs()
+    for name in ("a/1.txt", "a/2.txt", "b.txt", "c.txt"):
+        fs.pipe_file(f"{backend.base}/t/{name}", b"x")
+    listed = anyio.run(backend.entries, ("t",), ())
+    assert [e.path for e in listed] == ["a", "a/1.txt", "a/2.txt", "b.txt", "c.txt"]
+    backend.max_listed = 3
+    capped = anyio.run(backend.entries, ("t",), ())
+    assert [e.path for e in capped] == ["a", "a/1.txt", "a/2.txt"]
 
 
 def test_missing_thread_and_file_are_404(cloud: Cloud) -> None:

@@ -28,7 +28,7 @@ from baponi_core.storage.backend import (
     served,
     sized,
 )
-from baponi_core.storage.local import Entry, LocalTree
+from baponi_core.storage.local import MAX_LISTED, Entry, LocalTree
 from baponi_core.storage.signing import Grant, UrlSigner
 from baponi_core.storage.sync import Manifest, listing, pull, push, staging_file
 
@@ -46,6 +46,8 @@ class CloudBackend:
     uploads come through this server: ``signer`` signs them and the body is staged until
     exactly the signed size has arrived. Without a signer (storage connections, which the
     Files API does not reach) such uploads are not offered."""
+
+    max_listed = MAX_LISTED  # entries a listing gives at most, as on local disk
 
     def __init__(
         self,
@@ -130,7 +132,7 @@ class CloudBackend:
                 newest = max(obj.modified, seen.modified if seen else 0.0)
                 found[parent] = Entry(parent, 0, newest, True)
                 parent = parent.rpartition("/")[0]
-        return sorted(found.values(), key=lambda e: e.path)
+        return sorted(found.values(), key=lambda e: e.path)[: self.max_listed]
 
     async def delete(self, key: Key, names: tuple[str, ...]) -> None:
         remote = self._remote(key, names)
