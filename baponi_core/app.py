@@ -81,10 +81,11 @@ class Core:
                 owner,
                 signer,
             )
-            self._runtime = SandboxRuntime.start(
-                self.settings.runtime, storage.shared, uid=self.settings.sandbox_uid
+            self._runtime = await stack.enter_async_context(
+                SandboxRuntime.open(
+                    self.settings.runtime, storage.shared, uid=self.settings.sandbox_uid
+                )
             )
-            stack.callback(self._runtime.close)
             stack.push_async_callback(self.webhooks.close)
             quota = self.settings.thread_quota_bytes
             self._files = Files(self.store, storage, signer, quota)

@@ -24,7 +24,7 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, ValidationError
 from baponi_core.homelock import HomeInUse
-from baponi_core.sandbox.runner import SandboxError
+from baponi_core.sandbox import SandboxError
 from baponi_core.services.admin import PROFILE_BOUNDS
 from baponi_core.store import Principal
 from baponi_http.app import create_files_app

@@ -15,10 +15,13 @@ esac
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# System packages: bubblewrap (the sandbox), the sandboxed
-# interpreters (python3 with pip, bash, node with npm), venv for the server itself.
+# System packages: bubblewrap (the sandbox), a C compiler and static libc (the sandbox's
+# init is built once from baponi_core/sandbox/agent.c), the sandboxed interpreters
+# (python3 with pip, bash, node with npm), venv for the server itself.
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v cc >/dev/null || need+=(gcc)
+[ -e "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 [ -x /usr/bin/python3 ] || need+=(python3)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
@@ -37,6 +40,7 @@ fi
 extra=""
 [ "$mode" = test ] && extra="[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+.venv/bin/python -m baponi_core.sandbox.agent >/dev/null  # build the sandbox's init now
 
 if [ "$mode" = serve ]; then
   exec .venv/bin/baponi serve "$@"
@@ -48,4 +52,5 @@ npm ci --no-audit --no-fund --loglevel=error >/dev/null
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+cc -fsyntax-only -Wall -Wextra -Werror baponi_core/sandbox/agent.c
 .venv/bin/python -m pytest "$@"

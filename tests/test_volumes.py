@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import sqlite3
@@ -24,13 +23,13 @@ import pytest
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key
 from baponi_core.sandbox import (
-    Limits,
+    CodeRun,
     Mount,
     MountError,
     Outcome,
     SandboxError,
     SandboxRuntime,
-    SandboxSpec,
+    run_code,
     volume_mounts,
 )
 from baponi_core.sandbox.libc import call
@@ -363,14 +362,10 @@ class Sandboxes:
         return path
 
     def run(self, code: str, *mounts: Mount) -> Outcome:
-        spec = SandboxSpec(
-            language="python",
-            code=textwrap.dedent(code).encode(),
-            limits=Limits(timeout_s=20),
-            name=f"vol-{uuid.uuid4().hex[:8]}",
-            mounts=mounts,
+        job = CodeRun(
+            language="python", code=textwrap.dedent(code).encode(), timeout_s=20, mounts=mounts
         )
-        return self.portal.call(self.runtime.run, spec)
+        return self.portal.call(run_code, self.runtime, job)
 
     def report(self, code: str, *mounts: Mount) -> Any:
         """Run ``code`` that prints one JSON document; return it."""
@@ -383,13 +378,13 @@ class Sandboxes:
 def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxes]:
     root = tmp_path_factory.mktemp("volumes-runtime")
     shared = root / "volumes"
+    shared.mkdir()
     with anyio.from_thread.start_blocking_portal() as portal:
-        start = functools.partial(SandboxRuntime.start, root / "run", [shared])
-        runtime = portal.call(start)
+        opened = portal.wrap_async_context_manager(SandboxRuntime.open(root / "run", [shared]))
         try:
-            yield Sandboxes(portal, runtime, shared)
+            with opened as runtime:
+                yield Sandboxes(portal, runtime, shared)
         finally:
-            portal.call(runtime.close)
             with contextlib.suppress(OSError):  # the runtime made this test process one
                 call("prctl", PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0, what="prctl")
 

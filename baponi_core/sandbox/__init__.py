@@ -1,16 +1,25 @@
-"""The sandbox runtime: one fresh bubblewrap sandbox per execution."""
+"""The sandbox runtime: bubblewrap sandboxes prepared ahead, each running processes
+through its own init until it is closed (:mod:`handle` has the contract), and the
+one-shot execution built on them (:mod:`oneshot`)."""
 
-from baponi_core.sandbox.runner import MountError, SandboxError, SandboxRuntime
-from baponi_core.sandbox.spec import Home, Limits, Mount, Outcome, SandboxSpec, volume_mounts
+from baponi_core.sandbox.handle import MountError, Process, Sandbox, SandboxError
+from baponi_core.sandbox.oneshot import CodeRun, Ending, Outcome, run_code
+from baponi_core.sandbox.runtime import SandboxRuntime
+from baponi_core.sandbox.spec import Command, Limits, Mount, Shape, volume_mounts
 
 __all__ = [
-    "Home",
+    "CodeRun",
+    "Command",
+    "Ending",
     "Limits",
     "Mount",
     "MountError",
     "Outcome",
+    "Process",
+    "Sandbox",
     "SandboxError",
     "SandboxRuntime",
-    "SandboxSpec",
+    "Shape",
+    "run_code",
     "volume_mounts",
 ]

@@ -1,8 +1,9 @@
-"""The bubblewrap command line for one sandbox.
+"""The bubblewrap command line of one sandbox: everything that does not depend on a request.
 
-Every path a sandbox sees is listed here. Host directories that hold state (the thread
-home, volumes, the generated /etc) are passed as file descriptors opened by the server, so
-bwrap, running as the unprivileged sandbox uid, needs no access to the server's directories.
+Every path a sandbox sees is listed here. Host directories that hold state reach it as
+file descriptors the server opened, or through its slot (:mod:`slots`), so bwrap, running
+as the unprivileged sandbox uid, needs no access to the server's directories. Its init is
+the agent (:mod:`agent`), as pid 1; processes are started later, through it.
 """
 
 from __future__ import annotations
@@ -10,30 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
-from baponi_core.sandbox.spec import DATA, SandboxSpec
-
-RUN_DIR = "/run/baponi"
-
-INTERPRETERS = {
-    "python": ("/usr/bin/python3", "main.py"),
-    "bash": ("/bin/bash", "main.sh"),
-    "node": ("/usr/bin/node", "main.js"),
-}
-
-BASE_ENV = {
-    "PATH": f"{HOME}/.local/bin:{HOME}/.npm-global/bin:/usr/bin:/bin",
-    "HOME": HOME,
-    "USER": "baponi",
-    "LOGNAME": "baponi",
-    "SHELL": "/bin/bash",
-    "LANG": "C.UTF-8",
-    "TMPDIR": "/tmp",
-    "TERM": "dumb",
-    "PYTHONUNBUFFERED": "1",
-    "NPM_CONFIG_PREFIX": f"{HOME}/.npm-global",
-    "NPM_CONFIG_GLOBALCONFIG": "/etc/npmrc",
-    "MPLBACKEND": "Agg",
-}
+from baponi_core.sandbox.slots import Slot
+from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
 
 
 @dataclass(frozen=True)
@@ -41,17 +20,25 @@ class Fds:
     """Descriptors the server opened for bwrap (numbers as seen by the child)."""
 
     etc: int
-    code: int
     seccomp: int
     info: int
-    block: int
+    control: int  # the agent's end of its socket
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The home and volumes fixed on the command line, for a server that cannot mount into
+    a running sandbox (not root). ``home`` is a descriptor, or None for a fresh tmpfs."""
+
     home: int | None
-    mounts: tuple[int, ...] = ()  # one per ``spec.mounts``, in the same order
+    mounts: tuple[tuple[Mount, int], ...] = ()
 
 
-def command(bwrap: str, spec: SandboxSpec, fds: Fds, etc_binds: list[str]) -> list[str]:
-    interpreter, script = INTERPRETERS[spec.language]
-    limits = spec.limits
+def command(
+    bwrap: str, shape: Shape, fds: Fds, etc_binds: list[str], slot: Slot, bound: Bound | None
+) -> list[str]:
+    """``bound`` None: /home/baponi and /data are the slot's, for mounts made later."""
+    limits = shape.limits
     argv = [
         bwrap,
         "--unshare-all",
@@ -107,38 +94,41 @@ def command(bwrap: str, spec: SandboxSpec, fds: Fds, etc_binds: list[str]) -> li
         "--tmpfs",
         "/tmp",
     ]
-    if fds.home is None:
-        argv += ["--perms", "0700", "--size", str(limits.home_bytes), "--tmpfs", HOME]
+    if bound is None:
+        # Read-only and empty until the server mounts a home on it (and volumes below
+        # /data): those mounts reach the sandbox by propagation, with their own flags.
+        argv += ["--ro-bind", str(slot.home), HOME, "--ro-bind", str(slot.data), DATA]
     else:
-        argv += ["--bind-fd", str(fds.home), HOME]
-    # Always there, so code can probe it. bwrap makes the parents of each target in the
-    # root tmpfs, read-only once / is (the runtime refuses targets inside one another).
-    argv += ["--perms", "0755", "--dir", DATA]
-    for mount, fd in zip(spec.mounts, fds.mounts, strict=True):
-        argv += ["--ro-bind-fd" if mount.read_only else "--bind-fd", str(fd), mount.target]
+        argv += _bound(bound, limits.home_bytes)
     argv += [
-        "--perms",
-        "0444",
-        "--ro-bind-data",
-        str(fds.code),
-        f"{RUN_DIR}/{script}",
+        "--ro-bind",
+        str(slot.run),
+        RUN_DIR,
         "--remount-ro",
         "/",
         "--chdir",
-        HOME,
+        "/",
         "--clearenv",
-    ]
-    for name, value in {**BASE_ENV, **spec.env}.items():
-        argv += ["--setenv", name, value]
-    argv += [
         "--seccomp",
         str(fds.seccomp),
         "--info-fd",
         str(fds.info),
-        "--block-fd",
-        str(fds.block),
+        "--as-pid-1",
         "--",
-        interpreter,
-        f"{RUN_DIR}/{script}",
+        f"{RUN_DIR}/init",
+        str(fds.control),
     ]
+    return argv
+
+
+def _bound(bound: Bound, home_bytes: int) -> list[str]:
+    if bound.home is None:
+        argv = ["--perms", "0700", "--size", str(home_bytes), "--tmpfs", HOME]
+    else:
+        argv = ["--bind-fd", str(bound.home), HOME]
+    # Always there, so code can probe it. bwrap makes the parents of each target in the
+    # root tmpfs, read-only once / is (targets never lie inside one another).
+    argv += ["--perms", "0755", "--dir", DATA]
+    for mount, fd in bound.mounts:
+        argv += ["--ro-bind-fd" if mount.read_only else "--bind-fd", str(fd), mount.target]
     return argv

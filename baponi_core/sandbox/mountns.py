@@ -1,10 +1,12 @@
-"""Make the server's sandbox-visible directories reachable by the unprivileged sandbox uid.
+"""The server's private mount namespace, and in it the directory it shares with sandboxes.
 
-bwrap resolves every bind source by path as the sandbox uid, so a thread home under
-``/root/.baponi`` (``/root`` is 0700) cannot be mounted. Instead of loosening the
-permissions of the operator's directories, the server moves itself into a private
-mount namespace and bind-mounts those directories under a tmpfs at ``/run/baponi``.
-Nothing shows on the host, and the mounts vanish with the server.
+bwrap runs as the unprivileged sandbox uid and resolves every path it binds as that uid,
+so the generated /etc and the slots (:mod:`slots`) must be reachable by it, while the
+server's home stays private. The server therefore moves itself into a private mount
+namespace and keeps those files on a tmpfs at ``/run/baponi``, traversable but not
+listable. The tmpfs is *shared*, so that what the server mounts in a slot later reaches
+the sandbox bound to it (:mod:`attach`). Nothing shows on the host, and it all vanishes
+with the server.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 from baponi_core.sandbox.libc import call
 
 CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-EXPOSED = Path("/run/baponi")
+MS_NOSUID, MS_NODEV = 2, 4
+MS_REC, MS_PRIVATE, MS_SHARED = 16384, 1 << 18, 1 << 20
+PRIVATE_BASE = Path("/run/baponi")
 
 
 def mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
@@ -35,20 +37,16 @@ def unmount(target: Path) -> None:
     call("umount2", str(target).encode(), 0, what=f"umount {target}")
 
 
-def expose(directories: dict[str, Path]) -> dict[Path, Path]:
-    """Bind each directory at ``/run/baponi/<name>``; return a host -> exposed path map.
+def private_base() -> Path:
+    """Enter a private mount namespace and mount the shared tmpfs at ``/run/baponi``.
 
     Affects the calling thread and the threads and processes it starts afterwards,
-    which is where sandboxes are launched from.
+    which is where sandboxes are launched from and mounted into.
     """
-    EXPOSED.mkdir(parents=True, exist_ok=True)
+    PRIVATE_BASE.mkdir(parents=True, exist_ok=True)
     call("unshare", CLONE_NEWNS, what="unshare(CLONE_NEWNS)")
     mount("none", Path("/"), None, MS_REC | MS_PRIVATE, None)
-    mount("tmpfs", EXPOSED, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=1m")
-    exposed = {}
-    for name, source in directories.items():
-        target = EXPOSED / name
-        target.mkdir(mode=0o711)
-        mount(str(source), target, None, MS_BIND, None)
-        exposed[source] = target
-    return exposed
+    # Not noexec: the agent is executed from here, through each sandbox's bind.
+    mount("tmpfs", PRIVATE_BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0711,size=25%")
+    mount("none", PRIVATE_BASE, None, MS_SHARED, None)
+    return PRIVATE_BASE

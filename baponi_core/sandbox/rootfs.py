@@ -1,4 +1,5 @@
-"""The sandbox's root filesystem: host /usr read-only, and a generated /etc.
+"""The sandbox's root filesystem and user: host /usr read-only, a generated /etc, the
+sandbox user's ids and base environment.
 
 Only a short allow-list of host /etc files is copied; nothing that names host users,
 hosts, credentials or the server's configuration reaches a sandbox.
@@ -9,9 +10,26 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-SANDBOX_UID = 1000
+HOST_UID = 64000  # the unprivileged host uid sandboxes run as when the server is root
+SANDBOX_UID = 1000  # the same user as seen inside the sandbox
 SANDBOX_USER = "baponi"
 HOME = "/home/baponi"
+
+# What every process in a sandbox starts with; a request's variables are added to it.
+BASE_ENV = {
+    "PATH": f"{HOME}/.local/bin:{HOME}/.npm-global/bin:/usr/bin:/bin",
+    "HOME": HOME,
+    "USER": SANDBOX_USER,
+    "LOGNAME": SANDBOX_USER,
+    "SHELL": "/bin/bash",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "TERM": "dumb",
+    "PYTHONUNBUFFERED": "1",
+    "NPM_CONFIG_PREFIX": f"{HOME}/.npm-global",
+    "NPM_CONFIG_GLOBALCONFIG": "/etc/npmrc",
+    "MPLBACKEND": "Agg",
+}
 
 # Copied from the host when present: they describe the software in /usr, not the host.
 HOST_ETC_FILES = ("ld.so.cache", "mime.types", "protocols", "services", "localtime")
@@ -39,7 +57,8 @@ GENERATED = {
 
 
 def build_etc(target: Path, host_etc: Path = Path("/etc")) -> list[str]:
-    """Write the sandbox /etc into ``target``; return the host /etc dirs to bind read-only."""
+    """Write the sandbox /etc into ``target``, a directory of the runtime's own that is
+    replaced whole; return the host /etc dirs to bind read-only."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True, mode=0o755)

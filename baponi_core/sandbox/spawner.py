@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from baponi_core.sandbox.libc import call
+from baponi_core.sandbox.libc import syscall
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ SYSCALLS = {"x86_64": (116, 119, 117), "aarch64": (159, 149, 147)}
 def _become(uid: int) -> None:
     setgroups, setresgid, setresuid = SYSCALLS[platform.machine()]
     for number, args in ((setgroups, (0, None)), (setresgid, (uid,) * 3), (setresuid, (uid,) * 3)):
-        call("syscall", number, *args, what=f"dropping the spawner thread to uid {uid}")
+        syscall(number, *args, what=f"dropping the spawner thread to uid {uid}")
 
 
 class Spawner:

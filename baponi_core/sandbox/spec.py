@@ -1,47 +1,66 @@
-"""Plain data passed into and out of the sandbox runtime."""
+"""Plain data given to the sandbox runtime: a sandbox's shape, its mounts, its processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path, PurePosixPath
+
+from baponi_core.sandbox.rootfs import HOME
 
 MiB = 1 << 20
 DATA = "/data"  # where volumes and storage connections appear: /data/<slug>/
+RUN_DIR = "/run/baponi"  # where a process's files appear, read-only
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-execution resource limits. Memory includes /tmp and an ephemeral home (tmpfs)."""
+    """What one sandbox may use, all its processes together. Memory includes /tmp and an
+    ephemeral home (tmpfs)."""
 
-    timeout_s: float = 60.0
     memory_bytes: int = 1024 * MiB
     cpus: float = 1.0
     pids: int = 256
     tmp_bytes: int = 256 * MiB
-    home_bytes: int = 512 * MiB  # size of the ephemeral home when there is no thread
+    home_bytes: int = 512 * MiB  # size of the ephemeral home when no thread home is attached
     file_size_bytes: int = 1024 * MiB
-    output_bytes: int = 1 * MiB  # per stream
     open_files: int = 1024
 
 
 @dataclass(frozen=True)
-class Home:
-    """The directory mounted at /home/baponi; ``None`` means a fresh, discarded tmpfs."""
+class Shape:
+    """What a sandbox is, whatever request it will serve: sandboxes of one shape are
+    interchangeable until they are used."""
 
-    path: Path | None = None
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process to start in a sandbox.
+
+    ``argv[0]`` is looked up on the ``PATH`` of ``env``, which is all the environment the
+    process gets. ``files`` are written before it starts, read-only, at
+    ``/run/baponi/<name>`` (a script, say). ``cpu_seconds`` caps its CPU time
+    (``RLIMIT_CPU``), a backstop behind any wall-clock limit the caller keeps.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str = HOME
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    cpu_seconds: int | None = None
+    stdin: bool = False  # a pipe the caller writes to; else /dev/null
 
 
 @dataclass(frozen=True)
 class Mount:
     """The host directory ``source``, walked down ``names``, bound at ``target``.
 
-    ``source`` lies under one of the directories the runtime shares with sandboxes (see
-    :meth:`SandboxRuntime.start`) and is trusted: the server made it. ``names`` are
-    single path components below it (a sub-directory, for ``sub_paths``), written by
-    sandboxed code, so each is opened without following symlinks: a symlink on the way
-    fails the run instead of mounting what it points at.
+    ``source`` is trusted: the server made it. ``names`` are single path components below
+    it (a sub-directory, for ``sub_paths``), written by sandboxed code, so each is opened
+    without following symlinks: a symlink on the way fails instead of mounting what it
+    points at.
     """
 
     source: Path
@@ -89,34 +108,3 @@ def volume_mounts(
         source, read_only = by_slug[slug]
         mounts.append(Mount(source, tuple(names), "/".join((DATA, slug, *names)), read_only))
     return tuple(mounts)
-
-
-@dataclass(frozen=True)
-class SandboxSpec:
-    language: str
-    code: bytes
-    env: dict[str, str] = field(default_factory=dict)
-    home: Home = Home()
-    limits: Limits = Limits()
-    name: str = "run"  # unique among running sandboxes; names the cgroup
-    mounts: tuple[Mount, ...] = ()  # volumes and storage connections, under /data
-
-
-class Ending(Enum):
-    """How a sandbox ended."""
-
-    EXITED = "exited"
-    OOM = "oom"
-    TIMEOUT = "timeout"
-    OUTPUT_LIMIT = "output_limit"
-    SECCOMP = "seccomp"
-    STOPPED = "stopped"  # killed on request: a cancel or a shutdown
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ending: Ending
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    duration_ms: int

@@ -32,16 +32,19 @@ from baponi_core.ids import new_trace_id
 from baponi_core.limits import TRACE_ID_PATTERN
 from baponi_core.models import ExecuteRequest, ExecutionView, SandboxResult
 from baponi_core.sandbox import (
-    Home,
+    CodeRun,
+    Ending,
     Limits,
     Mount,
+    MountError,
     Outcome,
+    SandboxError,
     SandboxRuntime,
-    SandboxSpec,
+    Shape,
+    run_code,
     volume_mounts,
 )
-from baponi_core.sandbox.runner import MountError, SandboxError
-from baponi_core.sandbox.spec import Ending, MiB
+from baponi_core.sandbox.spec import MiB
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.journal import Journal, encode
 from baponi_core.services.threads import ThreadClaims
@@ -238,17 +241,18 @@ class Executions:
         if mounts is None:  # nothing ran, so there is nothing to store
             return
         home = thread.workspace if thread else None
-        spec = SandboxSpec(
+        job = CodeRun(
             language=request.language,
             code=request.code.encode(),
             env=dict(request.env_vars or {}),
-            home=Home(home),
+            shape=Shape(limits_for(run.profile)),
+            home=home,
             mounts=mounts,
-            limits=limits_for(run.profile, request.timeout),
-            name=record.trace_id,
+            timeout_s=float(request.timeout),
+            output_bytes=run.profile.output_kb * 1024,
         )
         try:
-            outcome = await self._sandboxed(run, spec, home)
+            outcome = await self._sandboxed(run, job)
         finally:
             with anyio.CancelScope(shield=True):
                 await _write_back(run, places)
@@ -276,13 +280,15 @@ class Executions:
             _finish(run, "failed", "volume_mount_error", exit_code=-1)
             return None
 
-    async def _sandboxed(self, run: Run, spec: SandboxSpec, home: Path | None) -> Outcome | None:
-        """Run the sandbox, stopped early if the thread ``home`` outgrows its quota."""
+    async def _sandboxed(self, run: Run, job: CodeRun) -> Outcome | None:
+        """Run the sandbox, stopped early if the thread home outgrows its quota."""
         async with anyio.create_task_group() as watch:
-            if home is not None:
-                watch.start_soon(self._watch_quota, run, home)
+            if job.home is not None:
+                watch.start_soon(self._watch_quota, run, job.home)
             try:
-                return await self.runtime.run(spec, on_output=run.journal.output, stop=run.stop)
+                return await run_code(
+                    self.runtime, job, on_output=run.journal.output, stop=run.stop
+                )
             except MountError as exc:  # a volume directory swapped for a link meanwhile
                 log.error("mounts of %s failed: %s", run.trace_id, exc)
                 _finish(run, "failed", "volume_mount_error", exit_code=-1)
@@ -451,14 +457,12 @@ async def _write_back(run: Run, places: list[Place]) -> None:
             log.exception("could not store %s after %s", place.key, run.trace_id)
 
 
-def limits_for(profile: Profile, timeout: int) -> Limits:
+def limits_for(profile: Profile) -> Limits:
     return Limits(
-        timeout_s=float(timeout),
         memory_bytes=profile.memory_mb * MiB,
         cpus=profile.cpus,
         pids=profile.pids,
         tmp_bytes=profile.tmp_mb * MiB,
-        output_bytes=profile.output_kb * 1024,
     )
 
 

@@ -1,0 +1,125 @@
+"""The sandbox's init (``agent.c``): its wire protocol, and the binary built from it.
+
+The agent is pid 1 of every sandbox. It is statically linked, so that it runs on any root
+filesystem, and built from the source next to this module on first use, with the C
+compiler the setup installs (``python -m baponi_core.sandbox.agent`` builds it ahead).
+The messages are described in ``agent.c``; this side encodes requests and decodes, as
+hostile input, what the agent reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+PROTOCOL = 1
+SOURCE = Path(__file__).with_name("agent.c")
+MAX_MESSAGE = 256 * 1024  # the agent's receive buffer
+MAX_STRINGS = 8192  # argv entries, and environment entries, of one process
+
+_SPAWN = struct.Struct("=IIIIQ")  # type, id, argc, envc, cpu seconds
+_SIGNAL = struct.Struct("=IIII")  # type, id, signal, whole group
+_EVENT = struct.Struct("=IIiI")  # type, id, value, zero
+
+
+class Request(IntEnum):
+    SPAWN = 1
+    SIGNAL = 2
+
+
+class Kind(IntEnum):
+    READY = 1
+    STARTED = 2  # value: the pid inside the sandbox
+    FAILED = 3  # value: errno of fork, chdir or exec
+    EXITED = 4  # value: the wait status
+
+
+class AgentError(Exception):
+    """The agent said something it never says: the sandbox can no longer be trusted."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    id: int
+    value: int
+
+
+def spawn(
+    id: int,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+    cpu_seconds: int | None,
+) -> bytes:
+    """The SPAWN request for one process; raises ValueError for what cannot be sent."""
+    strings = [cwd, *argv, *(f"{name}={value}" for name, value in env.items())]
+    if not argv or len(argv) > MAX_STRINGS or len(env) > MAX_STRINGS:
+        raise ValueError("a process needs 1 to 8192 arguments and at most 8192 variables")
+    if any("\0" in s for s in strings) or any("=" in name or not name for name in env):
+        raise ValueError("arguments and variables cannot hold NUL bytes or '=' in names")
+    payload = b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in strings)
+    head = _SPAWN.pack(Request.SPAWN, id, len(argv), len(env), cpu_seconds or 0)
+    if len(head) + len(payload) > MAX_MESSAGE:
+        raise ValueError(f"arguments and environment exceed {MAX_MESSAGE} bytes")
+    return head + payload
+
+
+def signal(id: int, signo: int, group: bool) -> bytes:
+    return _SIGNAL.pack(Request.SIGNAL, id, signo, int(group))
+
+
+def parse(data: bytes) -> Event:
+    """One report of the agent; anything but a well-formed report raises AgentError."""
+    if len(data) != _EVENT.size:
+        raise AgentError(f"a report of {len(data)} bytes")
+    kind, id, value, zero = _EVENT.unpack(data)
+    if kind not in Kind._value2member_map_ or zero != 0:
+        raise AgentError(f"an unknown report {kind}")
+    return Event(Kind(kind), id, value)
+
+
+def cache() -> Path:
+    """Where built agents are kept: one per version of the source."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "baponi"
+
+
+def binary(where: Path | None = None) -> Path:
+    """The agent built from this source, compiled on first use."""
+    source = SOURCE.read_bytes()
+    target = (where or cache()) / f"init-{hashlib.sha256(source).hexdigest()[:16]}"
+    if target.exists():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError(
+            "the sandbox init must be compiled once and no C compiler was found: "
+            "apt-get install gcc libc6-dev (scripts/setup.sh does)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / "init"
+        done = subprocess.run(
+            [compiler, "-O2", "-static", "-s", "-o", str(built), str(SOURCE)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise OSError(f"could not compile the sandbox init: {done.stderr.strip()}")
+        built.chmod(0o755)
+        built.replace(target)  # atomic: servers starting together never see half a file
+    return target
+
+
+if __name__ == "__main__":
+    print(binary(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

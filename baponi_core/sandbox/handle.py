@@ -1,0 +1,561 @@
+"""The sandbox handle: one sandbox, set up before any request, running processes until it
+is closed.
+
+Contract::
+
+    sandbox = await runtime.prepare(shape)   # namespaces, root filesystem, seccomp,
+                                             # cgroup and rlimits, all done; its init
+                                             # (the agent) waits, and nothing else runs
+    await sandbox.attach(home, mounts)       # the request's mounts, once, before any
+                                             # process: a thread home (None: a fresh
+                                             # tmpfs) and volumes under /data
+    process = await sandbox.start(command)   # any number, one after another or at once,
+    await process.wait()                     # each with its own stdin, stdout, stderr
+    sandbox.kill()                           # ends every process of the sandbox at once
+    await sandbox.close()                    # always: kills, reaps, frees the cgroup, the
+                                             # mounts and the slot
+
+A sandbox is never given back: whoever prepared it closes it, and no state of one user
+can reach another. Processes are killed with the sandbox; a process's own end is
+reported by :meth:`Process.wait`, as a shell reports it (the exit code, or 128 + the
+signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made raises
+:class:`MountError`; neither is ever the fault of code run in the sandbox.
+
+As root the server prepares the whole sandbox ahead and mounts the request's home and
+volumes into it at :meth:`Sandbox.attach` (:mod:`attach`). A server that is not root
+cannot mount, so there the sandbox is launched at ``attach``, with its mounts on bwrap's
+command line; everything else behaves the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from baponi_core.sandbox import agent, attach, bwrap
+from baponi_core.sandbox.agent import AgentError, Kind
+from baponi_core.sandbox.cgroups import Cgroup, Cgroups
+from baponi_core.sandbox.pipes import PipeReader, PipeWriter
+from baponi_core.sandbox.rootfs import HOME
+from baponi_core.sandbox.slots import Slots
+from baponi_core.sandbox.spawner import Spawner
+from baponi_core.sandbox.spec import Command, Limits, Mount, Shape
+
+log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_S = 10.0
+KILLED = 128 + signal.SIGKILL  # the status of a process that went with its sandbox
+
+
+class SandboxError(Exception):
+    """The sandbox could not be set up or used: a platform fault, never the user's code."""
+
+
+class MountError(SandboxError):
+    """A mount's directory is missing, or is not a plain directory: a symlink (planted by
+    sandboxed code) on the way is never followed. The message names the sandbox path only.
+    """
+
+
+@dataclass(frozen=True)
+class Host:
+    """What every sandbox of one runtime is made with."""
+
+    bwrap: str
+    uid: int | None  # the host uid sandboxes run as; None: the server's own
+    cgroups: Cgroups | None
+    spawner: Spawner
+    etc: Path
+    etc_binds: list[str]
+    seccomp: bytes
+    slots: Slots
+    shared: tuple[Path, ...]  # the host directories mounts may come from
+    tasks: TaskGroup  # where each sandbox's agent is listened to
+    live: set[Sandbox] = field(default_factory=set)  # prepared and not yet closed
+
+    @property
+    def mounts_later(self) -> bool:
+        """Whether mounts can be made into a running sandbox (the server is root)."""
+        return self.uid is not None
+
+
+class Process:
+    """One process started in a sandbox. Its pipes are the caller's to read and close."""
+
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        id: int,
+        stdin: PipeWriter | None,
+        stdout: PipeReader,
+        stderr: PipeReader,
+    ) -> None:
+        self.id = id
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.pid: int | None = None  # inside the sandbox
+        self.status: int | None = None
+        self._sandbox = sandbox
+        self._error: int | None = None  # errno of a failed start
+        self._started = anyio.Event()
+        self._done = anyio.Event()
+
+    async def wait(self) -> int:
+        """Its status once it has ended: the exit code, or 128 + the signal that ended it."""
+        await self._done.wait()
+        assert self.status is not None
+        return self.status
+
+    async def signal(self, signo: int, group: bool = True) -> None:
+        """Send ``signo`` to it (``group``: to its process group, what it started too)."""
+        if not self._done.is_set():
+            await self._sandbox._send(agent.signal(self.id, signo, group), ())
+
+    def close(self) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def _ended(self, status: int) -> None:
+        self.status = status
+        self._started.set()
+        self._done.set()
+
+
+class Sandbox:
+    """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
+
+    def __init__(self, host: Host, id: str, shape: Shape) -> None:
+        self.id = id
+        self.shape = shape
+        self._host = host
+        self._slot = host.slots.new(id)
+        self._bwrap: subprocess.Popen[bytes] | None = None
+        self._exit_pidfd: int | None = None  # readable once bwrap has exited
+        self._init_pidfd: int | None = None  # the agent, pid 1 of the sandbox
+        self._group: Cgroup | None = None
+        self._control: socket.socket | None = None
+        self._setup_errors: int | None = None  # bwrap's stderr
+        self._ready = anyio.Event()
+        self._gone = anyio.Event()  # the agent has ended: so has every process
+        self._processes: dict[int, Process] = {}
+        self._ids = itertools.count(1)
+        self._mounted: list[Path] = []
+        self._listening = False
+        self._attached = False
+        self._closed = False
+        host.live.add(self)
+
+    # set-up
+
+    async def _launch(self, bound: bwrap.Bound | None) -> None:
+        """Start bwrap, confine the sandbox's init, and wait until it is ready. The
+        descriptors in ``bound`` stay the caller's."""
+        host = self._host
+        own: list[int] = []  # closed here once bwrap has its copies
+        try:
+            etc = os.open(host.etc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            own.append(etc)
+            seccomp = _memfd("seccomp", host.seccomp)
+            own.append(seccomp)
+            info_r, info_w = os.pipe2(os.O_CLOEXEC)
+            own.append(info_w)
+            self._setup_errors, errors_w = os.pipe2(os.O_CLOEXEC)
+            own.append(errors_w)
+            self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            control = theirs.detach()
+            own.append(control)
+            fds = bwrap.Fds(etc=etc, seccomp=seccomp, info=info_w, control=control)
+            argv = bwrap.command(host.bwrap, self.shape, fds, host.etc_binds, self._slot, bound)
+            passed = [*own, *_bound_fds(bound)]
+            self._group = host.cgroups.create(self.id, self.shape.limits) if host.cgroups else None
+            try:
+                self._bwrap = await host.spawner.call(_popen, argv, errors_w, passed)
+            except OSError as exc:
+                raise SandboxError(f"could not start bwrap: {exc}") from exc
+        finally:
+            for fd in own:
+                os.close(fd)
+        self._exit_pidfd = os.pidfd_open(self._bwrap.pid)
+        self._control.setblocking(False)
+        os.set_blocking(info_r, False)
+        self._listening = True
+        host.tasks.start_soon(self._listen, name=f"sandbox {self.id}")
+        try:
+            await self._confine(info_r)
+        finally:
+            os.close(info_r)
+
+    async def _confine(self, info_r: int) -> None:
+        with anyio.move_on_after(SETUP_TIMEOUT_S):
+            info = await _read_info(info_r)
+            if info is not None:
+                pid = int(info["child-pid"])
+                self._init_pidfd = os.pidfd_open(pid)
+                if self._group is not None:
+                    self._group.attach(pid)
+                limits, memory = self.shape.limits, self._group is None
+                await self._host.spawner.call(_set_rlimits, pid, limits, memory)
+                await self._ready_or_exit()
+        if not self._ready.is_set():
+            raise SandboxError(f"sandbox set-up failed: {self._setup_report()}")
+
+    async def _ready_or_exit(self) -> None:
+        assert self._exit_pidfd is not None
+        async with anyio.create_task_group() as tg:
+
+            async def bwrap_exit() -> None:
+                assert self._exit_pidfd is not None
+                await anyio.wait_readable(self._exit_pidfd)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(bwrap_exit)
+            await self._ready.wait()
+            tg.cancel_scope.cancel()
+
+    def _setup_report(self) -> str:
+        if self._setup_errors is None:
+            return "bwrap did not start"
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._setup_errors, False)
+            text = os.read(self._setup_errors, 4096).decode(errors="replace").strip()
+            if text:
+                return text
+        return "no report"
+
+    async def attach(self, home: Path | None, mounts: tuple[Mount, ...] = ()) -> None:
+        """Mount the request's thread ``home`` at /home/baponi (None: a fresh tmpfs of the
+        shape's size) and ``mounts`` under /data; once, before the first process."""
+        if self._attached:
+            raise SandboxError("this sandbox has its mounts already")
+        self._attached = True
+        _check_targets(mounts)
+        opened: list[int] = []
+        try:
+            home_fd = None
+            if home is not None:
+                home_fd = _open_dir(self._shared(home, HOME), HOME)
+                opened.append(home_fd)
+            mount_fds = []
+            for mount in mounts:
+                self._shared(mount.source, mount.target)
+                mount_fds.append(_open_mount(mount))
+                opened.append(mount_fds[-1])
+            if not self._host.mounts_later:
+                await self._launch(bwrap.Bound(home_fd, tuple(zip(mounts, mount_fds, strict=True))))
+                return
+            if self._gone.is_set():
+                raise SandboxError("the sandbox has ended")
+            self._mount_home(home_fd)
+            for mount, fd in zip(mounts, mount_fds, strict=True):
+                point = self._slot.mount_point(mount.target)
+                attach.bind(fd, point, mount.read_only)
+                self._mounted.append(point)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def _shared(self, source: Path, target: str) -> Path:
+        """``source``, if it lies in a directory shared with sandboxes: a bug elsewhere
+        can then never mount the server's own files."""
+        if ".." in source.parts or not any(source.is_relative_to(d) for d in self._host.shared):
+            raise MountError(f"cannot mount {target}: its source is not shared")
+        return source
+
+    def _mount_home(self, fd: int | None) -> None:
+        if fd is None:
+            assert self._host.uid is not None
+            attach.tmpfs(self._slot.home, self.shape.limits.home_bytes, self._host.uid, 0o700)
+        else:
+            attach.bind(fd, self._slot.home, read_only=False)
+        self._mounted.append(self._slot.home)
+
+    # processes
+
+    async def start(self, command: Command) -> Process:
+        """Start ``command``; raises SandboxError if it could not be executed."""
+        if not self._attached or self._closed:
+            raise SandboxError("start needs an attached sandbox that is not closed")
+        if self._gone.is_set():
+            raise SandboxError("the sandbox has ended")
+        id = next(self._ids)
+        try:
+            message = agent.spawn(id, command.argv, command.env, command.cwd, command.cpu_seconds)
+            for name, data in command.files.items():
+                self._slot.write(name, data)
+        except (ValueError, FileExistsError) as exc:
+            raise SandboxError(f"cannot start this process: {exc}") from None
+        ends: list[int] = []  # the process's: closed here once the agent has them
+        pipes: list[int] = []  # ours: closed by the process, or here on failure
+        try:
+            stdin = os.pipe2(os.O_CLOEXEC) if command.stdin else None
+            if stdin is None:
+                ends.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            else:
+                ends.append(stdin[0])
+                pipes.append(stdin[1])
+            for _ in ("stdout", "stderr"):
+                reader, writer = os.pipe2(os.O_CLOEXEC)
+                pipes.append(reader)
+                ends.append(writer)
+            process = Process(
+                self,
+                id,
+                PipeWriter(pipes[0]) if stdin is not None else None,
+                PipeReader(pipes[-2]),
+                PipeReader(pipes[-1]),
+            )
+            pipes.clear()
+            self._processes[id] = process
+            try:
+                await self._send(message, ends)
+            except BaseException:
+                self._processes.pop(id, None)
+                process.close()
+                raise
+        finally:
+            for fd in (*ends, *pipes):
+                os.close(fd)
+        with anyio.move_on_after(SETUP_TIMEOUT_S):
+            await process._started.wait()
+        if process.pid is None:
+            process.close()
+            why = os.strerror(process._error) if process._error else "the sandbox ended"
+            raise SandboxError(f"could not start {command.argv[0]}: {why}")
+        return process
+
+    async def _send(self, message: bytes, fds: list[int] | tuple[int, ...]) -> None:
+        if self._control is None or self._gone.is_set():
+            raise SandboxError("the sandbox has ended")
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))] if fds else []
+        while True:
+            try:
+                self._control.sendmsg([message], rights)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(self._control)
+            except OSError as exc:  # the agent is gone
+                raise SandboxError("the sandbox has ended") from exc
+
+    async def _listen(self) -> None:
+        """Follow the agent's reports until it ends (with it, every process)."""
+        assert self._control is not None
+        try:
+            while True:
+                await anyio.wait_readable(self._control)
+                try:
+                    data = self._control.recv(64)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                self._dispatch(agent.parse(data))
+        except AgentError as exc:
+            log.error("sandbox %s: its init is not to be trusted (%s): killed", self.id, exc)
+            self.kill()
+        except (OSError, anyio.ClosedResourceError):
+            return
+        finally:
+            self._gone.set()
+            for process in self._processes.values():
+                process._ended(KILLED)
+            self._processes.clear()
+
+    def _dispatch(self, event: agent.Event) -> None:
+        if event.kind is Kind.READY:
+            if event.id != 0 or event.value != agent.PROTOCOL or self._ready.is_set():
+                raise AgentError("an unexpected READY")
+            self._ready.set()
+            return
+        process = self._processes.get(event.id)
+        if process is None or (event.kind is Kind.EXITED) != (process.pid is not None):
+            raise AgentError(f"{event.kind.name} for process {event.id}")
+        if event.kind is Kind.STARTED:
+            if event.value <= 0:
+                raise AgentError("a process without a pid")
+            process.pid = event.value
+            process._started.set()
+            return
+        del self._processes[event.id]
+        if event.kind is Kind.FAILED:
+            process._error = event.value
+            process._ended(127)
+        else:
+            process._ended(_shell_status(event.value))
+
+    # the end
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox's init: the kernel ends every process of its pid namespace.
+        The cgroup is killed too, in case anything got out of it."""
+        if self._init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+        elif self._bwrap is not None:
+            self._bwrap.kill()
+        if self._group is not None:
+            self._group.kill()
+
+    def oom_kills(self) -> int:
+        """How many of its processes the kernel killed for lack of memory."""
+        return self._group.oom_kills() if self._group is not None else 0
+
+    async def close(self) -> None:
+        """End the sandbox and free everything it held; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self.kill()
+        with anyio.CancelScope(shield=True):
+            await self._reap()
+            for point in reversed(self._mounted):
+                try:
+                    attach.detach(point)
+                except OSError as exc:
+                    log.error("sandbox %s: %s", self.id, exc)
+            self._mounted.clear()
+            self._slot.remove()
+            self._host.live.discard(self)
+
+    async def _reap(self) -> None:
+        if self._exit_pidfd is not None:
+            with anyio.move_on_after(SETUP_TIMEOUT_S):
+                await anyio.wait_readable(self._exit_pidfd)
+            os.close(self._exit_pidfd)
+        if self._bwrap is not None and self._bwrap.poll() is None:
+            self._bwrap.kill()
+            self._bwrap.wait()
+        if self._init_pidfd is not None:
+            with anyio.move_on_after(5):
+                await anyio.wait_readable(self._init_pidfd)  # readable once the init has exited
+            with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
+                os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+            os.close(self._init_pidfd)
+        if self._control is not None:
+            if self._listening:  # the agent is dead: its socket's end comes at once
+                with anyio.move_on_after(5):
+                    await self._gone.wait()
+            anyio.notify_closing(self._control)
+            self._control.close()
+        if self._setup_errors is not None:
+            os.close(self._setup_errors)
+        if self._group is not None:
+            if self._group.pids():
+                await anyio.to_thread.run_sync(self._group.remove)
+            else:
+                self._group.remove()
+
+
+def _shell_status(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else KILLED
+
+
+async def _read_info(fd: int) -> dict[str, int] | None:
+    """bwrap's ``--info-fd`` JSON; ``None`` if bwrap failed before writing it."""
+    data = b""
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return None
+        data += chunk
+        with contextlib.suppress(ValueError):
+            info = json.loads(data)
+            if isinstance(info, dict) and "child-pid" in info:
+                return info
+
+
+def _popen(argv: list[str], errors: int, pass_fds: list[int]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv, env={}, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, pass_fds=pass_fds
+    )
+
+
+def _set_rlimits(pid: int, limits: Limits, memory: bool) -> None:
+    """Lower the hard limits of the sandbox's init before it starts anything; they are
+    inherited by every process and can never be raised again."""
+    wanted = [
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+    ]
+    if memory:  # no cgroup: RLIMIT_DATA, not RLIMIT_AS, which V8 cannot start under
+        wanted.append((resource.RLIMIT_DATA, limits.memory_bytes))
+    for which, value in wanted:
+        resource.prlimit(pid, which, (value, value))
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(f"baponi-{name}", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(path: Path, target: str) -> int:
+    """Open a directory the server made without following a symlink planted in its place."""
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except OSError as exc:
+        raise MountError(f"cannot mount {target}: {_why(exc)}") from None
+
+
+def _open_mount(mount: Mount) -> int:
+    """An O_PATH descriptor of the mount's directory, walked down one name at a time."""
+    fd = _open_dir(mount.source, mount.target)
+    try:
+        for name in mount.names:
+            below = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except OSError as exc:
+        os.close(fd)
+        raise MountError(f"cannot mount {mount.target}: {_why(exc)}") from None
+    return fd
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return "no such directory"
+    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+        return "not a directory (symbolic links are not followed)"
+    return exc.strerror or "cannot open"
+
+
+def _check_targets(mounts: tuple[Mount, ...]) -> None:
+    """No mount at or inside another one: the inner one would be made inside the directory
+    mounted at the outer one."""
+    targets = [f"{m.target}/" for m in mounts]
+    for i, one in enumerate(targets):
+        for other in targets[i + 1 :]:
+            if one.startswith(other) or other.startswith(one):
+                raise SandboxError(f"mounts {one[:-1]} and {other[:-1]} overlap")
+
+
+def _bound_fds(bound: bwrap.Bound | None) -> list[int]:
+    if bound is None:
+        return []
+    return [fd for fd in (bound.home, *(fd for _, fd in bound.mounts)) if fd is not None]

@@ -1,0 +1,193 @@
+"""Run one program to its end in a sandbox of its own: what an execution is.
+
+One user of the sandbox handle: prepare a sandbox, attach the home and volumes, start
+the interpreter on the code, collect stdout and stderr up to their cap under a
+wall-clock deadline, then close the sandbox (whatever the code left running goes with
+it) and say how it ended.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import anyio
+
+from baponi_core.sandbox.handle import KILLED, Process, Sandbox, SandboxError
+from baponi_core.sandbox.pipes import PipeReader
+from baponi_core.sandbox.rootfs import BASE_ENV
+from baponi_core.sandbox.runtime import SandboxRuntime
+from baponi_core.sandbox.spec import RUN_DIR, Command, MiB, Mount, Shape
+
+SIGSYS_STATUS = 128 + signal.SIGSYS
+STOP_WAIT_S = 10.0
+
+INTERPRETERS = {
+    "python": ("/usr/bin/python3", "main.py"),
+    "bash": ("/bin/bash", "main.sh"),
+    "node": ("/usr/bin/node", "main.js"),
+}
+
+OutputSink = Callable[[str, bytes], None]  # (stream name, bytes): called as output arrives
+
+
+@dataclass(frozen=True)
+class CodeRun:
+    """One program: ``code`` in ``language``, with the request's environment, home and
+    volumes, in a sandbox of ``shape``."""
+
+    language: str
+    code: bytes
+    env: Mapping[str, str] = field(default_factory=dict)
+    shape: Shape = field(default_factory=Shape)
+    home: Path | None = None  # a thread home; None: a fresh tmpfs, discarded
+    mounts: tuple[Mount, ...] = ()  # volumes and storage connections, under /data
+    timeout_s: float = 60.0  # from the start of set-up
+    output_bytes: int = 1 * MiB  # per stream
+
+    def command(self) -> Command:
+        interpreter, script = INTERPRETERS[self.language]
+        return Command(
+            argv=(interpreter, f"{RUN_DIR}/{script}"),
+            env={**BASE_ENV, **self.env},
+            files={script: self.code},
+            cpu_seconds=int(self.timeout_s) + 5,  # a backstop; the wall clock rules
+        )
+
+
+class Ending(Enum):
+    """How a program ended."""
+
+    EXITED = "exited"
+    OOM = "oom"
+    TIMEOUT = "timeout"
+    OUTPUT_LIMIT = "output_limit"
+    SECCOMP = "seccomp"
+    STOPPED = "stopped"  # killed on request: a cancel or a shutdown
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ending: Ending
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    duration_ms: int
+
+
+@dataclass
+class _Run:
+    sandbox: Sandbox
+    timed_out: bool = False
+    overflowed: bool = False
+    stopped: bool = False
+
+
+async def run_code(
+    runtime: SandboxRuntime,
+    job: CodeRun,
+    *,
+    on_output: OutputSink | None = None,
+    stop: anyio.Event | None = None,
+) -> Outcome:
+    """Run ``job`` to its end, passing output to ``on_output`` as it is written. Setting
+    ``stop`` kills the sandbox (ending ``STOPPED``); so does cancelling the caller.
+    Raises SandboxError (MountError for a mount) if the sandbox could not be set up."""
+    started = time.monotonic()
+    sandbox = await runtime.prepare(job.shape)
+    try:
+        await sandbox.attach(job.home, job.mounts)
+        run = _Run(sandbox)
+        streams = {"stdout": bytearray(), "stderr": bytearray()}
+        async with anyio.create_task_group() as watch:
+            if stop is not None:
+                watch.start_soon(_stop_on, stop, run)
+            try:
+                code = await _supervise(run, job, streams, started, on_output)
+            except SandboxError:
+                if not run.stopped:
+                    raise
+                code = KILLED  # stopped while the program was being started
+            watch.cancel_scope.cancel()
+        return Outcome(
+            ending=_ending(run, code),
+            exit_code=code,
+            stdout=bytes(streams["stdout"]),
+            stderr=bytes(streams["stderr"]),
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    finally:
+        await sandbox.close()
+
+
+async def _supervise(
+    run: _Run,
+    job: CodeRun,
+    streams: dict[str, bytearray],
+    started: float,
+    on_output: OutputSink | None,
+) -> int:
+    """Start the program and wait for its end under the deadline; its status."""
+    remaining = job.timeout_s - (time.monotonic() - started)
+    process: Process | None = None
+    code = KILLED
+    with anyio.move_on_after(max(remaining, 0)) as deadline:
+        process = await run.sandbox.start(job.command())
+        async with anyio.create_task_group() as pumps:
+            for name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
+                pumps.start_soon(_pump, run, pipe, name, streams[name], job, on_output)
+            code = await process.wait()
+            run.sandbox.kill()  # single use: what it left running goes too, its pipes end
+    if deadline.cancelled_caught:
+        run.timed_out = True
+        run.sandbox.kill()
+    if process is not None:
+        if deadline.cancelled_caught:
+            with anyio.move_on_after(STOP_WAIT_S):
+                code = await process.wait()
+        process.close()
+    return code
+
+
+async def _pump(
+    run: _Run,
+    pipe: PipeReader,
+    name: str,
+    data: bytearray,
+    job: CodeRun,
+    on_output: OutputSink | None,
+) -> None:
+    while chunk := await pipe.receive():
+        room = job.output_bytes - len(data)
+        kept = chunk[:room]
+        data += kept
+        if on_output is not None and kept:
+            on_output(name, kept)
+        if len(chunk) > room:
+            run.overflowed = True
+            run.sandbox.kill()
+            return
+
+
+async def _stop_on(stop: anyio.Event, run: _Run) -> None:
+    await stop.wait()
+    run.stopped = True
+    run.sandbox.kill()
+
+
+def _ending(run: _Run, code: int) -> Ending:
+    if run.stopped:
+        return Ending.STOPPED
+    if run.sandbox.oom_kills() > 0:
+        return Ending.OOM
+    if run.timed_out:
+        return Ending.TIMEOUT
+    if run.overflowed:
+        return Ending.OUTPUT_LIMIT
+    if code == SIGSYS_STATUS:
+        return Ending.SECCOMP
+    return Ending.EXITED
