@@ -21,7 +21,7 @@ from baponi_core.services.files import Files
 from baponi_core.services.webhooks import Webhooks
 from baponi_core.storage.places import Storage
 from baponi_core.storage.signing import UrlSigner
-from baponi_core.store.sqlite import SqliteStore
+from baponi_core.store import store_for
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 600  # how soon the files of a deleted volume go
@@ -33,7 +33,7 @@ class Core:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SqliteStore(settings.database)
+        self.store = store_for(settings)
         self.admin = Admin(self.store)
         self.auth = Authenticator(self.store)
         self.webhooks = Webhooks(
@@ -81,6 +81,7 @@ class Core:
                 owner,
                 signer,
             )
+            storage.clear_staging()
             self._runtime = await stack.enter_async_context(
                 SandboxRuntime.open(
                     self.settings.runtime, storage.shared, uid=self.settings.sandbox_uid

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baponi_core.sandbox.rootfs import HOST_UID
+
 DEFAULT_PORT = 8080
 DEFAULT_THREAD_QUOTA = 10 << 30  # 10 GiB: one file of the largest size an upload may have
 RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # webhook tries: six over about 43 min
@@ -21,7 +23,7 @@ class Settings:
     """Everything lives under ``home``: the SQLite database, thread homes, runtime files."""
 
     home: Path
-    sandbox_uid: int = 64000  # the unprivileged host uid sandboxes run as when we are root
+    sandbox_uid: int = HOST_UID  # the unprivileged host uid sandboxes run as when we are root
     allow_private_webhooks: bool = False  # let webhooks reach private/loopback addresses
     webhook_ca_file: Path | None = None  # extra CAs trusted for webhook targets
     webhook_retry_delays: tuple[float, ...] = RETRY_DELAYS_S
@@ -38,20 +40,6 @@ class Settings:
     @property
     def database(self) -> Path:
         return self.home / "baponi.db"
-
-    @property
-    def threads(self) -> Path:
-        return self.home / "threads"
-
-    @property
-    def volumes(self) -> Path:
-        """Managed volumes' files; sandboxes see a volume at /data/<slug>/."""
-        return self.home / "volumes"
-
-    @property
-    def cache(self) -> Path:
-        """Local copies of storage connections' files, shared with sandboxes."""
-        return self.home / "cache"
 
     @property
     def signing_keys(self) -> Path:

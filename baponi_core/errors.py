@@ -15,26 +15,37 @@ class BaponiError(Exception):
 
 
 class ValidationError(BaponiError):
+    """The request is malformed, or asks for something no caller may have."""
+
     status, code = 400, "validation_error"
 
 
 class Unauthorized(BaponiError):
-    status, code = 401, "unauthorized"
+    status, code = 401, "unauthorized"  # no API key, or one that is not (or no more) valid
 
 
 class Forbidden(BaponiError):
+    """The caller may see this, but not change it (a read-only volume), or a signed URL
+    does not grant what is asked."""
+
     status, code = 403, "forbidden"
 
 
 class NotFound(BaponiError):
-    status, code = 404, "not_found"
+    status, code = 404, "not_found"  # nothing of that name for this caller
 
 
 class Conflict(BaponiError):
+    """The request is sound but collides with the state: a busy thread, an execution that
+    has already ended, a name already taken."""
+
     status, code = 409, "conflict"
 
 
 class RateLimited(BaponiError):
+    """A limit of the caller's plan or of the server; worth trying again after
+    ``retry_after`` seconds."""
+
     status, code = 429, "rate_limited"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
@@ -42,9 +53,8 @@ class RateLimited(BaponiError):
         self.retry_after = retry_after
 
 
-class InternalError(BaponiError):
-    status, code = 500, "internal_error"
-
-
 class Unavailable(BaponiError):
-    status, code = 503, "service_unavailable"
+    status, code = (
+        503,
+        "service_unavailable",
+    )  # the server cannot serve it now; not the caller's fault

@@ -16,12 +16,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, field_validato
 
 from baponi_core import limits
 from baponi_core.errors import ValidationError
-from baponi_core.store.base import Execution
-
-Status = Literal[
-    "queued", "running", "success", "failed", "timeout", "blocked", "oom", "seccomp", "cancelled"
-]
-DeliveryMode = Literal["inline", "streaming", "webhook"]
+from baponi_core.records import DeliveryMode, Execution, ExecutionStatus, WebhookStatus
 
 
 def _utf8(value: str, what: str) -> str:
@@ -80,11 +75,7 @@ class ExecuteRequest(BaseModel):
     @field_validator("thread_id")
     @classmethod
     def _thread_id(cls, thread_id: str | None) -> str | None:
-        if thread_id is None:
-            return None
-        if not thread_id:
-            raise ValueError("thread_id must not be empty when provided")
-        return _thread_name(thread_id, "thread_id")
+        return None if thread_id is None else _thread_name(thread_id, "thread_id", optional=True)
 
     @field_validator("webhook_url")
     @classmethod
@@ -172,8 +163,10 @@ class ExecuteRequest(BaseModel):
         return env_vars
 
 
-def _thread_name(value: str, field: str) -> str:
+def _thread_name(value: str, field: str, optional: bool = False) -> str:
     """A thread id, in the SDK's words (``field`` names it in the messages)."""
+    if not value:
+        raise ValueError(f"{field} must not be empty" + (" when provided" if optional else ""))
     if len(value) > limits.MAX_THREAD_ID_LENGTH:
         raise ValueError(
             f"{field} exceeds maximum length of {limits.MAX_THREAD_ID_LENGTH} characters"
@@ -234,7 +227,7 @@ class ExecutionView(BaseModel):
     """Body of ``GET /v1/executions/{trace_id}``."""
 
     trace_id: str
-    status: Status
+    status: ExecutionStatus
     exit_code: int | None
     stdout: str | None
     stderr: str | None
@@ -244,7 +237,7 @@ class ExecutionView(BaseModel):
     created_at: str
     completed_at: str | None
     webhook_url: str | None
-    webhook_delivery_status: Literal["pending", "delivered", "failed"] | None
+    webhook_delivery_status: WebhookStatus | None
 
     @classmethod
     def of(cls, record: Execution) -> ExecutionView:
@@ -252,17 +245,17 @@ class ExecutionView(BaseModel):
         elapsed = int((time.time() - record.created_at) * 1000)
         return cls(
             trace_id=record.trace_id,
-            status=record.status,  # type: ignore[arg-type]
+            status=record.status,
             exit_code=None if running else record.exit_code,
             stdout=None if running else record.stdout,
             stderr=None if running else record.stderr,
             error=record.error,
             duration_ms=elapsed if running else (record.duration_ms or 0),
-            delivery_mode=record.delivery_mode,  # type: ignore[arg-type]
+            delivery_mode=record.delivery_mode,
             created_at=iso(record.created_at),
             completed_at=None if record.completed_at is None else iso(record.completed_at),
             webhook_url=record.webhook_url,
-            webhook_delivery_status=record.webhook_delivery_status,  # type: ignore[arg-type]
+            webhook_delivery_status=record.webhook_delivery_status,
         )
 
 
@@ -316,8 +309,6 @@ class FileRequest(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not value:
-            raise ValueError("id must not be empty")
         return _thread_name(value, "id")
 
     @field_validator("content_length")

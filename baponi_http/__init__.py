@@ -1,1 +1,13 @@
-"""The HTTP adapter: maps Baponi's REST API onto the core services (see ``baponi_http.app``)."""
+"""The HTTP adapter: Baponi's REST API over the core services, on Starlette.
+
+What other packages may use: :func:`create_app` (with :class:`Extension` for more
+routes), :func:`create_files_app` (the signed-file routes alone), :func:`error_for` (the
+one mapping of core errors to responses), and the uvicorn servers of
+:mod:`baponi_http.server`.
+"""
+
+from baponi_http.app import Extension, create_app, create_files_app
+from baponi_http.errors import error_for
+from baponi_http.server import DrainingServer, serving
+
+__all__ = ["DrainingServer", "Extension", "create_app", "create_files_app", "error_for", "serving"]

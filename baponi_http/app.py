@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -17,10 +17,8 @@ from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.limits import MAX_REQUEST_BYTES
 from baponi_core.models import ExecuteRequest, FileRequest, parse
-from baponi_core.store import Principal
+from baponi_core.records import DeliveryMode, ExecutionStatus, Principal
 from baponi_http.errors import HANDLERS, error_response
-from baponi_mcp.http import PATH as MCP_PATH
-from baponi_mcp.http import McpEndpoint
 
 NDJSON = "application/x-ndjson"
 
@@ -50,12 +48,12 @@ async def json_body(request: Request) -> Any:
         raise ValidationError("request body is not valid JSON") from None
 
 
-def delivery_mode(request: Request) -> str:
+def delivery_mode(request: Request) -> DeliveryMode:
     if "respond-async" in request.headers.get("prefer", "").lower():
-        return "webhook"
+        return DeliveryMode.WEBHOOK
     if NDJSON in request.headers.get("accept", "").lower():
-        return "streaming"
-    return "inline"
+        return DeliveryMode.STREAMING
+    return DeliveryMode.INLINE
 
 
 def ndjson(lines: AsyncIterator[str]) -> StreamingResponse:
@@ -68,19 +66,20 @@ async def execute(request: Request) -> Response:
     principal = await principal_of(request)
     body = parse(ExecuteRequest, await json_body(request))
     mode = delivery_mode(request)
-    run = await core_of(request).executions.submit(principal, body, mode)
-    if mode == "webhook":
-        return JSONResponse({"trace_id": run.trace_id, "status": "queued"}, status_code=202)
-    if mode == "streaming":
-        return ndjson(run.journal.lines())
-    result = await run.outcome()
+    submission = await core_of(request).executions.submit(principal, body, mode)
+    if mode is DeliveryMode.WEBHOOK:
+        queued = {"trace_id": submission.trace_id, "status": ExecutionStatus.QUEUED}
+        return JSONResponse(queued, status_code=202)
+    if mode is DeliveryMode.STREAMING:
+        return ndjson(submission.lines())
+    result = await submission.result()
     return JSONResponse(result.model_dump())
 
 
 async def get_execution(request: Request) -> Response:
     principal = await principal_of(request)
     execution = await core_of(request).executions.get(principal, request.path_params["trace_id"])
-    return JSONResponse(execution.model_dump())
+    return JSONResponse(execution.model_dump(mode="json"))
 
 
 async def execution_output(request: Request) -> Response:
@@ -173,13 +172,23 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def create_app(settings: Settings) -> Starlette:
-    mcp = McpEndpoint(settings)
+class Extension(Protocol):
+    """More routes on the app (the MCP endpoint, say), with something that runs while the
+    app does. Handlers reach the core as ``request.app.state.core``."""
+
+    def routes(self) -> Sequence[BaseRoute]: ...
+    def running(self) -> AbstractAsyncContextManager[None]: ...
+
+
+def create_app(settings: Settings, extensions: Sequence[Extension] = ()) -> Starlette:
+    """The REST API over a core of ``settings``, opened and drained with the app."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # MCP closes first: its calls in flight end before the core drains.
-        async with Core(settings) as core, mcp.running():
+        # Extensions close first: their calls in flight end before the core drains.
+        async with Core(settings) as core, AsyncExitStack() as running:
+            for extension in extensions:
+                await running.enter_async_context(extension.running())
             app.state.core = core
             yield
 
@@ -195,7 +204,7 @@ def create_app(settings: Settings) -> Starlette:
         *SIGNED_ROUTES,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
-        Route(MCP_PATH, mcp),  # the MCP server, over streamable HTTP (baponi_mcp.http)
+        *(route for extension in extensions for route in extension.routes()),
     ]
     return _starlette(routes, lifespan=lifespan)
 

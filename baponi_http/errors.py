@@ -30,12 +30,17 @@ def error_response(
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
-async def baponi_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BaponiError)
+def error_for(exc: BaponiError) -> JSONResponse:
+    """The response for a core error."""
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
     if exc.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def baponi_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BaponiError)
+    return error_for(exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

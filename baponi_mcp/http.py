@@ -17,13 +17,14 @@ from typing import Any
 from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, Unauthorized
 from baponi_core.limits import MAX_REQUEST_BYTES
-from baponi_http.errors import baponi_error
+from baponi_http import error_for
 from baponi_mcp.errors import refusal
 from baponi_mcp.server import Caller, build_server
 
@@ -65,8 +66,8 @@ class HttpAccess:
 
 
 class McpEndpoint:
-    """The ASGI app at ``/mcp``: authenticate, then hand over to the SDK's transport.
-    The host app's lifespan must enter :meth:`running`."""
+    """The ASGI app at ``/mcp``: authenticate, then hand over to the SDK's transport. An
+    :class:`baponi_http.Extension` of the REST app, which enters :meth:`running`."""
 
     def __init__(self, settings: Settings) -> None:
         self.server = build_server(HttpAccess())
@@ -76,6 +77,9 @@ class McpEndpoint:
             max_request_body_size=MAX_REQUEST_BYTES,
             transport_security=transport_security(settings),
         )
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(PATH, self)]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -89,8 +93,7 @@ class McpEndpoint:
         try:
             principal = await core.auth.authenticate(request.headers.get("authorization"), client)
         except BaponiError as exc:  # 401 (or 429 once blocked), as REST answers it
-            response = await baponi_error(request, exc)
-            await response(scope, receive, send)
+            await error_for(exc)(scope, receive, send)
             return
         scope[PRINCIPAL] = principal
         await self.server.session_manager.handle_request(scope, receive, send)

@@ -21,9 +21,10 @@ from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 from baponi_core import limits
 from baponi_core.app import Core
 from baponi_core.errors import Conflict
+from baponi_core.events import OutputEvent
 from baponi_core.models import ExecuteRequest, FileRequest, SandboxResult, parse
-from baponi_core.services.executions import Run
-from baponi_core.store import Principal
+from baponi_core.records import Principal
+from baponi_core.services.executions import Submission
 from baponi_mcp.content import INLINE_MAX_BYTES, file_blocks, result_text
 from baponi_mcp.errors import translated
 from baponi_mcp.schema import (
@@ -114,8 +115,8 @@ def build_server(access: Access) -> MCPServer[Any]:
         }
         with translated():
             request = parse(ExecuteRequest, {k: v for k, v in body.items() if v is not None})
-            run = await caller.core.executions.submit(caller.principal, request, mode="inline")
-        result = await _follow(run, ctx, caller)
+            submission = await caller.core.executions.submit(caller.principal, request)
+        result = await _follow(submission, ctx, caller)
         return CallToolResult(
             content=[TextContent(type="text", text=result_text(result))],
             structured_content=result.model_dump(),
@@ -158,41 +159,41 @@ def build_server(access: Access) -> MCPServer[Any]:
     return server
 
 
-async def _follow(run: Run, ctx: Context[Any, Any], caller: Caller) -> SandboxResult:
-    """Wait for the end of ``run``, sending its output as progress meanwhile. If the call is
-    cancelled (the client cancelled it, or went away), the sandbox is killed."""
+async def _follow(submission: Submission, ctx: Context[Any, Any], caller: Caller) -> SandboxResult:
+    """Wait for the end of ``submission``, sending its output as progress meanwhile. If the
+    call is cancelled (the client cancelled it, or went away), the sandbox is killed."""
     try:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_progress, run, ctx)
-            await run.done.wait()  # the progress task ends with the journal, just before
+            tasks.start_soon(_progress, submission, ctx)
+            await submission.settled()  # the progress task ends with the events, just before
     finally:
-        if not run.done.is_set():
+        if not submission.finished:
             with anyio.CancelScope(shield=True):
-                await _stop(run, caller)
+                await _stop(submission, caller)
     with translated():
-        return await run.outcome()
+        return await submission.result()
 
 
-async def _progress(run: Run, ctx: Context[Any, Any]) -> None:
+async def _progress(submission: Submission, ctx: Context[Any, Any]) -> None:
     """Each output chunk as a progress notification (a no-op unless the client asked for
     progress). Best effort: a client that cannot take them still gets the result."""
     sent = 0
     try:
-        async for event in run.journal.follow(0):
-            if event["type"] == "output":
+        async for event in submission.events():
+            if isinstance(event, OutputEvent):
                 sent += 1
-                await ctx.report_progress(sent, None, event["data"])
+                await ctx.report_progress(sent, None, event.data)
     except Exception:
-        log.debug("progress of %s no longer sent", run.trace_id, exc_info=True)
+        log.debug("progress of %s no longer sent", submission.trace_id, exc_info=True)
 
 
-async def _stop(run: Run, caller: Caller) -> None:
+async def _stop(submission: Submission, caller: Caller) -> None:
     try:
-        await caller.core.executions.cancel(caller.principal, run.trace_id)
+        await caller.core.executions.cancel(caller.principal, submission.trace_id)
     except Conflict:  # it ended meanwhile
         return
     with anyio.move_on_after(STOP_WAIT_S):
-        await run.done.wait()
+        await submission.settled()
 
 
 def _version() -> str:

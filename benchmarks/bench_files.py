@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server, stop_server
+from tests.harness import start_server, stop_server
 
 MiB = 1 << 20
 CHUNK = 4 * MiB

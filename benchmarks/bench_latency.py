@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server, stop_server
+from tests.harness import start_server, stop_server
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, cli, start_server, stop_server
+from tests.harness import Server, cli, start_server, stop_server
 
 NDJSON = "application/x-ndjson"
 EXECUTE = "/v1/sandbox/execute"

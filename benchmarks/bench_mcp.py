@@ -43,7 +43,7 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import start_server, stop_server
+from tests.harness import start_server, stop_server
 
 BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))
 CODE = "print(1)"

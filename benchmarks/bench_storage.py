@@ -59,8 +59,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Server, start_server, stop_server
 from tests.emulators import Emulator, start_azure, start_gcs, start_s3
+from tests.harness import Server, start_server, stop_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KiB = 1024

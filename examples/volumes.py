@@ -31,7 +31,7 @@ from baponi import Baponi, ForbiddenError
 
 warnings.filterwarnings("ignore", message="Base URL")  # plain HTTP is fine on loopback
 
-CLI = [sys.executable, "-m", "baponi_http.cli"]
+CLI = [sys.executable, "-m", "baponi_cli"]
 
 SUMMARISE = """
 import csv, json, os

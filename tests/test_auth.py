@@ -11,7 +11,7 @@ import httpx
 import pytest
 from baponi import AuthenticationError
 
-from tests.conftest import Server, start_server, stop_server
+from tests.harness import Server, start_server, stop_server
 
 EXECUTE = "/v1/sandbox/execute"
 BOGUS = "sk-local-" + "0" * 40

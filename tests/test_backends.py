@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baponi_core.storage import places, sync
-from tests.conftest import Server, cli, start_server, stop_server
 from tests.emulators import Emulator
+from tests.harness import Server, cli, start_server, stop_server
 
 BACKENDS = ["s3_emulator", "gcs_emulator", "azure_emulator"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BAPONI, Server, cli
+from tests.harness import BAPONI, Server, cli
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

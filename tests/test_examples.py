@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, cli, free_port, start_server, stop_server
+from tests.harness import Server, cli, free_port, start_server, stop_server
 from tests.receiver import make_ca
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ import pytest
 from baponi import APIValidationError, BaponiError
 
 from baponi_core.storage.signing import Grant, UrlSigner
-from tests.conftest import Server, cli, start_server, stop_server
+from tests.harness import Server, cli, start_server, stop_server
 
 SANDBOX_UID = 64000
 SIGNED_PREFIX = "/v1/files/signed/"

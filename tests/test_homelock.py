@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_port, start_server, stop_server
+from tests.harness import free_port, start_server, stop_server
 
-BAPONI = [sys.executable, "-m", "baponi_http.cli"]
-BAPONI_MCP = [sys.executable, "-m", "baponi_mcp.cli"]
+BAPONI = [sys.executable, "-m", "baponi_cli"]
+BAPONI_MCP = [sys.executable, "-m", "baponi_cli.mcp"]
 
 
 def second(command: list[str]) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.harness import Server
 
 SECRET_NAME = "BAPONI_TEST_SECRET"
 SECRET_VALUE = "server-secret-do-not-leak"

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, cli, free_port, start_server, stop_server
+from tests.harness import Server, cli, free_port, start_server, stop_server
 from tests.receiver import Receiver, make_ca
 
 NDJSON = "application/x-ndjson"

@@ -32,13 +32,12 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, SandboxResult, parse
-from baponi_core.store import Principal
-from baponi_http.app import create_files_app
-from baponi_http.server import serving
+from baponi_core.records import Principal
+from baponi_http import create_files_app, serving
 from baponi_mcp import LocalAccess, build_server
 from baponi_mcp.content import image_type, result_text
 from baponi_mcp.errors import CODES
-from tests.conftest import marker_processes, wait_until
+from tests.harness import marker_processes, wait_until
 
 pytestmark = pytest.mark.anyio
 

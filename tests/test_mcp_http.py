@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
-from tests.conftest import Server, cli, start_server, stop_server
+from tests.harness import Server, cli, start_server, stop_server
 
 pytestmark = pytest.mark.anyio
 

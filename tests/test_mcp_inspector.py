@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
+from tests.harness import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 INSPECTOR = ROOT / "node_modules" / ".bin" / "mcp-inspector"

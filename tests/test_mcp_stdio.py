@@ -22,8 +22,8 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
-from tests.conftest import free_port, marker_processes, wait_until
 from tests.emulators import Emulator
+from tests.harness import free_port, marker_processes, wait_until
 
 pytestmark = pytest.mark.anyio
 

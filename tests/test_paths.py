@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from baponi_core.errors import ValidationError
 from baponi_core.storage.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, parts
-from tests.conftest import Server
+from tests.harness import Server
 
 ROOT = "/srv/storage/root"
 FORBIDDEN_CHARS = {"/", "\x00", "\\"}

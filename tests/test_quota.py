@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
+from tests.harness import Server, start_server, stop_server
 
 QUOTA = 1 << 20
 
@@ -124,7 +124,7 @@ def test_quota_flag_is_validated(tmp_path: Path) -> None:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "baponi_http.cli", "serve", "--thread-quota", "lots"],
+        [sys.executable, "-m", "baponi_cli", "serve", "--thread-quota", "lots"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from baponi import RateLimitError, ThreadBusyError
 
-from tests.conftest import Server, cli
+from tests.harness import Server, cli
 
 EXECUTE = "/v1/sandbox/execute"
 MiB = 1 << 20

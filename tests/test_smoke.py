@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Server
+from tests.harness import Server
 
 
 def test_health_and_inline_execute(server: Server, api: httpx.Client) -> None:

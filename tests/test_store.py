@@ -11,10 +11,10 @@ import anyio
 import pytest
 
 from baponi_core.ids import hash_key
+from baponi_core.records import Execution
 from baponi_core.services.admin import Admin
-from baponi_core.store import Execution
 from baponi_core.store.sqlite import SqliteStore
-from tests.conftest import BAPONI
+from tests.harness import BAPONI
 
 pytestmark = pytest.mark.anyio
 

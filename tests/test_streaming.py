@@ -24,7 +24,7 @@ from baponi import (
     ThreadBusyError,
 )
 
-from tests.conftest import Server, cli, marker_processes
+from tests.harness import Server, cli, marker_processes
 
 EXECUTE = "/v1/sandbox/execute"
 NDJSON = {"Accept": "application/x-ndjson"}

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, parse
-from tests.conftest import Server
+from tests.harness import Server
 
 EXECUTE = "/v1/sandbox/execute"
 ERROR_CODES = {

@@ -10,8 +10,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from tests.conftest import Server, cli, start_server, stop_server
 from tests.emulators import Emulator
+from tests.harness import Server, cli, start_server, stop_server
 
 WRITE_BOTH = (
     "import os\n"

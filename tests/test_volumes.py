@@ -22,6 +22,7 @@ import pytest
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key
+from baponi_core.records import Volume
 from baponi_core.sandbox import (
     CodeRun,
     Mount,
@@ -34,9 +35,8 @@ from baponi_core.sandbox import (
 )
 from baponi_core.sandbox.libc import call
 from baponi_core.services.admin import Admin
-from baponi_core.store import Volume
 from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
-from tests.conftest import BAPONI, cli
+from tests.harness import BAPONI, cli
 
 SANDBOX_UID = 64000
 PR_SET_CHILD_SUBREAPER = 36

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from baponi import APIValidationError, ForbiddenError
 
-from tests.conftest import Server, cli, start_server, stop_server
+from tests.harness import Server, cli, start_server, stop_server
 
 SANDBOX_UID = 64000
 OTHER_ORG = "volumes-api-other"

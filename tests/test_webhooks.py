@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.conftest import Server, cli, free_port, start_server, stop_server
+from tests.harness import Server, cli, free_port, start_server, stop_server
 from tests.receiver import Delivery, Receiver, make_ca
 
 EXECUTE = "/v1/sandbox/execute"

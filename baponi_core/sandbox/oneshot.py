@@ -21,7 +21,7 @@ from baponi_core.sandbox.handle import KILLED, Process, Sandbox, SandboxError
 from baponi_core.sandbox.pipes import PipeReader
 from baponi_core.sandbox.rootfs import BASE_ENV
 from baponi_core.sandbox.runtime import SandboxRuntime
-from baponi_core.sandbox.spec import RUN_DIR, Command, MiB, Mount, Shape
+from baponi_core.sandbox.spec import RUN_DIR, Command, MiB, Mount, Shape, Stream
 
 SIGSYS_STATUS = 128 + signal.SIGSYS
 STOP_WAIT_S = 10.0
@@ -32,7 +32,7 @@ INTERPRETERS = {
     "node": ("/usr/bin/node", "main.js"),
 }
 
-OutputSink = Callable[[str, bytes], None]  # (stream name, bytes): called as output arrives
+OutputSink = Callable[[Stream, bytes], None]  # called as output arrives
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ async def run_code(
     try:
         await sandbox.attach(job.home, job.mounts)
         run = _Run(sandbox)
-        streams = {"stdout": bytearray(), "stderr": bytearray()}
+        streams: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         async with anyio.create_task_group() as watch:
             if stop is not None:
                 watch.start_soon(_stop_on, stop, run)
@@ -127,7 +127,7 @@ async def run_code(
 async def _supervise(
     run: _Run,
     job: CodeRun,
-    streams: dict[str, bytearray],
+    streams: dict[Stream, bytearray],
     started: float,
     on_output: OutputSink | None,
 ) -> int:
@@ -138,7 +138,11 @@ async def _supervise(
     with anyio.move_on_after(max(remaining, 0)) as deadline:
         process = await run.sandbox.start(job.command())
         async with anyio.create_task_group() as pumps:
-            for name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
+            pipes: tuple[tuple[Stream, PipeReader], ...] = (
+                ("stdout", process.stdout),
+                ("stderr", process.stderr),
+            )
+            for name, pipe in pipes:
                 pumps.start_soon(_pump, run, pipe, name, streams[name], job, on_output)
             code = await process.wait()
             run.sandbox.kill()  # single use: what it left running goes too, its pipes end
@@ -156,7 +160,7 @@ async def _supervise(
 async def _pump(
     run: _Run,
     pipe: PipeReader,
-    name: str,
+    name: Stream,
     data: bytearray,
     job: CodeRun,
     on_output: OutputSink | None,

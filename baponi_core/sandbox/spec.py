@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from baponi_core.sandbox.rootfs import HOME
 
 MiB = 1 << 20
 DATA = "/data"  # where volumes and storage connections appear: /data/<slug>/
 RUN_DIR = "/run/baponi"  # where a process's files appear, read-only
+Stream = Literal["stdout", "stderr"]  # the output streams of a process
 
 
 @dataclass(frozen=True)

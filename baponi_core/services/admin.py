@@ -6,18 +6,19 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
+from baponi_core.records import ApiKey, Org, Principal, Profile, Volume
 from baponi_core.services.webhooks import secret_for
-from baponi_core.store import ApiKey, Org, Principal, Profile, Store, Volume
+from baponi_core.storage.urls import CLOUD_SCHEMES
+from baponi_core.store import Store
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
 # A volume's slug is the directory it is mounted at, /data/<slug>: lower case, no dots.
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-CONNECTION_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
 OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEFAULT_ORG = "default"
 DEFAULT_PROFILE = "default"
@@ -35,6 +36,16 @@ PROFILE_BOUNDS: dict[str, tuple[float, float]] = {
     "tmp_mb": (1, 1 << 20),
     "output_kb": (1, 1 << 20),
 }
+
+
+def check_limits(limits: Mapping[str, float], max_concurrency: int | None = None) -> None:
+    """Refuse profile limits (by field) and a concurrency outside what may be set."""
+    for field, value in limits.items():
+        low, high = PROFILE_BOUNDS[field]
+        if not low <= value <= high:
+            raise ValidationError(f"{field} must be between {low:g} and {high:g}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ValidationError("max concurrency must be at least 1")
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -59,10 +70,10 @@ def _check_connection(url: str, options: dict[str, str]) -> None:
     """A bucket URL without credentials in it (they go in ``options``), and str options."""
     scheme, sep, rest = url.partition("://")
     bucket = rest.split("/", 1)[0]
-    if not sep or scheme not in CONNECTION_SCHEMES or not bucket:
+    if not sep or scheme not in CLOUD_SCHEMES or not bucket:
         raise ValidationError(
             f"storage connection URL must be <scheme>://<bucket>[/prefix] with scheme one of "
-            f"{', '.join(CONNECTION_SCHEMES)}"
+            f"{', '.join(CLOUD_SCHEMES)}"
         )
     if "@" in bucket or any(c in rest for c in "?#\\\0") or ".." in rest.split("/"):
         raise ValidationError(
@@ -88,8 +99,7 @@ class Admin:
 
     async def create_org(self, name: str, max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> Org:
         _check_name("organisation", name)
-        if max_concurrency < 1:
-            raise ValidationError("max concurrency must be at least 1")
+        check_limits({}, max_concurrency)
         if await self.store.get_org(name) is not None:
             raise Conflict(f"organisation {name} already exists")
         org = await self.store.create_org(name, max_concurrency)
@@ -100,8 +110,7 @@ class Admin:
         return org
 
     async def set_max_concurrency(self, org_name: str, max_concurrency: int) -> Org:
-        if max_concurrency < 1:
-            raise ValidationError("max concurrency must be at least 1")
+        check_limits({}, max_concurrency)
         org = dataclasses.replace(await self.org(org_name), max_concurrency=max_concurrency)
         await self.store.update_org(org)
         return org
@@ -109,10 +118,7 @@ class Admin:
     async def save_profile(self, org_name: str, name: str, **limits: Any) -> Profile:
         """Create the profile, or change the given limits of an existing one."""
         _check_name("profile", name)
-        for field, value in limits.items():
-            low, high = PROFILE_BOUNDS[field]
-            if not low <= value <= high:
-                raise ValidationError(f"{field} must be between {low:g} and {high:g}")
+        check_limits(limits)
         org = await self.org(org_name)
         current = await self.store.get_profile(org.id, name) or Profile(
             id=new_id("prf"), org_id=org.id, name=name
@@ -229,14 +235,22 @@ class Admin:
         _, secret = await self.create_key(name="first key")
         return secret
 
-    async def local_principal(self) -> Principal:
+    async def local_principal(
+        self, limits: Mapping[str, Any] | None = None, max_concurrency: int | None = None
+    ) -> Principal:
         """The user on this machine (``baponi-mcp`` over stdio), trusted without an API key:
-        the default organisation, its default profile and all its volumes."""
+        the default organisation, its default profile and all its volumes. ``limits`` (by
+        profile field) and ``max_concurrency`` override the stored ones for this process;
+        nothing is stored."""
+        check_limits(limits or {}, max_concurrency)
         org = await self.ensure_default_org()
+        if max_concurrency is not None:
+            org = dataclasses.replace(org, max_concurrency=max_concurrency)
         profile = await self.store.get_profile(org.id, DEFAULT_PROFILE)
         if profile is None:  # deleted by hand: the defaults, as create_org makes them
             profile = Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE)
             await self.store.save_profile(profile)
+        profile = dataclasses.replace(profile, **(limits or {}))
         key = ApiKey(
             id=LOCAL_KEY_ID,
             org_id=org.id,

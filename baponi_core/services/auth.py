@@ -8,7 +8,8 @@ from collections import deque
 
 from baponi_core.errors import RateLimited, Unauthorized
 from baponi_core.ids import hash_key
-from baponi_core.store import Principal, Store
+from baponi_core.records import Principal
+from baponi_core.store import Store
 
 MAX_KEY_LENGTH = 512
 FAILURES_ALLOWED = 3  # within FAILURE_WINDOW_S, from one address

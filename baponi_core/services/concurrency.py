@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from baponi_core.errors import RateLimited
-from baponi_core.store import Org
+from baponi_core.records import Org
 
 
 class ConcurrencyLimiter:

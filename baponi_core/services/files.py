@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from baponi_core import limits
 from baponi_core.errors import Forbidden, NotFound, RateLimited, ValidationError
 from baponi_core.models import FileEntry, FileRequest, SignedUrl, iso
+from baponi_core.records import Principal
 from baponi_core.storage.disk import DiskBackend
 from baponi_core.storage.paths import parts
 from baponi_core.storage.places import Place, Storage
-from baponi_core.storage.signing import Grant, UrlSigner
-from baponi_core.store import Principal, Store
+from baponi_core.storage.signing import Grant, Method, UrlSigner
+from baponi_core.store import Store
 
 QUOTA_RETRY_S = 60
 
@@ -113,7 +114,7 @@ class Files:
         self,
         place: Place,
         names: tuple[str, ...],
-        method: str,
+        method: Method,
         request: FileRequest,
         base_url: str,
     ) -> SignedUrl:
@@ -129,7 +130,7 @@ class Files:
         )
         return SignedUrl(
             url=signed.url,
-            method=signed.method,  # type: ignore[arg-type]
+            method=signed.method,
             headers=signed.headers,
             expires_at=iso(signed.expires),
         )

@@ -7,12 +7,13 @@ connection, so that every reader sees the same numbering and can resume after an
 from __future__ import annotations
 
 import codecs
-import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
+
+from baponi_core.events import Event, KeepaliveEvent, OutputEvent, ResultEvent, encode
+from baponi_core.sandbox.spec import Stream
 
 KEEPALIVE_S = 5.0
 COALESCE_S = 0.025  # at most one output event per stream in this window, so tiny writes
@@ -22,38 +23,34 @@ COALESCE_S = 0.025  # at most one output event per stream in this window, so tin
 class Journal:
     def __init__(self, trace_id: str) -> None:
         self.trace_id = trace_id
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.closed = False
         self._changed = anyio.Event()
         self._last_event = time.monotonic()
-        self._pending = {"stdout": bytearray(), "stderr": bytearray()}
+        self._pending: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._decoders = {
             name: codecs.getincrementaldecoder("utf-8")(errors="replace") for name in self._pending
         }
         self._output = anyio.Event()
         self._last_output = 0.0
 
-    @property
-    def last_seq(self) -> int:
-        return len(self.events)
-
-    def append(self, event: dict[str, Any]) -> dict[str, Any]:
+    def append(self, event: Event) -> Event:
         if self.closed:
             raise RuntimeError("journal is closed")
-        event["seq"] = len(self.events) + 1
+        event.seq = len(self.events) + 1
         self.events.append(event)
         self._last_event = time.monotonic()
         self._changed.set()
         self._changed = anyio.Event()
         return event
 
-    def close(self, result: dict[str, Any]) -> None:
+    def close(self, result: ResultEvent) -> None:
         """Append the final ``result`` event (after any output still waiting)."""
         self.flush_output(final=True)
         self.append(result)
         self.closed = True
 
-    def output(self, stream: str, data: bytes) -> None:
+    def output(self, stream: Stream, data: bytes) -> None:
         """Take output as the sandbox writes it; :meth:`run` turns it into events."""
         self._pending[stream] += data
         self._output.set()
@@ -63,7 +60,7 @@ class Journal:
             text = self._decoders[stream].decode(bytes(pending), final=final)
             pending.clear()
             if text:
-                self.append({"type": "output", "stream": stream, "data": text})
+                self.append(OutputEvent(stream=stream, data=text))
         self._last_output = time.monotonic()
 
     async def run(self) -> None:
@@ -86,12 +83,12 @@ class Journal:
         while not self.closed:
             idle = time.monotonic() - self._last_event
             if idle >= KEEPALIVE_S:
-                self.append({"type": "keepalive"})
+                self.append(KeepaliveEvent())
                 continue
             with anyio.move_on_after(KEEPALIVE_S - idle):
                 await self._changed.wait()
 
-    async def follow(self, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self, after_seq: int = 0) -> AsyncIterator[Event]:
         """Events with ``seq > after_seq``, live until the result event."""
         position = max(after_seq, 0)
         while True:
@@ -107,7 +104,3 @@ class Journal:
         """:meth:`follow` as NDJSON lines, as streams and reconnects send them."""
         async for event in self.follow(after_seq):
             yield encode(event) + "\n"
-
-
-def encode(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"))

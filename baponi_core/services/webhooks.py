@@ -24,7 +24,8 @@ from baponi_core.config import RETRY_DELAYS_S
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecutionView
 from baponi_core.net.addresses import GuardedBackend, RefusedTarget, is_public, literal
-from baponi_core.store import Execution, Store
+from baponi_core.records import Execution, WebhookStatus
+from baponi_core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,13 @@ class Webhooks:
             record.webhook_next_at = time.time() + self.retry_delays[record.webhook_attempts - 1]
         else:
             record.webhook_next_at = None
-            record.webhook_delivery_status = "failed"
+            record.webhook_delivery_status = WebhookStatus.FAILED
         await self.store.update_execution(record)  # booked before it is made
         delivered, permanent = await self._post(record)
         if delivered:
-            record.webhook_delivery_status, record.webhook_next_at = "delivered", None
+            record.webhook_delivery_status, record.webhook_next_at = WebhookStatus.DELIVERED, None
         elif permanent and not last:
-            record.webhook_delivery_status, record.webhook_next_at = "failed", None
+            record.webhook_delivery_status, record.webhook_next_at = WebhookStatus.FAILED, None
         else:
             return
         await self.store.update_execution(record)
@@ -157,7 +158,9 @@ class Webhooks:
     async def _post(self, record: Execution) -> tuple[bool, bool]:
         """Make one try; answer (delivered, failed for good)."""
         assert record.webhook_url is not None
-        view = ExecutionView.of(record).model_copy(update={"webhook_delivery_status": "pending"})
+        view = ExecutionView.of(record).model_copy(
+            update={"webhook_delivery_status": WebhookStatus.PENDING}
+        )
         body = view.model_dump_json().encode()
         secret = await secret_for(self.store, record.org_id)
         headers = [

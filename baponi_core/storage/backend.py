@@ -17,7 +17,7 @@ from typing import Protocol
 
 from baponi_core.errors import ValidationError
 from baponi_core.storage.local import Entry
-from baponi_core.storage.signing import Grant, UrlSigner
+from baponi_core.storage.signing import Grant, Method, UrlSigner
 
 Key = tuple[str, ...]
 RESERVED = ".baponi-"  # names the server uses for its own objects; never listed or synced
@@ -30,7 +30,7 @@ class Signed:
     """A URL granting one method on one file, and the headers the client must send."""
 
     url: str
-    method: str
+    method: Method
     headers: list[dict[str, str]]
     expires: int
 
@@ -64,7 +64,7 @@ class Backend(Protocol):
         self,
         key: Key,
         names: tuple[str, ...],
-        method: str,
+        method: Method,
         size: int | None,
         content_type: str | None,
         expires: int,

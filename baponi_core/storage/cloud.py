@@ -29,7 +29,7 @@ from baponi_core.storage.backend import (
     sized,
 )
 from baponi_core.storage.local import MAX_LISTED, Entry, LocalTree
-from baponi_core.storage.signing import Grant, UrlSigner
+from baponi_core.storage.signing import Grant, Method, UrlSigner
 from baponi_core.storage.sync import Manifest, listing, pull, push, staging_file
 
 MARKER = RESERVED + "root"  # an empty object that makes a root without files exist
@@ -190,7 +190,7 @@ class CloudBackend:
         self,
         key: Key,
         names: tuple[str, ...],
-        method: str,
+        method: Method,
         size: int | None,
         content_type: str | None,
         expires: int,
@@ -199,15 +199,14 @@ class CloudBackend:
         remote = self._remote(key, names)
         if method == "GET" and not await self._call(lambda: bool(self.fs.isfile(remote))):
             raise NotFound("file not found")
-        from baponi_core.storage.presign import Method, binds_size, presign  # SDKs load late
+        from baponi_core.storage.presign import binds_size, presign  # SDKs load late
 
         if method == "PUT" and not binds_size(self.fs) and self.signer is not None:
             grant = Grant(method, key, "/".join(names), size, expires)
             return served(self.signer, grant, content_type, base_url)
         ttl = expires - int(time.time())
-        verb: Method = "GET" if method == "GET" else "PUT"
         url, headers = await self._call(
-            lambda: presign(self.fs, remote, verb, ttl, content_type, size)
+            lambda: presign(self.fs, remote, method, ttl, content_type, size)
         )
         return Signed(url, method, headers, expires)
 

@@ -17,7 +17,7 @@ import anyio
 from baponi_core.errors import NotFound
 from baponi_core.storage.backend import Key, Signed, make_workspace, served, sized
 from baponi_core.storage.local import Entry, LocalTree, Upload
-from baponi_core.storage.signing import Grant, UrlSigner
+from baponi_core.storage.signing import Grant, Method, UrlSigner
 
 CHUNK = 1 << 20
 
@@ -73,7 +73,7 @@ class DiskBackend:
         self,
         key: Key,
         names: tuple[str, ...],
-        method: str,
+        method: Method,
         size: int | None,
         content_type: str | None,
         expires: int,

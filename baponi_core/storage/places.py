@@ -8,8 +8,6 @@ own, built from credentials that only the server ever sees.
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,14 +18,13 @@ import anyio
 import fsspec
 
 from baponi_core.errors import ValidationError
+from baponi_core.records import Volume
 from baponi_core.storage.backend import Backend, Key
 from baponi_core.storage.cloud import CloudBackend, forget_copy
 from baponi_core.storage.disk import DiskBackend
 from baponi_core.storage.local import LocalTree
 from baponi_core.storage.signing import UrlSigner
-from baponi_core.store import Volume
-
-CLOUD_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
+from baponi_core.storage.urls import CLOUD_SCHEMES, is_directory_url
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,6 @@ class Storage:
         self.disk: DiskBackend | None = None
         self.main: Backend
         self.staging = home / "staging"  # files on their way to a bucket; the server's alone
-        shutil.rmtree(self.staging, ignore_errors=True)  # what a crash left
         if url is None or is_directory_url(url):
             base = Path(url.removeprefix("file://")) if url else home
             self.disk = self.main = DiskBackend(base, owner, signer)
@@ -66,6 +62,11 @@ class Storage:
             self.main = cloud(url, options, self.cache / "server", owner, self.staging, (), signer)
         self._connections: dict[tuple[str, str | None], Backend] = {}
         self._cache_tree = LocalTree(self.cache, owner=owner)
+
+    def clear_staging(self) -> None:
+        """Remove what a server that crashed left on its way to a bucket. Only the server
+        owning the home may call it, at its start."""
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     @property
     def shared(self) -> list[Path]:
@@ -127,10 +128,6 @@ class Storage:
         ]
 
 
-def is_directory_url(url: str) -> bool:
-    return url.startswith("file://") or "://" not in url
-
-
 def cloud(
     url: str,
     options: dict[str, Any],
@@ -148,14 +145,21 @@ def cloud(
     if scheme == "s3":  # botocore would otherwise sign some URLs with SigV2
         config = {"signature_version": "s3v4", **settings.get("config_kwargs", {})}
         settings["config_kwargs"] = config
-    if scheme in ("az", "abfs"):  # it logs every request's headers at INFO
-        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
-            logging.WARNING
-        )
-    if scheme in ("gs", "gcs"):  # its gRPC bucket probe hangs on anything but Google itself
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    fs, base = fsspec.core.url_to_fs(url, skip_instance_cache=True, **settings)
+    fs, base = _filesystem(url, scheme, settings)
     return CloudBackend(fs, base, cache, owner, staging, cache_prefix, signer)
+
+
+def _filesystem(url: str, scheme: str, settings: dict[str, Any]) -> tuple[Any, str]:
+    if scheme in ("gs", "gcs"):
+        # The core class, by name: the one gcsfs registers by default probes every bucket
+        # over gRPC first, which hangs on anything but Google itself (an emulator).
+        from gcsfs.core import GCSFileSystem
+
+        fs = GCSFileSystem(skip_instance_cache=True, **settings)
+        base: str = fs._strip_protocol(url)
+        return fs, base
+    found: tuple[Any, str] = fsspec.core.url_to_fs(url, skip_instance_cache=True, **settings)
+    return found
 
 
 def _literal(value: Any) -> Any:

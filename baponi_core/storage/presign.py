@@ -1,8 +1,9 @@
 """Provider-signed URLs for object stores reached through fsspec (S3, GCS, Azure Blob).
 
-The client talks to the provider directly with the URL; our server never proxies the bytes.
-Filesystems that cannot sign (memory, local disk, ...) raise ``PresignUnsupported`` so the
-caller can fall back to its own HMAC-signed route.
+The client talks to the provider directly with the URL, so the bytes never pass through
+this server. Filesystems, or credentials, that cannot sign (memory, local disk, anonymous
+access...) raise ``PresignUnsupported``, which the cloud backend answers as a 503 "storage
+cannot sign URLs"; there is no fallback.
 
 ``presign`` is synchronous: call it from a worker thread (``anyio.to_thread.run_sync``) with a
 filesystem created in the default synchronous mode (not ``asynchronous=True``).
@@ -11,13 +12,14 @@ filesystem created in the default synchronous mode (not ``asynchronous=True``).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import fsspec
 from fsspec.implementations.dirfs import DirFileSystem
 
-Method = Literal["GET", "PUT"]
+from baponi_core.storage.signing import Method
+
 Headers = list[dict[str, str]]
 
 S3_PROTOCOLS = frozenset({"s3", "s3a"})

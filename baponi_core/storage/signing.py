@@ -17,18 +17,21 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from baponi_core.errors import Forbidden
 
 KEEP_KEYS = 3  # the newest signs; older ones only verify
 
 
+Method = Literal["GET", "PUT"]  # what a signed URL allows
+
+
 @dataclass(frozen=True)
 class Grant:
     """What a valid token allows."""
 
-    method: str
+    method: Method
     root: tuple[str, ...]  # e.g. ("thread", org_id, thread_id)
     path: str
     size: int | None  # exact byte count of an upload
@@ -101,9 +104,7 @@ class UrlSigner:
         key = dict(self.keys).get(kid)
         if key is None or not hmac.compare_digest(_mac(key, kid, body), mac):
             raise Forbidden("signature does not match")
-        payload: dict[str, Any] = json.loads(
-            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        )
+        payload: dict[str, Any] = json.loads(_unb64(body))
         grant = Grant(
             method=payload["m"],
             root=tuple(payload["r"]),

@@ -1,5 +1,15 @@
-"""Persistence behind a small interface; SQLite is the embedded default."""
+"""Persistence behind a small interface (:class:`Store`); SQLite is the embedded default."""
 
-from baponi_core.store.base import ApiKey, Execution, Org, Principal, Profile, Store, Volume
+from __future__ import annotations
 
-__all__ = ["ApiKey", "Execution", "Org", "Principal", "Profile", "Store", "Volume"]
+from baponi_core.config import Settings
+from baponi_core.store.base import Store
+from baponi_core.store.sqlite import SqliteStore
+
+
+def store_for(settings: Settings) -> Store:
+    """The store the settings name: today always the SQLite file under the home."""
+    return SqliteStore(settings.database)
+
+
+__all__ = ["Store", "store_for"]

@@ -1,100 +1,12 @@
-"""What the services need from a database. A PostgreSQL store implements the same Protocol."""
+"""What the services need from a database: the Store protocol. The embedded SQLite store
+(:mod:`sqlite`) is the one implementation; ``tests/store/`` is the contract any other
+must pass."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-
-@dataclass(frozen=True)
-class Org:
-    id: str
-    name: str
-    max_concurrency: int
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A sandbox profile: the resources every execution with a bound key gets."""
-
-    id: str
-    org_id: str
-    name: str
-    cpus: float = 1.0
-    memory_mb: int = 1024
-    pids: int = 256
-    max_timeout: int = 3600
-    tmp_mb: int = 256
-    output_kb: int = 1024
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    org_id: str
-    profile_id: str
-    name: str
-    prefix: str  # the first characters, to recognise a key in listings
-    created_at: float
-    revoked_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Volume:
-    """Storage mounted at ``/data/<slug>/`` in the sandboxes of the keys bound to it.
-
-    ``url`` ``None`` is a managed volume on the server's own storage; a URL
-    (``s3://bucket/prefix``, ``gs://...``, ``az://...``) is a storage connection to the
-    user's own bucket, ``options`` its fsspec storage options, credentials included: kept
-    out of ``repr`` so that they never reach a log, and never shown by listings.
-    """
-
-    id: str
-    org_id: str
-    slug: str
-    read_only: bool
-    created_at: float
-    url: str | None = None
-    options: dict[str, Any] = field(default_factory=dict, repr=False, hash=False)
-
-    @property
-    def is_connection(self) -> bool:
-        return self.url is not None
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the key and what it is bound to."""
-
-    key: ApiKey
-    org: Org
-    profile: Profile
-    volumes: tuple[Volume, ...] = ()  # bound volumes and connections, sorted by slug
-
-
-@dataclass
-class Execution:
-    trace_id: str
-    org_id: str
-    key_id: str | None
-    language: str
-    delivery_mode: str
-    created_at: float
-    timeout: int = 60
-    status: str = "running"
-    thread_id: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    exit_code: int | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-    error: str | None = None
-    duration_ms: int | None = None
-    completed_at: float | None = None
-    webhook_url: str | None = None
-    webhook_delivery_status: str | None = None
-    webhook_attempts: int = 0
-    webhook_next_at: float | None = None
+from baponi_core.records import ApiKey, Execution, Org, Principal, Profile, Volume
 
 
 class Store(Protocol):

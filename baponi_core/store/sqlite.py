@@ -19,7 +19,17 @@ from typing import Any
 import aiosqlite
 
 from baponi_core.ids import new_id
-from baponi_core.store.base import ApiKey, Execution, Org, Principal, Profile, Volume
+from baponi_core.records import (
+    ApiKey,
+    DeliveryMode,
+    Execution,
+    ExecutionStatus,
+    Org,
+    Principal,
+    Profile,
+    Volume,
+    WebhookStatus,
+)
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -447,6 +457,10 @@ def _volume(row: Any) -> Volume:
 def _execution(row: Any) -> Execution:
     values = dict(zip(EXECUTION_FIELDS, row, strict=True))
     values["metadata"] = json.loads(values["metadata"])
+    values["status"] = ExecutionStatus(values["status"])
+    values["delivery_mode"] = DeliveryMode(values["delivery_mode"])
+    if values["webhook_delivery_status"] is not None:
+        values["webhook_delivery_status"] = WebhookStatus(values["webhook_delivery_status"])
     return Execution(**values)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from baponi_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,417 @@
+"""``baponi keys|orgs|profiles|volumes|connections|signing-keys``: the operator's commands
+on the store, run beside a server or without one (they take no lock on the home)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from baponi_cli.options import add_home, add_profile_options, name_value
+from baponi_cli.options import profile_limits as given_limits
+from baponi_core.config import Settings
+from baponi_core.records import Profile, Volume
+from baponi_core.services.admin import DEFAULT_MAX_CONCURRENCY, DEFAULT_ORG, DEFAULT_PROFILE, Admin
+from baponi_core.storage.signing import UrlSigner
+from baponi_core.store import store_for
+
+VOLUMES_EPILOG = """\
+A managed volume keeps its files on this server's disk (under --home). Each
+key bound to it (baponi keys create --volume SLUG) sees it at /data/<slug>/ in
+every execution, read-only when the volume is. Volumes and storage connections
+share one set of slugs per organisation.
+
+examples:
+  baponi volumes create reports --org acme
+  baponi volumes create reference --read-only --org acme
+  baponi keys create --org acme --volume reports --volume reference
+  baponi volumes list --org acme
+  baponi volumes delete reports --org acme     unbinds it; the server removes its files
+"""
+
+CONNECTIONS_EPILOG = """\
+A storage connection is a bucket of your own (s3://, gs://, gcs://, az:// or
+abfs://), mounted like a volume at /data/<slug>/ in the executions of the keys
+bound to it (baponi keys create --connection SLUG). Its credentials are fsspec
+storage options kept in the server's database; sandboxed code never sees them,
+and listings show only their names. Use --option-from-env for secrets, so that
+they appear neither in the process list nor in shell history.
+
+examples:
+  baponi connections create lake --org acme --url s3://my-bucket/data \\
+      --option-from-env key=AWS_ACCESS_KEY_ID \\
+      --option-from-env secret=AWS_SECRET_ACCESS_KEY \\
+      --option endpoint_url=https://s3.eu-west-1.amazonaws.com
+  baponi connections create archive --read-only --url gs://acme-archive \\
+      --option-from-env token=GOOGLE_APPLICATION_CREDENTIALS
+  baponi keys create --org acme --connection lake
+  baponi connections list --org acme
+"""
+
+Action = Callable[[Admin], Awaitable[Any]]
+PROFILE_DEFAULTS = Profile(id="", org_id="", name="")
+
+
+def with_admin(settings: Settings, action: Action) -> Any:
+    """Run ``action`` on the home's store (the default organisation made if missing)."""
+
+    async def run() -> Any:
+        store = store_for(settings)
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await store.open()
+        try:
+            admin = Admin(store)
+            await admin.ensure_default_org()
+            return await action(admin)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def add_commands(commands: Any) -> None:
+    home = argparse.ArgumentParser(add_help=False)
+    add_home(home)
+    org = argparse.ArgumentParser(add_help=False)
+    org.add_argument("--org", default=DEFAULT_ORG, help="organisation (default: %(default)s)")
+    _keys(commands, home, org)
+    _orgs(commands, home)
+    _signing_keys(commands, home)
+    _volumes(commands, home, org)
+    _profiles(commands, home, org)
+
+
+# keys
+
+
+def _keys(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentParser) -> None:
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser(
+        "create", parents=[home, org], help="create a key; prints it alone on stdout"
+    )
+    create.add_argument("--name", default="default", help="a label for the key")
+    create.add_argument(
+        "--profile", default=DEFAULT_PROFILE, help="sandbox profile the key is bound to"
+    )
+    create.add_argument(
+        "--volume",
+        dest="volumes",
+        action="append",
+        default=[],
+        metavar="SLUG",
+        help="mount this volume at /data/<slug>/ in the key's executions (repeatable)",
+    )
+    create.add_argument(
+        "--connection",
+        dest="connections",
+        action="append",
+        default=[],
+        metavar="SLUG",
+        help="mount this storage connection at /data/<slug>/ likewise (repeatable)",
+    )
+    create.set_defaults(run=_keys_create)
+    keys.add_parser(
+        "list", parents=[home, org], help="list keys (never their secrets)"
+    ).set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", parents=[home, org], help="revoke a key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=_keys_revoke)
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(admin: Admin) -> str:
+        _, secret = await admin.create_key(
+            args.org, args.name, args.profile, args.volumes, args.connections
+        )
+        return secret
+
+    print(with_admin(settings, action))
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(admin: Admin) -> list[str]:
+        org = await admin.org(args.org)
+        profiles = {p.id: p.name for p in await admin.store.list_profiles(org.id)}
+        bound = await admin.store.key_volumes(org.id)
+        connections = {v.slug for v in await admin.store.list_volumes(org.id) if v.url}
+        return [
+            f"{k.id}  {k.prefix}...  {k.name}  profile={profiles.get(k.profile_id, '?')}"
+            + _bindings(bound.get(k.id, []), connections)
+            + ("  (revoked)" if k.revoked_at else "")
+            for k in await admin.store.list_keys(org.id)
+        ]
+
+    print("\n".join(with_admin(settings, action)))
+    return 0
+
+
+def _bindings(slugs: list[str], connections: set[str]) -> str:
+    text = ""
+    for label, chosen in (
+        ("volumes", [s for s in slugs if s not in connections]),
+        ("connections", [s for s in slugs if s in connections]),
+    ):
+        if chosen:
+            text += f"  {label}={','.join(chosen)}"
+    return text
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    with_admin(settings, lambda admin: admin.revoke_key(args.org, args.key_id))
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+# organisations
+
+
+def _orgs(commands: Any, home: argparse.ArgumentParser) -> None:
+    orgs = commands.add_parser("orgs", help="organisations").add_subparsers(
+        dest="action", required=True
+    )
+    create = orgs.add_parser("create", parents=[home], help="create an organisation")
+    create.add_argument("name")
+    create.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENCY,
+        help="executions running at once (default: %(default)s)",
+    )
+    create.set_defaults(run=_orgs_create)
+    change = orgs.add_parser("set", parents=[home], help="change an organisation's limits")
+    change.add_argument("name")
+    change.add_argument(
+        "--max-concurrency", type=int, required=True, help="executions running at once"
+    )
+    change.set_defaults(run=_orgs_set)
+    orgs.add_parser("list", parents=[home], help="list organisations").set_defaults(run=_orgs_list)
+    secret = orgs.add_parser(
+        "webhook-secret",
+        parents=[home],
+        help="print the secret webhooks are signed with",
+        description="Receivers check the Baponi-Signature header (t=<unix>,v1=<hex>): the "
+        'HMAC-SHA256 of "<t>.<body>" keyed with this secret.',
+    )
+    secret.add_argument("name", nargs="?", default=DEFAULT_ORG)
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new secret")
+    secret.set_defaults(run=_orgs_webhook_secret)
+
+
+def _orgs_create(args: argparse.Namespace, settings: Settings) -> int:
+    org = with_admin(settings, lambda admin: admin.create_org(args.name, args.max_concurrency))
+    print(f"created organisation {org.name} ({org.id}), max concurrency {org.max_concurrency}")
+    return 0
+
+
+def _orgs_set(args: argparse.Namespace, settings: Settings) -> int:
+    org = with_admin(
+        settings, lambda admin: admin.set_max_concurrency(args.name, args.max_concurrency)
+    )
+    print(f"organisation {org.name}: max concurrency {org.max_concurrency}")
+    return 0
+
+
+def _orgs_list(args: argparse.Namespace, settings: Settings) -> int:
+    orgs = with_admin(settings, lambda admin: admin.store.list_orgs())
+    print("\n".join(f"{o.name}  {o.id}  max_concurrency={o.max_concurrency}" for o in orgs))
+    return 0
+
+
+def _orgs_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    print(with_admin(settings, lambda admin: admin.webhook_secret(args.name, args.rotate)))
+    return 0
+
+
+# signing keys
+
+
+def _signing_keys(commands: Any, home: argparse.ArgumentParser) -> None:
+    signing = commands.add_parser(
+        "signing-keys", help="keys of the signed file URLs"
+    ).add_subparsers(dest="action", required=True)
+    signing.add_parser(
+        "rotate",
+        parents=[home],
+        help="add a new key to sign with; older keys keep verifying until their URLs expire",
+    ).set_defaults(run=_signing_rotate)
+
+
+def _signing_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kid = UrlSigner.rotate(settings.signing_keys)
+    print(f"signing with new key {kid}; URLs signed before stay valid until they expire")
+    return 0
+
+
+# volumes and storage connections
+
+
+def _volumes(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentParser) -> None:
+    """``volumes`` and ``connections``: create, list, delete."""
+    for group, text, epilog in (
+        ("volumes", "volumes on this server, mounted at /data/<slug>/", VOLUMES_EPILOG),
+        ("connections", "storage connections: your own buckets", CONNECTIONS_EPILOG),
+    ):
+        kind = "storage connection" if group == "connections" else "volume"
+        actions = commands.add_parser(
+            group,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        ).add_subparsers(dest="action", required=True)
+        create = actions.add_parser(
+            "create",
+            parents=[home, org],
+            help=f"create a {kind}",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        create.add_argument("slug", help="1-63 of a-z, 0-9 and '-': the directory /data/<slug>/")
+        create.add_argument(
+            "--read-only", action="store_true", help="sandboxes may read it, never write it"
+        )
+        if group == "connections":
+            _connection_options(create)
+        create.set_defaults(run=_connections_create if group == "connections" else _volumes_create)
+        listing = f"list {kind}s" + (
+            " (option names, never their values)" if kind != "volume" else ""
+        )
+        actions.add_parser("list", parents=[home, org], help=listing).set_defaults(
+            run=_volumes_list
+        )
+        delete = actions.add_parser(
+            "delete", parents=[home, org], help=f"delete a {kind} and unbind it from every key"
+        )
+        delete.add_argument("slug")
+        delete.set_defaults(run=_volumes_delete)
+
+
+def _connection_options(create: argparse.ArgumentParser) -> None:
+    create.add_argument(
+        "--url", required=True, help="s3://BUCKET[/PREFIX], gs://..., gcs://, az://, abfs://"
+    )
+    for flag, dest, metavar, text in (
+        ("--option", "options", "NAME=VALUE", "an fsspec storage option, e.g. endpoint_url=..."),
+        (
+            "--option-from-env",
+            "env_options",
+            "NAME=VARIABLE",
+            "a storage option read from an environment variable, for secrets",
+        ),
+    ):
+        create.add_argument(
+            flag,
+            dest=dest,
+            type=name_value,
+            action="append",
+            default=[],
+            metavar=metavar,
+            help=f"{text} (repeatable)",
+        )
+
+
+def _volumes_create(args: argparse.Namespace, settings: Settings) -> int:
+    volume = with_admin(
+        settings, lambda admin: admin.create_volume(args.org, args.slug, args.read_only)
+    )
+    print(f"created volume {volume.slug} ({volume.id}), {_mode(volume.read_only)}")
+    return 0
+
+
+def _connections_create(args: argparse.Namespace, settings: Settings) -> int:
+    options = dict(args.options)
+    for name, variable in args.env_options:
+        if variable not in os.environ:
+            raise SystemExit(f"baponi: environment variable {variable} is not set")
+        options[name] = os.environ[variable]
+    volume = with_admin(
+        settings,
+        lambda admin: admin.create_volume(
+            args.org, args.slug, args.read_only, url=args.url, options=options
+        ),
+    )
+    print(
+        f"created storage connection {volume.slug} ({volume.id}) to {volume.url}, "
+        f"{_mode(volume.read_only)}"
+    )
+    return 0
+
+
+def _volumes_list(args: argparse.Namespace, settings: Settings) -> int:
+    connections = args.command == "connections"
+    volumes = with_admin(settings, lambda admin: admin.list_volumes(args.org))
+    print("\n".join(_describe_volume(v) for v in volumes if v.is_connection == connections))
+    return 0
+
+
+def _volumes_delete(args: argparse.Namespace, settings: Settings) -> int:
+    connection = args.command == "connections"
+    with_admin(settings, lambda admin: admin.delete_volume(args.org, args.slug, connection))
+    kind = "storage connection" if connection else "volume"
+    what = "its cached copy goes" if connection else "its files go"
+    print(f"deleted {kind} {args.slug}")
+    print(f"({what} at the server's next sweep: at its start, then every 10 minutes)")
+    return 0
+
+
+def _mode(read_only: bool) -> str:
+    return "read-only" if read_only else "read-write"
+
+
+def _describe_volume(v: Volume) -> str:
+    text = f"{v.slug}  {v.id}  {_mode(v.read_only)}"
+    if v.is_connection:  # option names only: their values are credentials
+        text += f"  {v.url}  options={','.join(sorted(v.options)) or '-'}"
+    return text
+
+
+# sandbox profiles
+
+
+def _profiles(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentParser) -> None:
+    profiles = commands.add_parser(
+        "profiles", help="sandbox profiles (resource limits)"
+    ).add_subparsers(dest="action", required=True)
+    change = profiles.add_parser(
+        "set",
+        parents=[home, org],
+        help="create a profile or change its limits",
+        description="Unset limits keep their current value, or for a new profile the "
+        f"default: {_describe_limits(PROFILE_DEFAULTS)}.",
+    )
+    change.add_argument("name")
+    add_profile_options(change, default="unchanged", env=False)
+    change.set_defaults(run=_profiles_set)
+    profiles.add_parser("list", parents=[home, org], help="list profiles").set_defaults(
+        run=_profiles_list
+    )
+
+
+def _profiles_set(args: argparse.Namespace, settings: Settings) -> int:
+    limits = given_limits(args)
+    profile = with_admin(settings, lambda admin: admin.save_profile(args.org, args.name, **limits))
+    print(_describe_profile(profile))
+    return 0
+
+
+def _profiles_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(admin: Admin) -> list[Profile]:
+        return await admin.store.list_profiles((await admin.org(args.org)).id)
+
+    print("\n".join(_describe_profile(p) for p in with_admin(settings, action)))
+    return 0
+
+
+def _describe_profile(p: Profile) -> str:
+    return f"{p.name}: {_describe_limits(p)}"
+
+
+def _describe_limits(p: Profile) -> str:
+    return (
+        f"cpus={p.cpus:g} memory={p.memory_mb}MiB pids={p.pids} "
+        f"max_timeout={p.max_timeout}s tmp={p.tmp_mb}MiB output={p.output_kb}KiB"
+    )

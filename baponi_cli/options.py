@@ -1,0 +1,191 @@
+"""Command-line options shared by ``baponi`` and ``baponi-mcp``: argument types, the
+storage options, and the one table of sandbox profile limits.
+
+Every option with an environment variable takes its default from it; help texts show
+the defaults argparse holds (``%(default)s``), so they never restate a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from baponi_core.config import DEFAULT_THREAD_QUOTA
+
+SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+# The limits a sandbox profile sets: flag -> (profile field, type, metavar, help).
+PROFILE_OPTIONS: dict[str, tuple[str, type[Any], str, str]] = {
+    "--cpus": ("cpus", float, "N", "CPU cores per sandbox (cgroup quota), e.g. 0.5"),
+    "--memory": ("memory_mb", int, "MIB", "memory per sandbox in MiB, /tmp and an ephemeral home"),
+    "--pids": ("pids", int, "N", "processes and threads per sandbox at once"),
+    "--max-timeout": ("max_timeout", int, "SECONDS", "largest timeout a request may ask for"),
+    "--tmp": ("tmp_mb", int, "MIB", "size of /tmp in MiB"),
+    "--output": ("output_kb", int, "KIB", "stdout and stderr cap, KiB each"),
+}
+
+
+def env_name(flag: str) -> str:
+    """The environment variable of an option: ``--max-timeout`` -> ``BAPONI_MAX_TIMEOUT``."""
+    return "BAPONI_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def from_env(flag: str, default: Any = None) -> Any:
+    return os.environ.get(env_name(flag), default)
+
+
+def env_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    text: str,
+    *,
+    default: Any = None,
+    shown: str = "%(default)s",
+    **options: Any,
+) -> None:
+    """An option whose default is read from its environment variable, else ``default``;
+    its help ends with both (``shown`` says what no default means)."""
+    parser.add_argument(
+        flag,
+        default=from_env(flag, default),
+        help=f"{text} (default: {shown}; or ${env_name(flag)})",
+        **options,
+    )
+
+
+def port_number(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError("must be between 0 and 86400 seconds")
+    return value
+
+
+def delays(text: str) -> tuple[float, ...]:
+    return tuple(seconds(part) for part in text.split(","))
+
+
+def delays_text(values: tuple[float, ...]) -> str:
+    return ",".join(f"{d:g}" for d in values)
+
+
+def size(text: str) -> int:
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+    number, scale = text[:-1], SIZE_UNITS.get(text[-1:].upper())
+    if scale is None:
+        number, scale = text, 1
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 10G, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 bytes")
+    return value
+
+
+def size_text(value: int) -> str:
+    """The shortest exact spelling of ``value`` that :func:`size` reads back."""
+    for unit, scale in reversed(SIZE_UNITS.items()):
+        if value % scale == 0:
+            return f"{value // scale}{unit}"
+    return str(value)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def flag_from_env(flag: str) -> bool:
+    name = env_name(flag)
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"baponi: {name} must be 1/true/yes/on or 0/false/no/off, not {value!r}")
+
+
+def add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="state directory (default: $BAPONI_HOME or ~/.baponi)")
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where thread homes and volumes live; shared by ``baponi serve`` and ``baponi-mcp``."""
+    env_option(
+        parser,
+        "--storage",
+        "where thread homes and volumes live: a directory, or s3://bucket/prefix, "
+        "gs://bucket/prefix, az://container/prefix",
+        shown="--home",
+        metavar="URL",
+    )
+    env_option(
+        parser,
+        "--storage-options",
+        "fsspec options of a cloud --storage, e.g. credentials or an endpoint_url",
+        default="{}",
+        shown="the provider's usual environment variables",
+        type=json_object,
+        metavar="JSON",
+    )
+    env_option(
+        parser,
+        "--thread-quota",
+        "bytes one thread home may hold, e.g. 500M or 10G; an execution growing it further "
+        "is stopped, an upload beyond it refused",
+        default=size_text(DEFAULT_THREAD_QUOTA),
+        type=size,
+        metavar="SIZE",
+    )
+
+
+def storage_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "storage_url": args.storage,
+        "storage_options": args.storage_options,
+        "thread_quota_bytes": args.thread_quota,
+    }
+
+
+def add_profile_options(parser: argparse.ArgumentParser, default: str, env: bool) -> None:
+    """One option per profile limit; ``env``: each also read from its variable."""
+    for flag, (field, kind, metavar, text) in PROFILE_OPTIONS.items():
+        if env:
+            env_option(parser, flag, text, shown=default, dest=field, type=kind, metavar=metavar)
+        else:
+            parser.add_argument(
+                flag, dest=field, type=kind, metavar=metavar, help=f"{text} ({default})"
+            )
+
+
+def profile_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The profile limits given, by field."""
+    limits = {}
+    for field, *_ in PROFILE_OPTIONS.values():
+        value = getattr(args, field)
+        if value is not None:
+            limits[field] = value
+    return limits

@@ -1,0 +1,119 @@
+"""``baponi serve``: the REST API with the MCP endpoint at /mcp, on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from baponi_cli.manage import with_admin
+from baponi_cli.options import (
+    add_home,
+    add_storage_arguments,
+    delays,
+    delays_text,
+    env_option,
+    flag_from_env,
+    port_number,
+    seconds,
+    storage_settings,
+)
+from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
+from baponi_core.homelock import lock_home
+from baponi_core.services.admin import DEFAULT_ORG
+
+DEFAULTS = Settings(home=Path())
+
+
+def add_command(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    add_home(serve)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=port_number, default=DEFAULT_PORT, help="port (default: %(default)s)"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    env_option(
+        serve,
+        "--public-url",
+        "base of the signed file URLs the server hands out, e.g. https://sandbox.example",
+        shown="the URL the client used",
+        metavar="URL",
+    )
+    env_option(
+        serve,
+        "--shutdown-grace",
+        "on SIGTERM, how long running executions may finish before they are killed",
+        default=f"{DEFAULTS.shutdown_grace_s:g}",
+        type=seconds,
+        metavar="SECONDS",
+    )
+    serve.add_argument(
+        "--allow-private-webhooks",
+        action="store_true",
+        default=flag_from_env("--allow-private-webhooks"),
+        help="let webhooks reach private, loopback and link-local addresses "
+        "(default: refused; or $BAPONI_ALLOW_PRIVATE_WEBHOOKS=1)",
+    )
+    env_option(
+        serve,
+        "--webhook-ca-file",
+        "extra certificate authorities trusted for webhook targets",
+        shown="the system's only",
+        metavar="PEM",
+    )
+    env_option(
+        serve,
+        "--webhook-retry-delays",
+        "seconds between webhook tries; one try more than delays",
+        default=delays_text(RETRY_DELAYS_S),
+        type=delays,
+        metavar="S,S,...",
+    )
+    add_storage_arguments(serve)
+    serve.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: the other commands start without the web stack.
+    import uvicorn
+
+    from baponi_http import DrainingServer, create_app
+    from baponi_mcp import McpEndpoint
+
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(lock_home(settings.home))  # say so now, before the port is taken
+    settings = dataclasses.replace(
+        settings,
+        **storage_settings(args),
+        allow_private_webhooks=args.allow_private_webhooks,
+        webhook_ca_file=Path(args.webhook_ca_file) if args.webhook_ca_file else None,
+        webhook_retry_delays=args.webhook_retry_delays,
+        shutdown_grace_s=args.shutdown_grace,
+        public_url=args.public_url,
+    )
+    first_key = with_admin(settings, lambda admin: admin.first_start())
+    if first_key:
+        print(f"First start: created organisation '{DEFAULT_ORG}' and its first API key:\n")
+        print(f"    {first_key}\n")
+        print("Keep it: it is shown only once. More with: baponi keys create\n", flush=True)
+    print(f"Baponi listening on http://{args.host}:{args.port} (home: {settings.home})", flush=True)
+    logging.getLogger().setLevel(args.log_level.upper())  # ours follow --log-level too
+    app = create_app(settings, [McpEndpoint(settings)])
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,
+    )
+    DrainingServer(config, app).run()
+    return 0

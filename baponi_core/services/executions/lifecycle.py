@@ -1,0 +1,224 @@
+"""The life of one admitted execution: storage brought in, the code run in a sandbox of
+its own under the thread quota, storage written back, the end recorded."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import anyio
+
+from baponi_core.errors import BaponiError, Unavailable
+from baponi_core.events import StatusEvent
+from baponi_core.records import ExecutionStatus, Profile, Volume, WebhookStatus
+from baponi_core.sandbox import (
+    CodeRun,
+    Limits,
+    Mount,
+    MountError,
+    Outcome,
+    SandboxError,
+    SandboxRuntime,
+    Shape,
+    run_code,
+    volume_mounts,
+)
+from baponi_core.sandbox.spec import MiB
+from baponi_core.services.executions import status
+from baponi_core.services.executions.log import ExecutionLog
+from baponi_core.services.executions.run import Run, StopReason
+from baponi_core.services.webhooks import Webhooks
+from baponi_core.storage.local import LocalTree, TooDeep
+from baponi_core.storage.places import Place, Storage
+from baponi_core.store import Store
+
+log = logging.getLogger(__name__)
+
+QUOTA_SAMPLE_S = 0.1  # at least this long between two measures of a thread home
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        store: Store,
+        runtime: SandboxRuntime,
+        storage: Storage,
+        log: ExecutionLog,
+        webhooks: Webhooks,
+        quota: int,
+        live: dict[str, Run],
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.storage = storage
+        self.log = log
+        self.webhooks = webhooks
+        self.quota = quota  # bytes a thread home may hold
+        self.live = live  # the service's live runs; a run leaves it when it has settled
+
+    async def __call__(self, run: Run) -> None:
+        """Run ``run`` to its end; whatever happens, its record is finished."""
+        try:
+            with run.held:
+                async with anyio.create_task_group() as helpers:
+                    helpers.start_soon(run.journal.run)
+                    if run.kept:
+                        helpers.start_soon(self.log.keep, run)
+                    await self._run(run)
+                    helpers.cancel_scope.cancel()
+        except Exception:
+            log.exception("execution %s failed", run.trace_id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._settle(run)
+
+    async def _run(self, run: Run) -> None:
+        record, request = run.record, run.request
+        if record.status is ExecutionStatus.QUEUED:
+            record.status = ExecutionStatus.RUNNING
+            await self.store.update_execution(record)
+        run.journal.append(StatusEvent(trace_id=record.trace_id, status=ExecutionStatus.RUNNING))
+        if run.stop.is_set():  # cancelled before it started
+            status.stopped(run)
+            return
+        thread = (
+            self.storage.thread(record.org_id, request.thread_id) if request.thread_id else None
+        )
+        volumes = [(v, self.storage.volume(v)) for v in run.volumes]
+        places = ([thread] if thread else []) + [place for _, place in volumes]
+        mounts = await self._bring_in(run, places, volumes)
+        if mounts is None:  # nothing ran, so there is nothing to store
+            return
+        job = CodeRun(
+            language=request.language,
+            code=request.code.encode(),
+            env=dict(request.env_vars or {}),
+            shape=Shape(limits_for(run.profile)),
+            home=thread.workspace if thread else None,
+            mounts=mounts,
+            timeout_s=float(request.timeout),
+            output_bytes=run.profile.output_kb * 1024,
+        )
+        try:
+            outcome = await self._sandboxed(run, job)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _write_back(run, places)
+        if outcome is not None:
+            status.from_outcome(run, outcome)
+
+    async def _bring_in(
+        self, run: Run, places: list[Place], volumes: list[tuple[Volume, Place]]
+    ) -> tuple[Mount, ...] | None:
+        """Sync every root in and build the volume mounts; on failure the run ends with
+        the root's mount error and its code never runs."""
+        for place in places:
+            try:
+                await place.backend.pull(place.key)
+            except Exception:
+                log.exception("could not bring in %s for %s", place.key, run.trace_id)
+                status.finish(run, ExecutionStatus.FAILED, place.mount_error, exit_code=-1)
+                return None
+        try:
+            return await anyio.to_thread.run_sync(
+                _mounts, volumes, run.request.sub_paths, self.runtime.uid
+            )
+        except (BaponiError, OSError):
+            log.exception("could not mount the volumes of %s", run.trace_id)
+            status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
+            return None
+
+    async def _sandboxed(self, run: Run, job: CodeRun) -> Outcome | None:
+        """Run the sandbox, stopped early if the thread home outgrows its quota."""
+        async with anyio.create_task_group() as watch:
+            if job.home is not None:
+                watch.start_soon(self._watch_quota, run, job.home)
+            try:
+                return await run_code(
+                    self.runtime, job, on_output=run.journal.output, stop=run.stop
+                )
+            except MountError as exc:  # a volume directory swapped for a link meanwhile
+                log.error("mounts of %s failed: %s", run.trace_id, exc)
+                status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
+            except SandboxError as exc:
+                log.error("sandbox for %s failed: %s", run.trace_id, exc)
+                status.finish(run, ExecutionStatus.FAILED, "service_unavailable", exit_code=-1)
+                run.failure = Unavailable("the sandbox runtime is unavailable; try again")
+            finally:
+                watch.cancel_scope.cancel()
+        return None
+
+    async def _watch_quota(self, run: Run, workspace: Path) -> None:
+        """Sample the home's size while code runs; growing past the quota (or past its size
+        at the start, for a home already over it) stops the run. Scans are spaced so that
+        they cost at most a twentieth of one core."""
+        tree = LocalTree(workspace, owner=None)
+        allowed: int | None = None
+        while not run.stop.is_set():
+            started = time.monotonic()
+            try:
+                used: int | None = await anyio.to_thread.run_sync(tree.usage, ())
+            except TooDeep:  # nested beyond what the server accounts for
+                used = None
+            if allowed is None and used is not None:
+                allowed = max(self.quota, used)
+            if used is None or allowed is None or used > allowed:
+                log.warning("%s exceeded the thread disk quota", run.trace_id)
+                run.request_stop(StopReason.QUOTA)
+                return
+            await anyio.sleep(max(QUOTA_SAMPLE_S, 20 * (time.monotonic() - started)))
+
+    async def _settle(self, run: Run) -> None:
+        """Record the end, whatever happened; then let waiters and the webhook go."""
+        if run.result is None:  # crashed: never leave a record running
+            status.finish(run, ExecutionStatus.FAILED, "internal_error", exit_code=-1)
+        record = run.record
+        pending = record.webhook_delivery_status is WebhookStatus.PENDING
+        if pending:
+            record.webhook_next_at = record.completed_at
+        try:
+            await self.store.update_execution(record)
+            if run.kept:
+                await self.log.persist(run)
+        except Exception:
+            log.exception("could not record the end of %s", run.trace_id)
+        self.live.pop(run.trace_id, None)
+        run.done.set()
+        if pending:
+            self.webhooks.wake()
+
+
+def limits_for(profile: Profile) -> Limits:
+    return Limits(
+        memory_bytes=profile.memory_mb * MiB,
+        cpus=profile.cpus,
+        pids=profile.pids,
+        tmp_bytes=profile.tmp_mb * MiB,
+    )
+
+
+def _mounts(
+    volumes: list[tuple[Volume, Place]], sub_paths: list[str] | None, owner: int | None
+) -> tuple[Mount, ...]:
+    """The volume mounts of one run; narrowed sub-directories of a writable volume are made
+    (without following links) when missing. Blocking."""
+    mounts = volume_mounts(
+        ((v.slug, place.workspace, v.read_only) for v, place in volumes), sub_paths or ()
+    )
+    for mount in mounts:  # a missing directory of a read-only volume is a mount error
+        with LocalTree(mount.source, owner).directory(mount.names, create=not mount.read_only):
+            pass
+    return mounts
+
+
+async def _write_back(run: Run, places: list[Place]) -> None:
+    """Store what the run changed. A failure loses nothing: the files stay in the
+    workspace and go with the next push."""
+    for place in places:
+        if place.read_only:
+            continue
+        try:
+            await place.backend.push(place.key)
+        except Exception:
+            log.exception("could not store %s after %s", place.key, run.trace_id)

@@ -1,0 +1,89 @@
+"""The execution log in the store: the events of streaming and webhook executions, kept
+for reconnects until ``timeout + RETENTION_S`` after the start, and what a previous server
+left unfinished."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+
+from baponi_core.events import OutputEvent, ResultEvent, decode, encode
+from baponi_core.records import Execution
+from baponi_core.services.executions.run import Run
+from baponi_core.services.executions.status import SERVER_STOPPED, result_event
+from baponi_core.store import Store
+
+log = logging.getLogger(__name__)
+
+RETENTION_S = 300  # output is kept for timeout + this, after the start
+PERSIST_EVERY_S = 0.5
+PURGE_EVERY_S = 60
+
+
+class ExecutionLog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def recover(self) -> None:
+        """Settle what a previous server left unfinished: nothing of it can still run,
+        since sandboxes die with their server. Their pending webhooks become due."""
+        stranded = await self.store.fail_unfinished(SERVER_STOPPED, time.time())
+        if stranded:
+            log.warning("%d execution(s) were cut short by a server stop", len(stranded))
+        for org_id, trace_id in stranded:
+            await self._recover_output(org_id, trace_id)
+
+    async def _recover_output(self, org_id: str, trace_id: str) -> None:
+        """Put the output a stranded execution streamed before the stop into its record."""
+        record = await self.store.get_execution(org_id, trace_id)
+        lines = await self.store.get_events(trace_id, 0, time.time())
+        if record is None or not lines:
+            return
+        output = {"stdout": "", "stderr": ""}
+        for event in map(decode, lines):
+            if isinstance(event, OutputEvent):
+                output[event.stream] += event.data
+        record.stdout, record.stderr = output["stdout"], output["stderr"]
+        await self.store.update_execution(record)
+
+    async def keep(self, run: Run) -> None:
+        """Store the run's new events every PERSIST_EVERY_S, until cancelled."""
+        while True:
+            await anyio.sleep(PERSIST_EVERY_S)
+            await self.persist(run)
+
+    async def persist(self, run: Run) -> None:
+        events = run.journal.events[run.persisted :]
+        if not events:
+            return
+        await self.store.add_events(
+            run.trace_id, [(e.seq, encode(e)) for e in events], _expiry(run.record)
+        )
+        run.persisted += len(events)
+
+    async def purge(self) -> None:
+        """Delete expired events, every PURGE_EVERY_S, forever."""
+        while True:
+            try:
+                await self.store.purge_events(time.time())
+            except Exception:
+                log.exception("could not purge expired output")
+            await anyio.sleep(PURGE_EVERY_S)
+
+    async def replay(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
+        """The stored NDJSON lines after ``after_seq`` of an execution no longer live."""
+        stored = await self.store.get_events(record.trace_id, 0, time.time())
+        for line in stored[after_seq:]:
+            yield line + "\n"
+        # A server stop can leave stored output without its result event: end it properly.
+        if stored and not isinstance(decode(stored[-1]), ResultEvent) and len(stored) >= after_seq:
+            event = result_event(record)
+            event.seq = len(stored) + 1
+            yield encode(event) + "\n"
+
+
+def _expiry(record: Execution) -> float:
+    return record.created_at + record.timeout + RETENTION_S

@@ -1,0 +1,95 @@
+"""One execution while it is live: its state inside the service (:class:`Run`), and what
+the caller that submitted it holds (:class:`Submission`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import anyio
+
+from baponi_core.errors import BaponiError
+from baponi_core.events import Event
+from baponi_core.models import ExecuteRequest, SandboxResult
+from baponi_core.records import DeliveryMode, Execution, Profile, Volume
+from baponi_core.services.journal import Journal
+
+
+class StopReason(Enum):
+    """Why a running execution was told to stop."""
+
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+    QUOTA = "quota"  # its thread home outgrew the quota
+
+
+@dataclass
+class Run:
+    """An execution in progress."""
+
+    record: Execution
+    request: ExecuteRequest
+    profile: Profile
+    volumes: tuple[Volume, ...]  # mounted at /data/<slug>
+    held: contextlib.ExitStack  # its concurrency slot and thread claim
+    journal: Journal
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    stop_reason: StopReason = StopReason.CANCEL
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: SandboxResult | None = None
+    failure: BaponiError | None = None  # a platform fault an inline caller should see
+    persisted: int = 0  # journal events already in the store
+
+    @property
+    def trace_id(self) -> str:
+        return self.record.trace_id
+
+    @property
+    def kept(self) -> bool:
+        """Whether its events are stored for reconnects (streaming and webhook delivery)."""
+        return self.record.delivery_mode is not DeliveryMode.INLINE
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Kill its sandbox (or keep it from starting); the first reason given counts."""
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()
+
+
+class Submission:
+    """An admitted execution, as its submitter sees it: its id, its events while it runs,
+    its result. Whatever the submitter does, the execution runs to its end."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def trace_id(self) -> str:
+        return self._run.trace_id
+
+    @property
+    def finished(self) -> bool:
+        """Whether it has ended and its record is final."""
+        return self._run.done.is_set()
+
+    async def settled(self) -> None:
+        """Wait until it has ended and its record is final."""
+        await self._run.done.wait()
+
+    async def result(self) -> SandboxResult:
+        """Wait for the end; a platform fault is raised rather than returned."""
+        await self._run.done.wait()
+        if self._run.failure is not None:
+            raise self._run.failure
+        assert self._run.result is not None
+        return self._run.result
+
+    def events(self, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Its events with ``seq > after_seq``, live, up to and with the result event."""
+        return self._run.journal.follow(after_seq)
+
+    def lines(self, after_seq: int = 0) -> AsyncIterator[str]:
+        """:meth:`events` as NDJSON lines."""
+        return self._run.journal.lines(after_seq)

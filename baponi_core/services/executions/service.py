@@ -1,0 +1,137 @@
+"""Executions: admit a request against the caller's plan, run it in the background, and
+answer for it (its record, its events, a cancel) until and after it ends.
+
+Every execution runs as a task of the service, not of the request that started it, so the
+three delivery modes differ only in how they wait: inline awaits the result, streaming
+follows the events, webhook answers at once and leaves delivery to :mod:`webhooks`.
+A client going away never stops an execution; a cancel or a shutdown does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from anyio.abc import TaskGroup
+
+from baponi_core.errors import Conflict, NotFound, Unavailable, ValidationError
+from baponi_core.limits import TRACE_ID_PATTERN
+from baponi_core.models import ExecuteRequest, ExecutionView
+from baponi_core.records import DeliveryMode, Execution, Principal
+from baponi_core.sandbox import SandboxRuntime
+from baponi_core.services.concurrency import ConcurrencyLimiter
+from baponi_core.services.executions import admission
+from baponi_core.services.executions.lifecycle import Lifecycle
+from baponi_core.services.executions.log import ExecutionLog
+from baponi_core.services.executions.run import Run, StopReason, Submission
+from baponi_core.services.journal import Journal
+from baponi_core.services.threads import ThreadClaims
+from baponi_core.services.webhooks import Webhooks
+from baponi_core.storage.places import Storage
+from baponi_core.store import Store
+
+log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 10
+
+
+class Executions:
+    def __init__(
+        self,
+        store: Store,
+        runtime: SandboxRuntime,
+        storage: Storage,
+        limiter: ConcurrencyLimiter,
+        webhooks: Webhooks,
+        quota: int,
+    ) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.threads = ThreadClaims()
+        self.webhooks = webhooks
+        self.log = ExecutionLog(store)
+        self.accepting = True
+        self._live: dict[str, Run] = {}
+        self._lifecycle = Lifecycle(store, runtime, storage, self.log, webhooks, quota, self._live)
+        self._tasks: TaskGroup | None = None
+
+    async def start(self, tasks: TaskGroup) -> None:
+        """Settle what a previous server left unfinished, then start the housekeeping."""
+        await self.log.recover()
+        self._tasks = tasks
+        tasks.start_soon(self.log.purge)
+
+    async def submit(
+        self,
+        principal: Principal,
+        request: ExecuteRequest,
+        mode: DeliveryMode = DeliveryMode.INLINE,
+    ) -> Submission:
+        """Admit ``request`` and start it; refusals (plan, limits, busy thread) raise."""
+        if not self.accepting or self._tasks is None:
+            raise Unavailable("the server is shutting down; try again shortly")
+        admission.check(principal, request, mode, self.webhooks)
+        with admission.hold(self.limiter, self.threads, principal, request) as held:
+            record = admission.record_for(principal, request, mode)
+            await self.store.insert_execution(record)
+            run = Run(
+                record,
+                request,
+                principal.profile,
+                principal.volumes,
+                held.pop_all(),
+                Journal(record.trace_id),
+            )
+        self._live[record.trace_id] = run
+        self._tasks.start_soon(self._lifecycle, run, name=f"execution {record.trace_id}")
+        return Submission(run)
+
+    async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
+        return ExecutionView.of(await self._record(principal, trace_id))
+
+    async def cancel(self, principal: Principal, trace_id: str) -> dict[str, str]:
+        record = await self._record(principal, trace_id)
+        run = self._live.get(trace_id)
+        if run is None or run.result is not None:
+            raise Conflict(f"execution {trace_id} has already ended ({record.status})")
+        run.request_stop(StopReason.CANCEL)
+        return {"trace_id": trace_id, "status": "cancelling"}
+
+    async def events(
+        self, principal: Principal, trace_id: str, after_seq: int = 0
+    ) -> AsyncIterator[str]:
+        """NDJSON lines after ``after_seq``: live while running, then from the store."""
+        record = await self._record(principal, trace_id)
+        return self._events(record, after_seq)
+
+    async def _events(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
+        run = self._live.get(record.trace_id)
+        lines = run.journal.lines(after_seq) if run else self.log.replay(record, after_seq)
+        async for line in lines:
+            yield line
+
+    async def _record(self, principal: Principal, trace_id: str) -> Execution:
+        if not TRACE_ID_PATTERN.fullmatch(trace_id):
+            raise ValidationError("invalid trace_id format")
+        record = await self.store.get_execution(principal.org.id, trace_id)
+        if record is None:
+            raise NotFound(f"Execution {trace_id} not found")
+        return record
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new work, let running executions end within ``grace`` seconds, then stop
+        the rest (recorded as failed with ``server_stopped``)."""
+        self.accepting = False
+        await self._settled(within=grace)
+        if self._live:
+            log.warning("stopping %d execution(s) still running at shutdown", len(self._live))
+        for run in list(self._live.values()):
+            run.request_stop(StopReason.SHUTDOWN)
+        await self._settled(within=STOP_WAIT_S)
+
+    async def _settled(self, within: float) -> None:
+        """Wait, at most ``within`` seconds, until every running execution has ended."""
+        with anyio.move_on_after(within):
+            for run in list(self._live.values()):
+                await run.done.wait()

@@ -1,0 +1,99 @@
+"""How an execution's ending shows: the record's status and error, the SandboxResult, and
+the stream's result event."""
+
+from __future__ import annotations
+
+import time
+
+from baponi_core.events import ResultEvent
+from baponi_core.models import SandboxResult
+from baponi_core.records import Execution, ExecutionStatus
+from baponi_core.sandbox import Ending, Outcome
+from baponi_core.services.executions.run import Run, StopReason
+
+CANCELLED = "Cancelled by user"
+SERVER_STOPPED = "server_stopped"  # the server went down while the execution ran
+OUTPUT_LIMIT_EXCEEDED = "output_limit_exceeded"
+
+# How each ending of the sandbox shows in the record (status) and the result (error).
+ENDINGS: dict[Ending, tuple[ExecutionStatus, str]] = {
+    Ending.OOM: (ExecutionStatus.OOM, "memory_limit_exceeded"),
+    Ending.TIMEOUT: (ExecutionStatus.TIMEOUT, "timeout"),
+    Ending.OUTPUT_LIMIT: (ExecutionStatus.FAILED, OUTPUT_LIMIT_EXCEEDED),
+    Ending.SECCOMP: (ExecutionStatus.SECCOMP, "security_policy_violation"),
+}
+STOPS: dict[StopReason, tuple[ExecutionStatus, str]] = {
+    StopReason.CANCEL: (ExecutionStatus.CANCELLED, CANCELLED),
+    StopReason.SHUTDOWN: (ExecutionStatus.FAILED, SERVER_STOPPED),
+    StopReason.QUOTA: (ExecutionStatus.FAILED, "disk_quota_exceeded"),
+}
+
+
+def from_outcome(run: Run, outcome: Outcome) -> None:
+    """Finish ``run`` as its sandbox ended."""
+    if outcome.ending is Ending.EXITED:
+        success = outcome.exit_code == 0
+        status, error = (ExecutionStatus.SUCCESS if success else ExecutionStatus.FAILED), None
+    elif outcome.ending is Ending.STOPPED:
+        status, error = STOPS[run.stop_reason]
+    else:
+        status, error = ENDINGS[outcome.ending]
+    finish(
+        run,
+        status,
+        error,
+        exit_code=outcome.exit_code,
+        stdout=outcome.stdout.decode(errors="replace"),
+        stderr=outcome.stderr.decode(errors="replace"),
+        duration_ms=outcome.duration_ms,
+    )
+
+
+def stopped(run: Run) -> None:
+    """Finish ``run``, told to stop before any code ran."""
+    finish(run, *STOPS[run.stop_reason], exit_code=-1)
+
+
+def finish(
+    run: Run,
+    status: ExecutionStatus,
+    error: str | None,
+    *,
+    exit_code: int,
+    stdout: str = "",
+    stderr: str = "",
+    duration_ms: int | None = None,
+) -> None:
+    """Complete the record, set the result and close the journal with its result event."""
+    record = run.record
+    now = time.time()
+    record.status, record.exit_code, record.error = status, exit_code, error
+    record.stdout, record.stderr = stdout, stderr
+    record.completed_at = now
+    record.duration_ms = (
+        duration_ms if duration_ms is not None else int((now - record.created_at) * 1000)
+    )
+    run.result = result_of(record)
+    if not run.journal.closed:
+        run.journal.close(result_event(record))
+
+
+def result_of(record: Execution) -> SandboxResult:
+    exit_code = -1 if record.exit_code is None else record.exit_code
+    return SandboxResult(
+        success=exit_code == 0,
+        stdout=record.stdout or "",
+        stderr=record.stderr or "",
+        exit_code=exit_code,
+        error=record.error,
+        trace_id=record.trace_id,
+    )
+
+
+def result_event(record: Execution) -> ResultEvent:
+    return ResultEvent(
+        trace_id=record.trace_id,
+        status=record.status,
+        result=result_of(record),
+        output_truncated=record.error == OUTPUT_LIMIT_EXCEEDED,
+    )
