@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.stats import percentile
 from tests.harness import start_server, stop_server
 
 
@@ -55,13 +55,6 @@ CASES = (
 
 class WrongOutput(Exception):
     """A run did not print what it should have."""
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of ``samples``."""
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def run_bare(case: Case) -> float:

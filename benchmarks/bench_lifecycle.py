@@ -53,6 +53,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.stats import percentile
 from tests.harness import Server, cli, start_server, stop_server
 
 NDJSON = "application/x-ndjson"
@@ -81,13 +82,6 @@ CASES = (
 
 class WrongOutput(Exception):
     """A run did not print what it should have."""
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of ``samples``."""
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 # --- 1. streaming versus inline -------------------------------------------------------

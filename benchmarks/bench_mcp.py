@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from benchmarks.stats import percentile
 from tests.harness import start_server, stop_server
 
 BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))
@@ -54,13 +54,6 @@ Call = Callable[[], Awaitable[str]]
 
 class WrongOutput(Exception):
     """A call did not answer what it should have."""
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of ``samples``."""
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def rest(client: httpx.AsyncClient) -> Call:

@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import socketserver
@@ -59,6 +58,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.stats import percentile
 from tests.emulators import Emulator, start_azure, start_gcs, start_s3
 from tests.harness import Server, start_server, stop_server
 
@@ -160,12 +160,6 @@ def _stored_intact(backend: Backend, out: str) -> None:
     data = backend.download("write", "changed.bin")
     if len(data) != WRITE or hashlib.sha256(data).hexdigest() != out.strip():
         raise Failed(f"{backend.name}: changed.bin not stored intact ({len(data)} bytes)")
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of ``samples``."""
-    ordered = sorted(samples)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
 def measure(backends: list[Backend], case: Case, warmup: int) -> dict[str, list[float]]:
