@@ -51,7 +51,7 @@ from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.pipes import PipeReader, PipeWriter
 from baponi_core.sandbox.rootfs import HOME
-from baponi_core.sandbox.slots import Slots
+from baponi_core.sandbox.slots import Slot, Slots
 from baponi_core.sandbox.spawner import Spawner
 from baponi_core.sandbox.spec import Command, Limits, Mount, Shape
 
@@ -138,11 +138,11 @@ class Process:
 class Sandbox:
     """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
 
-    def __init__(self, host: Host, id: str, shape: Shape) -> None:
+    def __init__(self, host: Host, id: str, shape: Shape, slot: Slot) -> None:
         self.id = id
         self.shape = shape
         self._host = host
-        self._slot = host.slots.new(id)
+        self._slot = slot
         self._bwrap: subprocess.Popen[bytes] | None = None
         self._exit_pidfd: int | None = None  # readable once bwrap has exited
         self._init_pidfd: int | None = None  # the agent, pid 1 of the sandbox
@@ -157,7 +157,6 @@ class Sandbox:
         self._listening = False
         self._attached = False
         self._closed = False
-        host.live.add(self)
 
     # set-up
 

@@ -70,7 +70,7 @@ class SandboxRuntime:
         else:  # sandboxes run as ourselves: our own directories are reachable
             base, cgroups, uid = workdir, None, None
         etc = base / "etc"
-        etc_binds, slots, spawner = build_etc(etc), Slots(base / "slots", init), Spawner(uid)
+        etc_binds, slots, spawner = build_etc(etc), Slots.open(base / "slots", init), Spawner(uid)
         try:
             async with anyio.create_task_group() as tasks:
                 host = Host(
@@ -100,7 +100,9 @@ class SandboxRuntime:
     async def prepare(self, shape: Shape) -> Sandbox:
         """A sandbox of ``shape``, set up and waiting for :meth:`Sandbox.attach`. Raises
         SandboxError when it cannot be set up (then nothing of it is left)."""
-        sandbox = Sandbox(self._host, f"sbx-{secrets.token_hex(6)}", shape)
+        id = f"sbx-{secrets.token_hex(6)}"
+        sandbox = Sandbox(self._host, id, shape, self._host.slots.new(id))
+        self._host.live.add(sandbox)
         if not self._host.mounts_later:
             return sandbox  # launched at attach, with its mounts
         try:

@@ -31,19 +31,25 @@ NAME_LIMIT = 255
 
 
 class Slots:
-    def __init__(self, base: Path, agent: Path) -> None:
-        """Slots under ``base``, a directory private to this runtime (made empty)."""
+    def __init__(self, base: Path) -> None:
         self.base = base
+        self._agent = base / AGENT
+
+    @classmethod
+    def open(cls, base: Path, agent: Path) -> Slots:
+        """Slots under ``base``, a directory private to this runtime: what a previous
+        server left there is removed, and the agent copied in."""
         base.mkdir(mode=0o711, parents=True, exist_ok=True)
         base.chmod(0o711)
         for stale in base.iterdir():  # a previous server's, if it used a disk directory
             if stale.is_dir() and not stale.is_symlink():
                 Slot(stale).remove()
-        self._agent = base / AGENT
+        slots = cls(base)
         scratch = base / f"{AGENT}.new"
         shutil.copyfile(agent, scratch)
         scratch.chmod(0o755)
-        scratch.replace(self._agent)
+        scratch.replace(slots._agent)
+        return slots
 
     def new(self, id: str) -> Slot:
         slot = Slot(self.base / id)
