@@ -1,4 +1,5 @@
-"""Fixtures: a real `baponi serve` process on loopback, its home, and API keys."""
+"""Fixtures: a real `baponi serve` process on loopback for the session, its SDK and HTTP
+clients, and a fresh store of each implementation. Helpers live in tests/harness.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core.store.sqlite import SqliteStore
+from baponi_core.store import Store
 from tests.harness import Server, start_server, stop_server
+from tests.store.implementations import IMPLEMENTATIONS, Implementation
 
 pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
 
@@ -33,6 +35,7 @@ def sdk(server: Server) -> Iterator[Any]:
 
 @pytest.fixture()
 def api(server: Server) -> Iterator[httpx.Client]:
+    """Plain HTTP with the session server's key."""
     with server.client() as client:
         yield client
 
@@ -42,10 +45,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda implementation: implementation.name)
+def implementation(request: pytest.FixtureRequest) -> Implementation:
+    """Each Store implementation in turn."""
+    chosen: Implementation = request.param
+    return chosen
+
+
 @pytest.fixture()
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """A real SQLite store in a fresh file."""
-    opened = SqliteStore(tmp_path / "baponi.db")
+async def store(implementation: Implementation, tmp_path: Path) -> AsyncIterator[Store]:
+    """A real, open store of ``implementation`` on fresh, empty storage."""
+    opened = implementation.make(tmp_path)
     await opened.open()
     try:
         yield opened

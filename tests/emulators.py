@@ -33,11 +33,12 @@ from typing import Any
 
 import pytest
 
+from tests.harness import ROOT, free_port
+
 # gcsfs picks its class at import time; the default one probes every bucket over gRPC, which
 # an emulator never answers (60 s hang). Set before anything imports gcsfs.
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
-ROOT = Path(__file__).resolve().parent.parent
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
 BUCKET = "baponi-test"
 PREFIX = "baponi"
@@ -78,12 +79,6 @@ def random_bytes(size: int) -> bytes:
     """Random bytes that do not end in CR: gcp-storage-emulator drops a trailing b"\\r" from
     every simple upload (b"x\\r" is stored as b"x"), which real GCS does not."""
     return os.urandom(size - 1) + b"." if size else b""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _need(*modules: str) -> None:
@@ -208,7 +203,7 @@ def start_gcs(work: Path) -> Iterator[Emulator]:
     key_file.write_text(json.dumps(_service_account(token_uri)))
     key_file.chmod(0o600)
 
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     # It serves one connection at a time from the stdlib's backlog of 5: clients with many
@@ -255,7 +250,7 @@ def start_azure(work: Path) -> Iterator[Emulator]:
     from azure.storage.blob import BlobServiceClient
 
     log = work / "azurite.log"
-    port = _free_port()
+    port = free_port()
     # --skipApiVersionCheck: azure-storage-blob sends a newer x-ms-version than Azurite knows.
     args = [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port)]
     args += ["--inMemoryPersistence", "--disableTelemetry"]  # cwd=work catches any stray file

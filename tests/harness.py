@@ -1,22 +1,63 @@
-"""What tests (and benchmarks) share: real `baponi serve` processes on loopback, the
-operator CLI, and small helpers for waiting, naming and asserting."""
+"""What tests (and benchmarks) share, in one place:
+
+- processes: real ``baponi serve`` servers on loopback (``start_server``, ``stop_server``,
+  ``Server``), the operator CLI (``cli``, ``run_cli``), ``free_port``, ``marker_processes``,
+  a sandbox runtime of this process on a thread of its own (``runtime_on_a_thread``);
+- waiting: ``wait_until`` and its async twin ``wait_until_async`` (one signature);
+- naming: ``unique`` (threads, organisations, slugs, probes), ``sleep_marker`` (a sleep
+  length to find a sandboxed process by);
+- asserting: ``assert_error`` (the standard ``{"error", "message"}`` body), ``text_of``
+  (the text of an MCP tool result);
+- clients and organisations: ``Server.client`` (HTTP), ``Server.sdk`` (the official SDK),
+  ``Server.new_key``, ``org_key`` (a key of another organisation), ``files_call`` (one raw
+  Files API request);
+- reading a home's records through the store (``opened_store``, ``read_store``, ``org_id_of``,
+  ``execution_of``, ``stored_events``), and the few raw queries the Store protocol has no
+  method for yet (``tagged_execution``, ``execution_count``, ``expire_events``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import httpx
 
+from baponi_core.records import ExecutionStatus
+from baponi_http.errors import HTTP_CODES
+
+if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
+    from baponi_core.records import Execution
+    from baponi_core.sandbox import SandboxRuntime
+    from baponi_core.store import Store
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 BAPONI = [sys.executable, "-m", "baponi_cli"]
+BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))  # the console script
+SERVER_SECRET = "server-secret-do-not-leak"  # in every test server's environment, never a sandbox's
+TERMINAL = set(ExecutionStatus) - {ExecutionStatus.QUEUED, ExecutionStatus.RUNNING}
+POLL_S = 0.05  # how often wait_until looks again
+
+
+# --------------------------------------------------------------------------- processes
 
 
 def free_port() -> int:
@@ -25,8 +66,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_cli(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the operator CLI against ``home`` and return whatever happened (no check)."""
+    return subprocess.run(
+        [*BAPONI, *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def cli(home: Path, *args: str) -> str:
-    """Run the operator CLI against ``home``; return its stdout."""
+    """Run the operator CLI against ``home``; it must succeed. Its stdout, stripped."""
     done = subprocess.run(
         [*BAPONI, *args, "--home", str(home)],
         capture_output=True,
@@ -45,6 +100,7 @@ class Server:
     process: subprocess.Popen[bytes]
 
     def client(self, key: str | None = None) -> httpx.Client:
+        """Plain HTTP with a Bearer key (the server's own by default)."""
         return httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {key or self.key}"},
@@ -52,6 +108,7 @@ class Server:
         )
 
     def sdk(self, key: str | None = None):  # type: ignore[no-untyped-def]
+        """The official SDK with a key (the server's own by default), without retries."""
         from baponi import Baponi
 
         with warnings.catch_warnings():
@@ -70,7 +127,7 @@ def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> S
     """``baponi serve`` on a free loopback port with extra ``args``; its log goes to
     ``<home>.log`` (a pipe nobody reads would stall a chatty server)."""
     port = free_port()
-    environ = {**os.environ, "BAPONI_TEST_SECRET": "server-secret-do-not-leak", **(env or {})}
+    environ = {**os.environ, "BAPONI_TEST_SECRET": SERVER_SECRET, **(env or {})}
     log = open(f"{home}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
         [*BAPONI, "serve", "--home", str(home), "--port", str(port), *args],
@@ -108,10 +165,11 @@ def stop_server(server: Server) -> None:
 
 def marker_processes(marker: str) -> list[bytes]:
     """Command lines (argv joined by NUL) of host processes that mention ``marker``
-    (sandboxed processes are visible on the host, so this proves whether they live)."""
+    (sandboxed processes are visible on the host, so this proves whether they live).
+    This process itself is left out."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
@@ -122,11 +180,227 @@ def marker_processes(marker: str) -> list[bytes]:
     return found
 
 
-async def wait_until(predicate: Any, within: float) -> bool:
-    """Poll ``predicate`` until it holds (True) or ``within`` seconds pass (False)."""
+@contextlib.contextmanager
+def runtime_on_a_thread(
+    run: Path, shared: list[Path]
+) -> Iterator[tuple[BlockingPortal, SandboxRuntime]]:
+    """A ``SandboxRuntime`` of this test process, on a thread of its own (its mount
+    namespace stays there): the portal to call it through, and the runtime."""
+    from anyio.from_thread import start_blocking_portal
+
+    from baponi_core.sandbox import SandboxRuntime
+    from baponi_core.sandbox.libc import call
+
+    pr_set_child_subreaper = 36
+    with start_blocking_portal() as portal:
+        opened = portal.wrap_async_context_manager(SandboxRuntime.open(run, shared))
+        try:
+            with opened as runtime:
+                yield portal, runtime
+        finally:
+            with contextlib.suppress(OSError):  # the runtime made this test process one
+                call("prctl", pr_set_child_subreaper, 0, 0, 0, 0, what="prctl")
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def _timed_out(within: float, what: str | Callable[[], object]) -> AssertionError:
+    said = what() if callable(what) else what
+    return AssertionError(f"timed out after {within} s waiting for {said}")
+
+
+def wait_until(
+    check: Callable[[], T], within: float, what: str | Callable[[], object] = "the condition"
+) -> T:
+    """Call ``check`` until it returns something truthy, and return that. After ``within``
+    seconds fail with an AssertionError naming ``what`` (a text, or a function giving one,
+    for the state at the timeout)."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while True:
+        value = check()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            return False
-        await anyio.sleep(0.02)
-    return True
+            raise _timed_out(within, what)
+        time.sleep(POLL_S)
+
+
+async def wait_until_async(
+    check: Callable[[], T], within: float, what: str | Callable[[], object] = "the condition"
+) -> T:
+    """``wait_until`` for async tests: sleeps without blocking the event loop."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise _timed_out(within, what)
+        await anyio.sleep(POLL_S)
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test uses: ``<prefix>-<12 hex digits>`` (a valid thread id, org
+    name or metadata value)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def sleep_marker(seconds: int) -> str:
+    """A sleep length of ``seconds`` and a bit that no other process on the host uses: run
+    ``sleep <marker>`` and find the process by it (``marker_processes``)."""
+    return f"{seconds}.{uuid.uuid4().int % 10**12:012d}"
+
+
+# --------------------------------------------------------------------------- asserting
+
+HOST_DETAILS = ("Traceback", "/threads/", "/baponi")  # never in an error message
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str | None = None, message: str | None = None
+) -> str:
+    """``status`` with exactly the standard error body, as JSON: ``{"error", "message"}``,
+    the ``code`` (by default the one of ``status``), a non-empty message (``message`` when
+    given) that shows no traceback or host path. Returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error", "message"}, body
+    assert body["error"] == (code or HTTP_CODES[status]), body
+    assert isinstance(body["message"], str) and body["message"], body
+    assert not [part for part in HOST_DETAILS if part in body["message"]], body
+    if message is not None:
+        assert body["message"] == message, body
+    return str(body["message"])
+
+
+def text_of(result: Any) -> str:
+    """The text of an MCP tool result: its first content block, which must be text."""
+    from mcp.types import TextContent
+
+    block = result.content[0]
+    assert isinstance(block, TextContent), result.content
+    return block.text
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def org_key(server: Server, name: str, *create: str) -> str:
+    """A new key of organisation ``name`` on ``server``, which is created first (with the
+    ``create`` options of ``baponi orgs create``) unless it exists."""
+    names = {line.split()[0] for line in cli(server.home, "orgs", "list").splitlines()}
+    if name not in names:
+        cli(server.home, "orgs", "create", name, *create)
+    return server.new_key("--org", name)
+
+
+def files_call(client: httpx.Client, action: str, **body: Any) -> httpx.Response:
+    """One raw Files API request; ``action`` is list, upload_url, download_url or delete."""
+    if action == "delete":
+        return client.request("DELETE", "/v1/files", json=body, timeout=10)
+    return client.post(f"/v1/files/{action}", json=body, timeout=10)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@asynccontextmanager
+async def opened_store(home: Path) -> AsyncIterator[Store]:
+    """The store of ``home``, as the server opens it (a second connection beside a
+    running server is fine), closed afterwards."""
+    from baponi_core.config import Settings
+    from baponi_core.store import store_for
+
+    store = store_for(Settings.at(home))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def read_store(home: Path, read: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``read`` on the store of ``home`` (from a test that is not async)."""
+
+    async def reading() -> T:
+        async with opened_store(home) as store:
+            return await read(store)
+
+    return anyio.run(reading)
+
+
+def org_id_of(home: Path, name: str = "default") -> str:
+    """The id of organisation ``name``, which must exist."""
+
+    async def read(store: Store) -> str | None:
+        org = await store.get_org(name)
+        return None if org is None else org.id
+
+    found = read_store(home, read)
+    assert found is not None, f"no organisation {name}"
+    return found
+
+
+def execution_of(home: Path, trace_id: str, org: str = "default") -> Execution | None:
+    """The stored record of ``trace_id`` in organisation ``org`` (None if there is none)."""
+
+    async def read(store: Store) -> Execution | None:
+        owner = await store.get_org(org)
+        assert owner is not None, f"no organisation {org}"
+        return await store.get_execution(owner.id, trace_id)
+
+    return read_store(home, read)
+
+
+def stored_events(home: Path, trace_id: str) -> list[dict[str, Any]]:
+    """The stored (not yet expired) events of ``trace_id``, in order."""
+
+    async def read(store: Store) -> list[str]:
+        return await store.get_events(trace_id, 0, time.time())
+
+    return [json.loads(event) for event in read_store(home, read)]
+
+
+# What the Store protocol has no method for yet: executions found by their metadata,
+# counted per organisation, and events made to expire now. Raw SQL on the home's SQLite
+# file, kept here alone.
+
+
+def _database(home: Path) -> sqlite3.Connection:
+    from baponi_core.config import Settings
+
+    return sqlite3.connect(Settings.at(home).database, timeout=10)
+
+
+def _query(home: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with closing(_database(home)) as db, db:
+        return db.execute(sql, params).fetchall()
+
+
+def tagged_execution(home: Path, probe: str) -> tuple[str, str] | None:
+    """(trace id, status) of the execution whose metadata holds ``probe`` (how a test finds
+    an execution whose caller has not learnt its trace id: an inline or cancelled call)."""
+    rows = _query(
+        home, "SELECT trace_id, status FROM executions WHERE metadata LIKE ?", f"%{probe}%"
+    )
+    assert len(rows) <= 1, rows
+    return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+
+def execution_count(home: Path, org: str) -> int:
+    """How many executions are recorded for the organisation of id ``org``."""
+    return int(_query(home, "SELECT COUNT(*) FROM executions WHERE org_id = ?", org)[0][0])
+
+
+def expire_events(home: Path, trace_id: str) -> int:
+    """Make the stored events of ``trace_id`` expired (not yet purged); how many there were."""
+    with closing(_database(home)) as db, db:
+        return db.execute(
+            "UPDATE execution_events SET expires_at = ? WHERE trace_id = ?",
+            (time.time() - 1, trace_id),
+        ).rowcount

@@ -38,10 +38,15 @@ from baponi_core.sandbox import (
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.mountns import PRIVATE_BASE
 from baponi_core.sandbox.rootfs import BASE_ENV, HOST_UID
-from tests.harness import marker_processes, wait_until
+from tests.harness import (
+    ROOT,
+    marker_processes,
+    runtime_on_a_thread,
+    wait_until,
+    wait_until_async,
+)
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -81,14 +86,8 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxes]:
     root = tmp_path_factory.mktemp("handle-runtime")
     shared = root / "shared"
     shared.mkdir()
-    with anyio.from_thread.start_blocking_portal() as portal:
-        opened = portal.wrap_async_context_manager(SandboxRuntime.open(root / "run", [shared]))
-        try:
-            with opened as runtime:
-                yield Sandboxes(portal, runtime, shared)
-        finally:
-            with contextlib.suppress(OSError):  # the runtime made this test process one
-                call("prctl", PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0, what="prctl")
+    with runtime_on_a_thread(root / "run", [shared]) as (portal, runtime):
+        yield Sandboxes(portal, runtime, shared)
 
 
 def cgroups_of(sandbox: Sandbox) -> list[Path]:
@@ -295,7 +294,8 @@ def test_kill_ends_every_process_and_close_frees_everything(sandboxes: Sandboxes
     async def kill_all() -> list[int]:
         started = [await sandbox.start(shell(f"exec -a {marker} sleep 60")) for _ in range(3)]
         await sandbox.start(shell(f"(exec -a {marker} sleep 60) & disown; exit 0"))
-        assert await wait_until(lambda: len(sleepers(marker)) == 4, within=10)  # the orphan too
+        # all four, the orphan too
+        assert await wait_until_async(lambda: len(sleepers(marker)) == 4, within=10)
         sandbox.kill()
         statuses = [await p.wait() for p in started]
         for p in started:
@@ -342,7 +342,7 @@ def test_sandboxes_never_see_each_other(sandboxes: Sandboxes) -> None:
     try:
         run(sandboxes, first, shell("echo secret > /tmp/mine; echo secret > ~/mine"))
         sleeper = sandboxes.call(first.start, shell(f"exec -a {marker} sleep 30"))
-        assert marker_processes(marker)  # it runs, on the host
+        wait_until(lambda: sleepers(marker), within=10, what="the neighbour to run, on the host")
         status, out, _ = run(sandboxes, second, shell("ls -A /tmp ~; ps -e -o args="))
         assert status == 0
         assert out.startswith("/home/baponi:\n\n/tmp:\n")  # both empty

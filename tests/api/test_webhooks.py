@@ -21,7 +21,15 @@ import httpx
 import pytest
 import trustme
 
-from tests.harness import Server, cli, free_port, start_server, stop_server
+from tests.harness import (
+    Server,
+    cli,
+    free_port,
+    start_server,
+    stop_server,
+    unique,
+    wait_until,
+)
 from tests.receiver import Delivery, Receiver, make_ca
 
 EXECUTE = "/v1/sandbox/execute"
@@ -163,14 +171,16 @@ def wait_delivery_status(
 ) -> dict[str, Any]:
     """The record once its webhook_delivery_status is ``wanted`` (the store is updated just
     after the receiver answers, so a GET right after the POST may still say "pending")."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def reached() -> dict[str, Any] | None:
         record = record_of(http, trace_id)
-        if record["webhook_delivery_status"] == wanted:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"delivery of {trace_id} still {record} after {timeout}s")
-        time.sleep(0.1)
+        return record if record["webhook_delivery_status"] == wanted else None
+
+    return wait_until(
+        reached,
+        timeout,
+        lambda: f"delivery of {trace_id} {wanted}, not {record_of(http, trace_id)}",
+    )
 
 
 def secret_of(server: Server, org: str | None = None) -> str:
@@ -186,6 +196,7 @@ def tampered(delivery: Delivery) -> Delivery:
 # 1. accepted at once, delivered once, signed
 
 
+@pytest.mark.slow
 def test_raw_202_before_the_code_runs_then_one_signed_delivery(
     hooks: Server, client: httpx.Client, receivers: MakeReceiver
 ) -> None:
@@ -238,6 +249,7 @@ def test_raw_202_before_the_code_runs_then_one_signed_delivery(
     assert len(receiver.deliveries) == 1
 
 
+@pytest.mark.slow
 def test_sdk_handle_returns_at_once_and_delivery_arrives(
     hooks: Server, sdk: Any, client: httpx.Client, receivers: MakeReceiver
 ) -> None:
@@ -262,6 +274,7 @@ def test_sdk_handle_returns_at_once_and_delivery_arrives(
 # 2. webhook mode without a webhook_url: poll and wait
 
 
+@pytest.mark.slow
 def test_handle_poll_and_wait_without_webhook_url(sdk: Any) -> None:
     handle = sdk.execute_webhook("import time; time.sleep(1.5); print('polled')")
     running = handle.poll()
@@ -290,6 +303,7 @@ def test_handle_poll_and_wait_without_webhook_url(sdk: Any) -> None:
 # 3. retries
 
 
+@pytest.mark.slow
 def test_failing_receiver_gets_retries_until_it_answers(
     hooks: Server, client: httpx.Client, receivers: MakeReceiver
 ) -> None:
@@ -306,6 +320,7 @@ def test_failing_receiver_gets_retries_until_it_answers(
     assert receiver.attempts == 3
 
 
+@pytest.mark.slow
 def test_receiver_that_always_fails_ends_failed_after_all_tries(
     client: httpx.Client, receivers: MakeReceiver
 ) -> None:
@@ -322,6 +337,7 @@ def test_receiver_that_always_fails_ends_failed_after_all_tries(
 # 4. a receiver that comes up late
 
 
+@pytest.mark.slow
 def test_receiver_started_late_on_the_same_port_gets_the_delivery(
     patient: Server, receivers: MakeReceiver
 ) -> None:
@@ -348,6 +364,7 @@ def test_receiver_started_late_on_the_same_port_gets_the_delivery(
 # 5. secrets: rotation and one per organisation
 
 
+@pytest.mark.slow
 def test_rotated_secret_signs_the_next_delivery(
     hooks: Server, client: httpx.Client, receivers: MakeReceiver
 ) -> None:
@@ -364,10 +381,11 @@ def test_rotated_secret_signs_the_next_delivery(
     assert not delivery.signed_by(old)
 
 
+@pytest.mark.slow
 def test_each_organisation_signs_with_its_own_secret(
     hooks: Server, client: httpx.Client, receivers: MakeReceiver
 ) -> None:
-    org = f"wh{uuid.uuid4().hex[:8]}"
+    org = unique("wh")
     cli(hooks.home, "orgs", "create", org)
     theirs = secret_of(hooks, org)
     ours = secret_of(hooks)
@@ -447,6 +465,7 @@ def test_webhook_url_needs_async_delivery(api: httpx.Client, accept: str | None)
     }
 
 
+@pytest.mark.slow
 def test_name_resolving_to_loopback_is_refused_at_delivery(
     guarded: Server, receivers: MakeReceiver
 ) -> None:
@@ -468,6 +487,7 @@ def test_name_resolving_to_loopback_is_refused_at_delivery(
 # 7. cancel
 
 
+@pytest.mark.slow
 def test_cancelled_webhook_execution_delivers_a_cancelled_record(
     hooks: Server, sdk: Any, client: httpx.Client, receivers: MakeReceiver
 ) -> None:

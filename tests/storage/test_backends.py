@@ -24,6 +24,8 @@ from baponi_core.storage import places, sync
 from tests.emulators import Emulator
 from tests.harness import Server, cli, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # the emulators and a server on each of them
+
 BACKENDS = ["s3_emulator", "gcs_emulator", "azure_emulator"]
 
 

@@ -15,15 +15,17 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Server
+from tests.harness import BAPONI_MCP, ROOT, Server
 
-ROOT = Path(__file__).resolve().parent.parent
 INSPECTOR = ROOT / "node_modules" / ".bin" / "mcp-inspector"
-BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))
 
-pytestmark = pytest.mark.skipif(
-    not INSPECTOR.exists(), reason="MCP Inspector not installed (npm ci, as scripts/setup.sh does)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not INSPECTOR.exists(),
+        reason="MCP Inspector not installed (npm ci, as scripts/setup.sh does)",
+    ),
+    pytest.mark.slow,  # a node process for every call
+]
 
 
 def inspector(tmp_path: Path, *args: str) -> tuple[int, Any, str]:

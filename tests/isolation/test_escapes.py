@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Server
+from baponi_core.sandbox.rootfs import HOST_UID
+from tests.harness import SERVER_SECRET, Server, unique, wait_until
 
 SECRET_NAME = "BAPONI_TEST_SECRET"
-SECRET_VALUE = "server-secret-do-not-leak"
-SANDBOX_HOST_UID = 64000
+SECRET_VALUE = SERVER_SECRET  # in the environment of every server tests start
 TMP_LIMIT = 256 << 20
 FILE_SIZE_LIMIT = 1 << 30
 OUTPUT_LIMIT = 1 << 20
@@ -54,7 +54,7 @@ def run(
 
 
 def new_thread() -> str:
-    return f"iso-{uuid.uuid4().hex[:12]}"
+    return unique("iso")
 
 
 def _status(pid: str) -> dict[str, str]:
@@ -91,7 +91,7 @@ def sandbox_uid_processes(server: Server) -> list[str]:
             cgroups = (entry / "cgroup").read_text()
         except OSError:
             continue  # exited while we looked
-        if str(SANDBOX_HOST_UID) not in status.get("Uid", "").split():
+        if str(HOST_UID) not in status.get("Uid", "").split():
             continue
         if f"srv-{server.process.pid}" in cgroups or _descends_from(entry.name, server.process.pid):
             found.append(
@@ -100,11 +100,13 @@ def sandbox_uid_processes(server: Server) -> list[str]:
     return found
 
 
-def wait_no_sandbox_processes(server: Server, grace_s: float = 2.0) -> list[str]:
-    deadline = time.monotonic() + grace_s
-    while (left := sandbox_uid_processes(server)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
+def assert_no_sandbox_processes(server: Server, grace_s: float = 2.0) -> None:
+    """Within ``grace_s``, no process of the sandbox uid is left of ``server``'s."""
+    wait_until(
+        lambda: not sandbox_uid_processes(server),
+        grace_s,
+        lambda: f"no sandbox process to be left, not {sandbox_uid_processes(server)}",
+    )
 
 
 def thread_home(server: Server, thread_id: str) -> Path:
@@ -120,7 +122,7 @@ def still_healthy(server: Server, api: httpx.Client) -> Iterator[None]:
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     body = run(api, "print('still ok')", timeout=10)
     assert body["success"] is True and body["stdout"] == "still ok\n", body
-    assert wait_no_sandbox_processes(server) == []
+    assert_no_sandbox_processes(server)
     assert server.process.poll() is None
 
 
@@ -192,6 +194,7 @@ def walk_code(names: list[str], needles: list[str], grep: bool) -> str:
     return f"NAMES = {names!r}\nREVERSED = {reversed_needles!r}\nGREP = {grep!r}\n" + WALK
 
 
+@pytest.mark.slow
 def test_server_database_and_home_invisible(server: Server, api: httpx.Client) -> None:
     assert (server.home / "baponi.db").is_file()
     names = ["baponi.db", "baponi.db-wal", "baponi.db-shm"]
@@ -203,6 +206,7 @@ def test_server_database_and_home_invisible(server: Server, api: httpx.Client) -
     assert "EXISTS [False]" in lines
 
 
+@pytest.mark.slow
 def test_other_thread_home_invisible(api: httpx.Client) -> None:
     secret = f"thread-a-secret-{uuid.uuid4().hex}"
     thread_a, thread_b = new_thread(), new_thread()
@@ -387,6 +391,7 @@ BOMBS = {
 
 
 @pytest.mark.parametrize("language", sorted(BOMBS))
+@pytest.mark.slow
 def test_fork_bomb_ends(api: httpx.Client, language: str) -> None:
     started = time.monotonic()
     body = run(api, BOMBS[language], language=language.removesuffix("-held"), timeout=5)
@@ -412,6 +417,7 @@ MEMORY_BOMBS = {
 
 
 @pytest.mark.parametrize("language", sorted(MEMORY_BOMBS))
+@pytest.mark.slow
 def test_memory_bomb_is_oom(api: httpx.Client, language: str) -> None:
     body = run(api, MEMORY_BOMBS[language], language=language, timeout=20)
     assert body["status"] == "oom", body
@@ -480,6 +486,7 @@ def test_big_file_in_home_hits_file_size_limit(server: Server, api: httpx.Client
 # -- processes that outlive the execution ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_background_processes_die_with_the_execution(server: Server, api: httpx.Client) -> None:
     thread = new_thread()
     shell = run(
@@ -513,7 +520,7 @@ def test_background_processes_die_with_the_execution(server: Server, api: httpx.
         thread_id=thread,
     )
     assert daemon["stdout"] == "returned\n" and daemon["success"], daemon
-    assert wait_no_sandbox_processes(server) == []
+    assert_no_sandbox_processes(server)
     time.sleep(5)
     body = run(api, "import os; print(sorted(os.listdir('.')))", thread_id=thread)
     assert body["stdout"] == "[]\n", body
@@ -551,6 +558,7 @@ def test_dangerous_syscalls_are_killed(api: httpx.Client, case: str) -> None:
     assert "survived" not in body["stdout"]
 
 
+@pytest.mark.slow
 def test_kill_all_does_not_reach_other_sandboxes(api: httpx.Client, server: Server) -> None:
     results: dict[str, Any] = {}
 
@@ -591,6 +599,7 @@ def test_kill_all_does_not_reach_other_sandboxes(api: httpx.Client, server: Serv
 # -- privileges ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_new_privs_seccomp_and_unprivileged_uid(server: Server, api: httpx.Client) -> None:
     thread = new_thread()
     body = run(
@@ -616,8 +625,8 @@ def test_no_new_privs_seccomp_and_unprivileged_uid(server: Server, api: httpx.Cl
     su = run(api, "su -c id root </dev/null; id -u", language="bash", timeout=10)
     assert su["stdout"].strip().splitlines()[-1] == "1000", su
     created = thread_home(server, thread) / "owned.txt"
-    assert created.stat().st_uid == SANDBOX_HOST_UID
-    assert created.parent.stat().st_uid == SANDBOX_HOST_UID
+    assert created.stat().st_uid == HOST_UID
+    assert created.parent.stat().st_uid == HOST_UID
 
 
 def test_host_devices_absent(api: httpx.Client) -> None:

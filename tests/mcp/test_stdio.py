@@ -9,9 +9,7 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,19 @@ from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
 from tests.emulators import Emulator
-from tests.harness import free_port, marker_processes, wait_until
+from tests.harness import (
+    BAPONI_MCP,
+    free_port,
+    marker_processes,
+    sleep_marker,
+    text_of,
+    unique,
+    wait_until,
+    wait_until_async,
+)
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # a baponi-mcp process for every test
 
-BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))
 PROTOCOLS = {"auto": "2026-07-28", "legacy": "2025-11-25"}
 
 
@@ -38,15 +44,9 @@ def params(home: Path | None, *args: str, **env: str) -> StdioServerParameters:
     return StdioServerParameters(command=BAPONI_MCP, args=[*where, *args], env=environ)
 
 
-def text_of(result: Any) -> str:
-    block = result.content[0]
-    assert isinstance(block, TextContent)
-    return block.text
-
-
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_sdk_client_over_stdio(tmp_path: Path, mode: str) -> None:
-    thread = f"stdio-{uuid.uuid4().hex[:8]}"
+    thread = unique("stdio")
     seen: list[str | None] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -90,7 +90,7 @@ async def test_download_urls_are_served_by_baponi_mcp(tmp_path: Path) -> None:
     """With local storage no `baponi serve` can share the home, so `baponi-mcp` answers its
     own signed URLs, on loopback, and nothing else there."""
     port = free_port()
-    thread = f"big-{uuid.uuid4().hex[:8]}"
+    thread = unique("big")
     code = "import os\nopen('big.bin', 'wb').write(os.urandom(2 * 1024 * 1024))"
     check = "import hashlib\nprint(hashlib.sha256(open('big.bin', 'rb').read()).hexdigest())"
     async with (
@@ -253,19 +253,19 @@ def sleeper(marker: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_cancelled_call_kills_the_sandbox(tmp_path: Path, mode: str) -> None:
-    marker = f"2345.{uuid.uuid4().int % 10**8:08d}"
+    marker = sleep_marker(2345)
     async with Client(params(tmp_path), mode=mode) as client:
         with anyio.move_on_after(30) as scope:
             async with anyio.create_task_group() as tasks:
 
                 async def cancel_when_running() -> None:
-                    assert await wait_until(lambda: marker_processes(marker), within=10)
+                    assert await wait_until_async(lambda: marker_processes(marker), within=10)
                     scope.cancel()
 
                 tasks.start_soon(cancel_when_running)
                 await client.call_tool("sandbox_execute", sleeper(marker))
         assert scope.cancelled_caught
-        assert await wait_until(lambda: not marker_processes(marker), within=1.0)
+        assert await wait_until_async(lambda: not marker_processes(marker), within=1.0)
         # the server is still there for the next call
         after = await client.call_tool("sandbox_execute", {"code": "print('next')"})
         assert text_of(after) == "next\n"
@@ -275,7 +275,7 @@ async def test_cancelled_call_kills_the_sandbox(tmp_path: Path, mode: str) -> No
 def test_ending_mid_call_kills_running_sandboxes(tmp_path: Path, how: str) -> None:
     """A client that goes away mid-call (Claude Desktop quitting), or a signal while the
     client still holds stdin open, ends the server at once and leaves no sandbox behind."""
-    marker = f"3456.{uuid.uuid4().int % 10**8:08d}"
+    marker = sleep_marker(3456)
     process = subprocess.Popen(
         [BAPONI_MCP, "--home", str(tmp_path)],
         stdin=subprocess.PIPE,
@@ -295,10 +295,7 @@ def test_ending_mid_call_kills_running_sandboxes(tmp_path: Path, how: str) -> No
         rpc(2, "tools/call", {"name": "sandbox_execute", "arguments": sleeper(marker)})
     )
     process.stdin.flush()
-    deadline = time.monotonic() + 10
-    while not marker_processes(marker):
-        assert time.monotonic() < deadline, "the sandbox never started"
-        time.sleep(0.02)
+    wait_until(lambda: marker_processes(marker), 10, "the sandbox to start")
     if how == "stdin closed":
         process.stdin.close()
     else:

@@ -28,6 +28,8 @@ from fsspec.implementations.dirfs import DirFileSystem
 from baponi_core.storage.presign import PresignUnsupported, presign
 from tests.emulators import Emulator, random_bytes
 
+pytestmark = pytest.mark.slow  # the emulators (Azurite is a node process)
+
 EXPIRES = 900  # what the Files API uses
 
 

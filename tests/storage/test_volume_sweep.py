@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.emulators import Emulator
-from tests.harness import Server, cli, start_server, stop_server
+from tests.harness import Server, cli, org_id_of, read_store, start_server, stop_server
+
+pytestmark = pytest.mark.slow  # servers of their own, restarted
 
 WRITE_BOTH = (
     "import os\n"
@@ -24,10 +27,9 @@ WRITE_BOTH = (
 
 def ids(home: Path) -> tuple[str, dict[str, str]]:
     """The default organisation's id and its volumes' ids by slug."""
-    with sqlite3.connect(home / "baponi.db") as db:
-        (org,) = db.execute("SELECT id FROM orgs").fetchone()
-        volumes = dict(db.execute("SELECT slug, id FROM volumes").fetchall())
-    return str(org), volumes
+    org = org_id_of(home)
+    volumes = read_store(home, lambda store: store.list_volumes(org))
+    return org, {volume.slug: volume.id for volume in volumes}
 
 
 def restarted(server: Server, *args: str, env: dict[str, str] | None = None) -> Server:

@@ -5,12 +5,10 @@ A real server, real sandboxes, the official SDK as client and the real SQLite st
 
 from __future__ import annotations
 
-import sqlite3
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -24,25 +22,30 @@ from baponi import (
     ThreadBusyError,
 )
 
-from tests.harness import Server, cli, marker_processes
+from tests.harness import (
+    TERMINAL,
+    Server,
+    assert_error,
+    expire_events,
+    marker_processes,
+    org_key,
+    sleep_marker,
+    tagged_execution,
+    unique,
+    wait_until,
+)
 
 EXECUTE = "/v1/sandbox/execute"
 NDJSON = {"Accept": "application/x-ndjson"}
-TERMINAL = {"success", "failed", "timeout", "blocked", "oom", "seccomp", "cancelled"}
 OTHER_ORG = "streaming-other"
 UNKNOWN_TRACE = "trc_unknown000000000"
 CANCELLED = "Cancelled by user"
 
 # (client arrival time from time.monotonic(), event)
 Timed = tuple[float, Any]
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def timed(stream: ExecutionStream, limit: int | None = None) -> list[Timed]:
@@ -85,40 +88,16 @@ def streamed(events: list[Any], name: str) -> str:
     return "".join(e.data for e in events if isinstance(e, OutputEvent) and e.stream == name)
 
 
-def wait_until(probe: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def wait_terminal(sdk: Any, trace_id: str, timeout: float = 30) -> Any:
     def probe() -> Any:
         record = sdk.get_execution(trace_id)
         return record if record.status in TERMINAL else None
 
-    return wait_until(probe, timeout, interval=0.1)
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    """The standard JSON error body, not a stream."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error", "message"}
-    assert body["error"] == code
-    assert isinstance(body["message"], str) and body["message"]
+    return wait_until(probe, timeout, f"{trace_id} to end")
 
 
 def output_url(trace_id: str) -> str:
     return f"/v1/executions/{trace_id}/output"
-
-
-def open_db(server: Server) -> sqlite3.Connection:
-    return sqlite3.connect(server.home / "baponi.db", timeout=10)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -127,9 +106,7 @@ def open_db(server: Server) -> sqlite3.Connection:
 @pytest.fixture(scope="module")
 def other_key(server: Server) -> str:
     """A key of a second organisation, to prove executions are scoped to their owner."""
-    if OTHER_ORG not in cli(server.home, "orgs", "list").split():
-        cli(server.home, "orgs", "create", OTHER_ORG)
-    return server.new_key("--org", OTHER_ORG)
+    return org_key(server, OTHER_ORG)
 
 
 @pytest.fixture()
@@ -141,7 +118,7 @@ def other_api(server: Server, other_key: str) -> Iterator[httpx.Client]:
 @pytest.fixture()
 def cancel_marker() -> str:
     """A sleep duration no other process on the host uses."""
-    return f"1234.{uuid.uuid4().int % 10**8:08d}"
+    return sleep_marker(1234)
 
 
 def spawner_code(marker: str) -> str:
@@ -161,7 +138,7 @@ def start_spawner(sdk: Any, marker: str) -> tuple[ExecutionStream, str]:
         programs = [cmdline.split(b"\0")[0] for cmdline in marker_processes(marker)]
         return programs.count(b"sleep") == 2 and programs.count(b"python3") == 2
 
-    wait_until(all_started, timeout=10)
+    wait_until(all_started, 10, "the sandboxed processes to start")
     return stream, first[0].trace_id
 
 
@@ -196,6 +173,7 @@ def test_until_done(sdk: Any) -> None:
 # --------------------------------------------------------------------------- 2. live output
 
 
+@pytest.mark.slow
 def test_output_arrives_as_written(sdk: Any) -> None:
     code = "import time\nprint('before', flush=True)\ntime.sleep(2)\nprint('after')"
     with sdk.execute_stream(code, timeout=30) as stream:
@@ -228,6 +206,7 @@ def test_keepalive_after_five_quiet_seconds(sdk: Any) -> None:
 # --------------------------------------------------------------------------- 4. reconnect
 
 
+@pytest.mark.slow
 def test_reconnect_resumes_without_gap_or_duplicate(sdk: Any) -> None:
     code = (
         "import time\nfor i in range(6):\n    print(f'line {i}', flush=True)\n    time.sleep(0.4)"
@@ -261,6 +240,7 @@ def test_output_rejects_bad_after_seq(api: httpx.Client, after_seq: str) -> None
     assert_error(response, 400, "validation_error")
 
 
+@pytest.mark.slow
 def test_output_of_unknown_or_foreign_execution_is_404(
     sdk: Any, api: httpx.Client, other_api: httpx.Client
 ) -> None:
@@ -275,6 +255,7 @@ def test_output_of_unknown_or_foreign_execution_is_404(
 # --------------------------------------------------------------------------- 5. disconnect
 
 
+@pytest.mark.slow
 def test_disconnect_does_not_stop_execution(sdk: Any) -> None:
     code = "import time\nprint('started', flush=True)\ntime.sleep(1.5)\nprint('finished')"
     with sdk.execute_stream(code, timeout=30) as stream:
@@ -297,12 +278,7 @@ def test_expired_output_is_empty_but_record_stays(
     trace_id = stream.trace_id
     before = api.get(output_url(trace_id))
     assert before.status_code == 200 and b"kept" in before.content
-    with open_db(server) as db:
-        expired = db.execute(
-            "UPDATE execution_events SET expires_at = ? WHERE trace_id = ?",
-            (time.time() - 1, trace_id),
-        ).rowcount
-    assert expired > 0
+    assert expire_events(server.home, trace_id) > 0
     after = api.get(output_url(trace_id))
     assert after.status_code == 200
     assert after.content == b""
@@ -387,12 +363,8 @@ def test_stream_cancel_method(sdk: Any) -> None:
 def running_trace_with_metadata(server: Server, marker: str) -> str | None:
     """The trace id of the running execution tagged with ``marker`` (an inline caller
     only learns its trace id at the end, so look it up in the store)."""
-    with open_db(server) as db:
-        row = db.execute(
-            "SELECT trace_id FROM executions WHERE status = 'running' AND metadata LIKE ?",
-            (f"%{marker}%",),
-        ).fetchone()
-    return None if row is None else str(row[0])
+    found = tagged_execution(server.home, marker)
+    return found[0] if found is not None and found[1] == "running" else None
 
 
 def test_cancel_inline_execution(server: Server, sdk: Any) -> None:
@@ -401,7 +373,9 @@ def test_cancel_inline_execution(server: Server, sdk: Any) -> None:
         pending = pool.submit(
             sdk.execute, "import time; time.sleep(30)", timeout=60, metadata={"probe": marker}
         )
-        trace_id = wait_until(lambda: running_trace_with_metadata(server, marker), timeout=10)
+        trace_id = wait_until(
+            lambda: running_trace_with_metadata(server, marker), 10, "the execution to run"
+        )
         sdk.cancel_execution(trace_id)
         result = pending.result(timeout=10)
     assert result.error == CANCELLED
@@ -420,6 +394,7 @@ def test_invalid_streaming_request_is_json(api: httpx.Client, body: dict[str, An
     assert_error(api.post(EXECUTE, json=body, headers=NDJSON), 400, "validation_error")
 
 
+@pytest.mark.slow
 def test_busy_thread_streaming_request_is_json(sdk: Any, api: httpx.Client) -> None:
     thread = unique("busy")
     code = "import time; time.sleep(1.5)"

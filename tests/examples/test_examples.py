@@ -11,18 +11,25 @@ import re
 import ssl
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import Server, cli, free_port, start_server, stop_server
+from tests.harness import (
+    ROOT,
+    Server,
+    cli,
+    free_port,
+    org_id_of,
+    start_server,
+    stop_server,
+    unique,
+    wait_until,
+)
 from tests.receiver import make_ca
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TRACE = r"trc_[\w-]+"
 
@@ -60,13 +67,10 @@ def lines(stdout: str) -> list[str]:
 def org(server: Server) -> tuple[str, dict[str, str]]:
     """An organisation of this module's own (its id, and the environment the examples take
     with a key of it), so their threads and executions cannot collide with other tests'."""
-    name = f"examples-{uuid.uuid4().hex[:8]}"
+    name = unique("examples")
     cli(server.home, "orgs", "create", name, "--max-concurrency", "5")
     key = cli(server.home, "keys", "create", "--org", name)
-    (org_id,) = [
-        row.split()[1] for row in lines(cli(server.home, "orgs", "list")) if row.split()[0] == name
-    ]
-    return org_id, {"BAPONI_API_KEY": key, "BAPONI_BASE_URL": server.url}
+    return org_id_of(server.home, name), {"BAPONI_API_KEY": key, "BAPONI_BASE_URL": server.url}
 
 
 @pytest.fixture()
@@ -74,6 +78,7 @@ def org_env(org: tuple[str, dict[str, str]]) -> dict[str, str]:
     return org[1]
 
 
+@pytest.mark.slow
 def test_sdk_quickstart(org_env: dict[str, str]) -> None:
     out = lines(output("sdk_quickstart", org_env))
     assert len(out) == 5, out
@@ -83,7 +88,7 @@ def test_sdk_quickstart(org_env: dict[str, str]) -> None:
 
 
 def test_files_roundtrip(server: Server, org: tuple[str, dict[str, str]]) -> None:
-    org_id, env = org
+    owner, env = org
     out = lines(output("files_roundtrip", env))
     assert out[0] == "done"
     # Sizes of the uploaded JSON and of the JSON the sandboxed code wrote.
@@ -93,10 +98,11 @@ def test_files_roundtrip(server: Server, org: tuple[str, dict[str, str]]) -> Non
     assert ast.literal_eval(out[-2]) == {"sum": 15, "mean": 3.0}  # the downloaded output
     assert ast.literal_eval(out[-1]) == {"deleted": True}
     # It is gone from the thread's home on disk; the input is still there.
-    (thread,) = (server.home / "threads" / org_id).glob("analysis-*")
+    (thread,) = (server.home / "threads" / owner).glob("analysis-*")
     assert (thread / "input.json").is_file() and not (thread / "results/output.json").exists()
 
 
+@pytest.mark.slow
 def test_streaming(org_env: dict[str, str]) -> None:
     stdout, stderr = run_example("streaming", org_env)
     # The stderr line went to stderr, once per run, and nothing else did.
@@ -123,6 +129,7 @@ def test_streaming(org_env: dict[str, str]) -> None:
     assert tail[-1] == f"stdout of the whole run: {whole!r}"
 
 
+@pytest.mark.slow
 def test_cancel(org_env: dict[str, str]) -> None:
     out = lines(output("cancel", org_env))
     at = out.index("cancel -> cancelling")
@@ -137,6 +144,7 @@ def test_cancel(org_env: dict[str, str]) -> None:
     assert re.fullmatch(rf"second cancel -> 409: execution {TRACE} has already ended.*", out[-1])
 
 
+@pytest.mark.slow
 def test_webhook_without_url_polls(org_env: dict[str, str]) -> None:
     out = lines(output("webhook", org_env))
     assert re.fullmatch(rf"accepted {TRACE}: (queued|running)", out[0])
@@ -188,16 +196,19 @@ def receiver(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 15
-        while f"listening on https://127.0.0.1:{port}/" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+
+        def listening() -> bool:
+            assert process.poll() is None, log.read_text()
+            return f"listening on https://127.0.0.1:{port}/" in log.read_text()
+
+        wait_until(listening, 15, lambda: f"the receiver to listen: {log.read_text()}")
         yield f"https://127.0.0.1:{port}/hook", log
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_webhook_to_the_example_receiver(
     hook_setup: tuple[Server, Path, Path, Path], receiver: tuple[str, Path]
 ) -> None:
@@ -228,13 +239,15 @@ def test_webhook_to_the_example_receiver(
         url, content=body.encode(), verify=ssl.create_default_context(cafile=ca_file), timeout=10
     )
     assert answer.status_code == 401
-    deadline = time.monotonic() + 5
-    while "refused: bad or stale signature" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    wait_until(
+        lambda: "refused: bad or stale signature" in log.read_text(),
+        5,
+        lambda: f"the refusal to be printed: {log.read_text()}",
+    )
     assert log.read_text().count(" (attempt ") == 1
 
 
+@pytest.mark.slow
 def test_mcp_client(tmp_path: Path) -> None:
     # Its own home and HOME: it must never touch ~/.baponi. TMPDIR: where it saves the plot.
     home = tmp_path / "home"
@@ -268,6 +281,7 @@ def test_mcp_client(tmp_path: Path) -> None:
     assert not (tmp_path / ".baponi").exists()
 
 
+@pytest.mark.slow
 def test_volumes(tmp_path: Path) -> None:
     # Self-contained (its own server in a temporary home): keep that temp dir in tmp_path.
     out = lines(output("volumes", {"HOME": str(tmp_path), "TMPDIR": str(tmp_path)}))

@@ -6,9 +6,7 @@ and foreign hosts never touch the shared one."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +22,16 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
 
 from baponi_mcp.errors import CODES
-from tests.harness import Server, cli, start_server, stop_server
+from tests.harness import (
+    Server,
+    assert_error,
+    cli,
+    start_server,
+    stop_server,
+    tagged_execution,
+    text_of,
+    unique,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -61,12 +68,6 @@ async def connect(server: Server, key: str, mode: str = "auto") -> AsyncIterator
         yield client
 
 
-def text_of(result: Any) -> str:
-    block = result.content[0]
-    assert isinstance(block, TextContent)
-    return block.text
-
-
 def rpc(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
 
@@ -86,12 +87,6 @@ def answer(response: httpx.Response) -> dict[str, Any]:
     data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
     messages = [json.loads(d) for d in data if d]
     return dict(messages[-1])
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.json()["error"] == code
-    assert response.json()["message"]
 
 
 # --------------------------------------------------------------------------- auth
@@ -134,7 +129,7 @@ def test_stateless_call_without_initialize(own: Server) -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_sdk_client_over_http(own: Server, mode: str) -> None:
-    thread = f"http-{uuid.uuid4().hex[:8]}"
+    thread = unique("http")
     seen: list[str | None] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -167,6 +162,7 @@ async def test_sdk_client_over_http(own: Server, mode: str) -> None:
         assert api.get(f"/v1/executions/{trace_id}").json()["status"] == "success"
 
 
+@pytest.mark.slow
 async def test_limits_are_the_keys(own: Server, limited_key: str) -> None:
     async with connect(own, limited_key) as client:
         with pytest.raises(MCPError) as refused:
@@ -184,7 +180,7 @@ async def test_limits_are_the_keys(own: Server, limited_key: str) -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_cancelled_call_stops_the_execution(own: Server, mode: str) -> None:
-    probe = uuid.uuid4().hex
+    probe = unique("probe")
     args = {
         "code": "import time; print('go', flush=True); time.sleep(60)",
         "metadata": {"probe": probe},
@@ -216,11 +212,8 @@ async def test_cancelled_call_stops_the_execution(own: Server, mode: str) -> Non
 def running_status(home: Path, probe: str) -> str:
     """The status of the execution tagged with metadata ``probe`` (a cancelled call has no
     result to read its trace id from)."""
-    with sqlite3.connect(home / "baponi.db", timeout=10) as db:
-        row = db.execute(
-            "SELECT status FROM executions WHERE metadata LIKE ?", (f"%{probe}%",)
-        ).fetchone()
-    return "running" if row is None else str(row[0])
+    found = tagged_execution(home, probe)
+    return "running" if found is None else found[1]
 
 
 # --------------------------------------------------------------------------- DNS rebinding

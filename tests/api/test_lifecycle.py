@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +17,27 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Server, cli, free_port, start_server, stop_server
+from tests.harness import (
+    TERMINAL,
+    Server,
+    cli,
+    execution_count,
+    execution_of,
+    free_port,
+    marker_processes,
+    org_id_of,
+    sleep_marker,
+    start_server,
+    stop_server,
+    stored_events,
+    unique,
+    wait_until,
+)
 from tests.receiver import Receiver, make_ca
 
+pytestmark = pytest.mark.slow  # servers of their own, bursts, crashes, grace periods
+
 NDJSON = "application/x-ndjson"
-TERMINAL = {"success", "failed", "timeout", "blocked", "oom", "seccomp", "cancelled"}
 LIMIT_MESSAGE = "concurrent execution limit reached (5/5)"
 
 
@@ -35,63 +47,24 @@ LIMIT_MESSAGE = "concurrent execution limit reached (5/5)"
 def new_org(home: Path, max_concurrency: int) -> tuple[str, str]:
     """A fresh organisation with its own key, so that no other test shares its slots.
     Returns (key, org id)."""
-    name = f"lc-{uuid.uuid4().hex[:10]}"
+    name = unique("lc")
     cli(home, "orgs", "create", name, "--max-concurrency", str(max_concurrency))
     key = cli(home, "keys", "create", "--org", name)
-    for line in cli(home, "orgs", "list").splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            return key, parts[1]
-    raise AssertionError(f"organisation {name} not listed")
-
-
-def db_rows(home: Path, query: str, *params: object) -> list[tuple[Any, ...]]:
-    """Read the server's SQLite database directly (read-only): the ground truth."""
-    with closing(sqlite3.connect(f"file:{home / 'baponi.db'}?mode=ro", uri=True)) as db:
-        return db.execute(query, params).fetchall()
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def marker_pids(marker: str) -> list[int]:
-    """Host processes whose command line contains ``marker`` (sandboxes share /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
+    return key, org_id_of(home, name)
 
 
 def marked_sleep(seconds: int) -> tuple[str, str]:
     """Bash code sleeping ``seconds`` in processes that carry a unique marker on their
     command line (the code itself is a file, so the marker must be an argument): a child
     bash and two sleeps. Returns (code, marker)."""
-    marker = f"{seconds}.{uuid.uuid4().int % 10**12:012d}"  # a valid, unique sleep length
+    marker = sleep_marker(seconds)
     code = f"echo started\nbash -c 'sleep {marker}; : {marker}' &\nsleep {marker}\nwait\n"
     return code, marker
 
 
-def gone(marker: str, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while marker_pids(marker):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+def wait_gone(*markers: str, what: str) -> None:
+    """Until no host process carries any of ``markers`` (within 5 s)."""
+    wait_until(lambda: not any(map(marker_processes, markers)), 5, what)
 
 
 def submit_async(client: httpx.Client, body: dict[str, Any]) -> str:
@@ -208,10 +181,6 @@ def split(answers: list[Answer]) -> tuple[list[Answer], list[Answer]]:
     return admitted, refused
 
 
-def executions_of(home: Path, org_id: str) -> int:
-    return int(db_rows(home, "SELECT COUNT(*) FROM executions WHERE org_id = ?", org_id)[0][0])
-
-
 def test_concurrency_limit_is_atomic_under_a_burst(server: Server) -> None:
     key, org_id = new_org(server.home, 5)
     admitted, refused = split(burst(server, key, [False] * 50))
@@ -220,7 +189,7 @@ def test_concurrency_limit_is_atomic_under_a_burst(server: Server) -> None:
     again, _ = split(burst(server, key, [False] * 5))
     assert len(again) == 5
     # Refusals left no trace and nothing was recorded twice.
-    assert executions_of(server.home, org_id) == 10
+    assert execution_count(server.home, org_id) == 10
 
 
 def test_concurrency_limit_covers_streaming_and_inline_together(server: Server) -> None:
@@ -232,7 +201,7 @@ def test_concurrency_limit_covers_streaming_and_inline_together(server: Server) 
     assert any(a.streaming for a in refused) and any(not a.streaming for a in refused)
     again, _ = split(burst(server, key, [True, False, True, False, True]))
     assert len(again) == 5
-    assert executions_of(server.home, org_id) == 10
+    assert execution_count(server.home, org_id) == 10
 
 
 # 2. a crash (SIGKILL) and restart
@@ -252,13 +221,6 @@ def read_until_output(client: httpx.Client, body: dict[str, Any]) -> str:
                 assert trace_id is not None
                 return str(trace_id)
     raise AssertionError("stream ended without output")
-
-
-def stored_events(home: Path, trace_id: str) -> list[dict[str, Any]]:
-    rows = db_rows(
-        home, "SELECT event FROM execution_events WHERE trace_id = ? ORDER BY seq", trace_id
-    )
-    return [json.loads(row[0]) for row in rows]
 
 
 def test_sigkill_leaves_no_sandbox_and_restart_fails_the_unfinished(
@@ -281,11 +243,11 @@ def test_sigkill_leaves_no_sandbox_and_restart_fails_the_unfinished(
         10,
         "the streamed output to be stored",
     )
-    assert marker_pids(queued_marker) and marker_pids(streamed_marker)
+    assert marker_processes(queued_marker) and marker_processes(streamed_marker)
 
     first.process.kill()
     first.process.wait()
-    assert gone(queued_marker) and gone(streamed_marker), "sandboxes outlived the server"
+    wait_gone(queued_marker, streamed_marker, what="the sandboxes to end with the server")
 
     second = start_server(home)
     own.append(second)
@@ -331,9 +293,9 @@ def test_pending_webhook_delivery_resumes_after_restart(
 
         def first_try_failed() -> bool:
             view = record(client, trace_id)
-            attempts = db_rows(
-                home, "SELECT webhook_attempts FROM executions WHERE trace_id = ?", trace_id
-            )[0][0]
+            stored = execution_of(home, trace_id)
+            assert stored is not None
+            attempts = stored.webhook_attempts
             return bool(
                 view["status"] in TERMINAL
                 and view["webhook_delivery_status"] == "pending"
@@ -392,7 +354,7 @@ def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 def test_sigterm_lets_a_short_execution_finish(home: Path, own: list[Server]) -> None:
     server = start_server(home, *GRACE)
     own.append(server)
-    marker = f"1.{uuid.uuid4().int % 10**12:012d}"  # sleeps 1 s
+    marker = sleep_marker(1)  # sleeps 1 s
     code = f"bash -c 'sleep {marker}; : {marker}'; echo finished"
 
     def inline() -> httpx.Response:
@@ -400,7 +362,7 @@ def test_sigterm_lets_a_short_execution_finish(home: Path, own: list[Server]) ->
             return client.post("/v1/sandbox/execute", json={"code": code, "language": "bash"})
 
     thread, out = in_thread(inline)
-    wait_until(lambda: marker_pids(marker), 10, "the sandbox to run")
+    wait_until(lambda: marker_processes(marker), 10, "the sandbox to run")
     server.process.send_signal(signal.SIGTERM)
     thread.join(15)
     answer = out[0]
@@ -435,7 +397,7 @@ def test_sigterm_stops_a_long_execution_after_the_grace(home: Path, own: list[Se
             return ndjson(answer.text)
 
     thread, out = in_thread(stream)
-    wait_until(lambda: marker_pids(marker), 10, "the sandbox to run")
+    wait_until(lambda: marker_processes(marker), 10, "the sandbox to run")
     with first.client() as client:
         trace_id = submit_async(client, body | {"code": "sleep 60"})
         wait_until(lambda: record(client, trace_id)["status"] == "running", 10, "running")
@@ -446,7 +408,7 @@ def test_sigterm_stops_a_long_execution_after_the_grace(home: Path, own: list[Se
     assert first.process.wait(timeout=15) == CLEAN_EXIT
     stopped = time.time()
     assert stopped - signalled >= 3  # the grace was given before the kill
-    assert gone(marker), "sandbox processes outlived the server"
+    wait_gone(marker, what="the sandbox processes to end with the server")
 
     # The open stream was ended properly, with the shutdown as its result.
     thread.join(5)

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import free_port, start_server, stop_server
+import pytest
 
-BAPONI = [sys.executable, "-m", "baponi_cli"]
+from tests.harness import BAPONI, free_port, start_server, stop_server
+
+pytestmark = pytest.mark.slow  # servers and CLI processes started one after another
+
 BAPONI_MCP = [sys.executable, "-m", "baponi_cli.mcp"]
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 from baponi import RateLimitError, ThreadBusyError
 
-from tests.harness import Server, cli
+from tests.harness import Server, assert_error, cli, org_key, unique, wait_until
 
 EXECUTE = "/v1/sandbox/execute"
 MiB = 1 << 20
@@ -35,16 +34,9 @@ print("built")
 """
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 @pytest.fixture(scope="module")
 def other_org_key(server: Server) -> str:
-    names = {line.split()[0] for line in cli(server.home, "orgs", "list").splitlines()}
-    if "other" not in names:
-        cli(server.home, "orgs", "create", "other")
-    return server.new_key("--org", "other")
+    return org_key(server, "other")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +72,7 @@ def test_stderr_is_separate(sdk: Any) -> None:
     assert "oops" in result.stderr
 
 
+@pytest.mark.slow
 def test_timeout(sdk: Any, api: httpx.Client) -> None:
     started = time.monotonic()
     result = sdk.execute("import time; time.sleep(30)", timeout=1)
@@ -92,6 +85,7 @@ def test_timeout(sdk: Any, api: httpx.Client) -> None:
     assert sdk.get_execution(body["trace_id"]).status == "timeout"
 
 
+@pytest.mark.slow
 def test_thread_files_persist_within_thread_only(
     server: Server, sdk: Any, other_org_key: str
 ) -> None:
@@ -109,6 +103,7 @@ def test_thread_files_persist_within_thread_only(
     assert sdk.execute(read, thread_id=thread, timeout=30).stdout == "remember me\n"
 
 
+@pytest.mark.slow
 def test_pip_install_user_persists_in_thread(sdk: Any) -> None:
     thread = unique("pip")
     built = sdk.execute(WHEEL_BUILDER, thread_id=thread, timeout=60)
@@ -159,11 +154,10 @@ def test_reserved_env_var_refused(sdk: Any, api: httpx.Client, env: dict[str, st
 
 def test_missing_key_is_401(server: Server) -> None:
     response = httpx.post(f"{server.url}{EXECUTE}", json={"code": "print(1)"})
-    assert response.status_code == 401
-    assert response.json()["error"] == "unauthorized"
-    assert set(response.json()) == {"error", "message"}
+    assert_error(response, 401, "unauthorized")
 
 
+@pytest.mark.slow
 def test_busy_thread_is_409(server: Server, sdk: Any, api: httpx.Client) -> None:
     thread = unique("busy")
     slow: dict[str, Any] = {}
@@ -182,15 +176,14 @@ def test_busy_thread_is_409(server: Server, sdk: Any, api: httpx.Client) -> None
     worker = threading.Thread(target=run_slow)
     worker.start()
     try:
-        deadline = time.monotonic() + 20
-        while not list((server.home / "threads").glob(f"*/{thread}/started")):
-            assert time.monotonic() < deadline, "the slow execution never started"
+
+        def started() -> bool:
             assert worker.is_alive(), slow
-            time.sleep(0.05)
+            return bool(list((server.home / "threads").glob(f"*/{thread}/started")))
+
+        wait_until(started, 20, "the slow execution to start")
         conflict = api.post(EXECUTE, json={"code": "print(1)", "thread_id": thread})
-        assert conflict.status_code == 409
-        assert conflict.json()["error"] == "conflict"
-        assert set(conflict.json()) == {"error", "message"}
+        assert_error(conflict, 409, "conflict")
         with pytest.raises(ThreadBusyError) as caught:
             sdk.execute("print(1)", thread_id=thread)
         assert caught.value.status_code == 409
@@ -223,8 +216,7 @@ def test_get_execution_after_inline_run(
     assert status.duration_ms >= 0
     with server.client(other_org_key) as other:
         response = other.get(f"/v1/executions/{trace_id}")
-    assert response.status_code == 404
-    assert response.json()["error"] == "not_found"
+    assert_error(response, 404, "not_found")
     missing = api.get("/v1/executions/trc_doesnotexist")
     assert missing.status_code == 404
 
@@ -239,6 +231,7 @@ def test_output_flood_is_capped(sdk: Any, api: httpx.Client) -> None:
     assert sdk.get_execution(body["trace_id"]).error == "output_limit_exceeded"
 
 
+@pytest.mark.slow
 def test_memory_bomb_is_oom(sdk: Any, api: httpx.Client) -> None:
     code = "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))\n"
     body = api.post(EXECUTE, json={"code": code, "timeout": 60}).json()
@@ -255,6 +248,7 @@ def test_seccomp_violation(sdk: Any, api: httpx.Client) -> None:
     assert sdk.get_execution(body["trace_id"]).status == "seccomp"
 
 
+@pytest.mark.slow
 def test_timeout_above_profile_cap_is_429(server: Server) -> None:
     cli(server.home, "profiles", "set", "tiny", "--max-timeout", "5")
     key = server.new_key("--profile", "tiny")

@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
-import sqlite3
 import struct
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -37,7 +35,14 @@ from baponi_http import create_files_app, serving
 from baponi_mcp import LocalAccess, build_server
 from baponi_mcp.content import image_type, result_text
 from baponi_mcp.errors import CODES
-from tests.harness import marker_processes, wait_until
+from tests.harness import (
+    marker_processes,
+    sleep_marker,
+    tagged_execution,
+    text_of,
+    unique,
+    wait_until_async,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -87,25 +92,12 @@ async def download(server: MCPServer[Any], **args: Any) -> CallToolResult:
         return await client.call_tool("files_download", args)
 
 
-def text_of(result: CallToolResult) -> str:
-    block = result.content[0]
-    assert isinstance(block, TextContent)
-    return block.text
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 def trace_with_probe(core: Core, probe: str) -> str:
     """The trace id of the execution tagged with metadata ``probe`` (a cancelled call has
     no result to read it from)."""
-    with sqlite3.connect(core.settings.database, timeout=10) as db:
-        row = db.execute(
-            "SELECT trace_id FROM executions WHERE metadata LIKE ?", (f"%{probe}%",)
-        ).fetchone()
-    assert row is not None
-    return str(row[0])
+    found = tagged_execution(core.settings.home, probe)
+    assert found is not None
+    return found[0]
 
 
 def png(width: int = 2, height: int = 2) -> bytes:
@@ -214,6 +206,7 @@ async def test_failing_code_is_an_error_result(local: MCPServer[Any]) -> None:
     assert result.structured_content["success"] is False
 
 
+@pytest.mark.slow
 async def test_timeout_is_an_error_result(local: MCPServer[Any]) -> None:
     result = await call(local, {"code": "import time; time.sleep(30)", "timeout": 1})
     assert result.is_error is True
@@ -287,6 +280,7 @@ def test_result_text_is_the_sdks(result: SandboxResult) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 async def test_output_arrives_as_progress_before_the_end(local: MCPServer[Any], mode: str) -> None:
     code = "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second', flush=True)"
     seen: list[tuple[float, float, float | None, str | None]] = []
@@ -326,7 +320,7 @@ def spawner(marker: str) -> str:
 async def test_cancelling_the_call_kills_the_sandbox(
     local: MCPServer[Any], core: Core, principal: Principal, mode: str
 ) -> None:
-    marker = f"1234.{uuid.uuid4().int % 10**8:08d}"
+    marker = sleep_marker(1234)
     probe = unique("cancel")
     started = anyio.Event()
 
@@ -345,14 +339,14 @@ async def test_cancelling_the_call_kills_the_sandbox(
 
                 async def cancel_when_running() -> None:
                     await started.wait()
-                    assert await wait_until(all_started, within=10)
+                    assert await wait_until_async(all_started, within=10)
                     scope.cancel()
 
                 tasks.start_soon(cancel_when_running)
                 await client.call_tool("sandbox_execute", args, progress_callback=on_progress)
         assert scope.cancelled_caught
         cancelled_at = time.monotonic()
-        assert await wait_until(lambda: not marker_processes(marker), within=5)
+        assert await wait_until_async(lambda: not marker_processes(marker), within=5)
         assert time.monotonic() - cancelled_at < 1.0, "sandboxed processes outlived the cancel"
 
     trace_id = trace_with_probe(core, probe)

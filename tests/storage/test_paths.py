@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ from hypothesis import strategies as st
 
 from baponi_core.errors import ValidationError
 from baponi_core.storage.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, parts
-from tests.harness import Server
+from tests.harness import Server, unique
 
 ROOT = "/srv/storage/root"
 FORBIDDEN_CHARS = {"/", "\x00", "\\"}
@@ -171,19 +169,13 @@ def test_path_length_limit_counts_bytes() -> None:
 @pytest.fixture(scope="module")
 def thread(server: Server) -> str:
     """A thread that exists (an upload URL makes its home) and holds no files."""
-    thread_id = f"paths-{uuid.uuid4().hex[:12]}"
+    thread_id = unique("paths")
     with server.client() as api:
         made = api.post(
             "/v1/files/upload_url", json={"id": thread_id, "path": "x", "content_length": 1}
         )
     assert made.status_code == 200, made.text
     return thread_id
-
-
-@pytest.fixture()
-def api(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 @given(path=paths)

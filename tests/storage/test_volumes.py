@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import textwrap
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,18 @@ import httpx
 import pytest
 from baponi import APIValidationError, ForbiddenError
 
-from tests.harness import Server, cli, start_server, stop_server
+from baponi_core.sandbox.rootfs import HOST_UID
+from tests.harness import (
+    Server,
+    assert_error,
+    cli,
+    files_call,
+    org_id_of,
+    start_server,
+    stop_server,
+    unique,
+)
 
-SANDBOX_UID = 64000
 OTHER_ORG = "volumes-api-other"
 REF_FILES = {"readme.txt": "reference data", "q1/data.csv": "1,2,3"}
 ERRNO_PROBE = """
@@ -58,12 +65,6 @@ def volume_id(created: str) -> str:
     return found.group(1)
 
 
-def org_id(home: Path, name: str) -> str:
-    with sqlite3.connect(home / "baponi.db") as db:
-        row = db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()
-    return str(row[0])
-
-
 def seed(home: Path, org: str, vol: str, files: dict[str, str]) -> None:
     """Place files into a volume on disk, as an operator fills a read-only volume (nothing
     else can: the API and sandboxes refuse to write to it). Same layout and modes as the
@@ -78,7 +79,7 @@ def seed(home: Path, org: str, vol: str, files: dict[str, str]) -> None:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     for item in [root, *root.rglob("*")]:
-        os.chown(item, SANDBOX_UID, SANDBOX_UID, follow_symlinks=False)
+        os.chown(item, HOST_UID, HOST_UID, follow_symlinks=False)
 
 
 def new_key(home: Path, *args: str) -> str:
@@ -93,7 +94,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         cli(home, "volumes", "create", "work")
         ref = volume_id(cli(home, "volumes", "create", "ref", "--read-only"))
-        seed(home, org_id(home, "default"), ref, REF_FILES)
+        seed(home, org_id_of(home), ref, REF_FILES)
         cli(home, "connections", "create", "lake", "--url", "s3://bucket/prefix")
         cli(home, "orgs", "create", OTHER_ORG)
         cli(home, "volumes", "create", "work", "--org", OTHER_ORG)
@@ -123,10 +124,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def unique() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
 
 
 def run(sdk: Any, code: str, sub_paths: list[str] | None = None) -> Any:
@@ -183,13 +180,6 @@ def upload(sdk: Any, slug: str, path: str, data: bytes) -> httpx.Response:
     signed = sdk.upload_url(source="volume", id=slug, path=path, content_length=len(data))
     headers = {h.name: h.value for h in signed.headers}
     return httpx.put(signed.url, content=data, headers=headers, timeout=30)
-
-
-def files_call(client: httpx.Client, action: str, **body: Any) -> httpx.Response:
-    """One raw Files API request; ``action`` is list, upload_url, download_url or delete."""
-    if action == "delete":
-        return client.request("DELETE", "/v1/files", json=body, timeout=10)
-    return client.post(f"/v1/files/{action}", json=body, timeout=10)
 
 
 def assert_mount_error(result: Any) -> None:
@@ -441,8 +431,7 @@ def test_sub_path_of_a_volume_the_key_is_not_bound_to_is_refused(env: Env, sub_p
         json={"code": code, "language": "python", "sub_paths": [sub_path, f"/data/work/{name}"]},
         timeout=30,
     )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"] == "validation_error"
+    assert_error(response, 400, "validation_error")
     with pytest.raises(APIValidationError):  # the SDK sees the same refusal
         env.b.execute(code, sub_paths=[sub_path], timeout=30)
     assert listed(env.a, "work", name) == {}
@@ -532,9 +521,10 @@ def test_other_organisation_reaches_its_own_volume(env: Env) -> None:
     assert response.status_code == 404
 
 
+@pytest.mark.slow
 def test_deleted_and_recreated_volume_starts_empty(env: Env) -> None:
     home = env.server.home
-    slug = f"phoenix-{uuid.uuid4().hex[:6]}"
+    slug = unique("phoenix")
     cli(home, "volumes", "create", slug)
     old = env.server.sdk(new_key(home, "--volume", slug))
     try:
@@ -559,7 +549,7 @@ def test_deleted_and_recreated_volume_starts_empty(env: Env) -> None:
 
 
 def test_new_volume_lists_empty_before_first_use(env: Env) -> None:
-    slug = f"fresh-{uuid.uuid4().hex[:6]}"
+    slug = unique("fresh")
     cli(env.server.home, "volumes", "create", slug)
     response = files_call(env.http_a, "list", source="volume", id=slug)
     assert response.status_code == 200, response.text

@@ -1,0 +1,1 @@
+"""The operator CLI and the one-server-per-home lock: real processes on real homes."""

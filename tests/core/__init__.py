@@ -1,0 +1,1 @@
+"""In-process units of baponi_core with no server: the journal, address policy, admin rules."""

@@ -1,0 +1,1 @@
+"""Every runnable example in examples/, run as a user would run it."""

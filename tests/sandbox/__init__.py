@@ -1,0 +1,1 @@
+"""The sandbox handle's contract: prepare, attach, start, wait/kill, close."""

@@ -1,0 +1,1 @@
+"""Storage: the Files API, volumes, request paths, cloud backends, pre-signed URLs, quota, sweep."""

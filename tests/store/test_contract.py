@@ -1,0 +1,235 @@
+"""The Store contract: what the services rely on, run against every implementation in
+tests/store/implementations.py (the ``store`` fixture, fresh and open, and the
+``implementation`` it was made by, for a second store on the same data)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from baponi_core.ids import hash_key
+from baponi_core.records import Execution
+from baponi_core.services.admin import Admin
+from baponi_core.store import Store
+from tests.store.implementations import Implementation
+
+pytestmark = pytest.mark.anyio
+
+
+def execution(org_id: str, trace_id: str = "trc_test1") -> Execution:
+    return Execution(
+        trace_id=trace_id,
+        org_id=org_id,
+        key_id="key_1",
+        language="python",
+        delivery_mode="inline",
+        created_at=time.time(),
+        thread_id="t-1",
+        metadata={"run": "1", "who": "tests"},
+    )
+
+
+# -- executions -----------------------------------------------------------------------------
+
+
+async def test_execution_round_trip(store: Store) -> None:
+    org = await store.create_org("acme", 4)
+    record = execution(org.id)
+    await store.insert_execution(record)
+    running = await store.get_execution(org.id, record.trace_id)
+    assert running == record
+    assert running is not None and running.status == "running" and running.completed_at is None
+
+    finished = dataclasses.replace(
+        record,
+        status="failed",
+        exit_code=3,
+        stdout="out ✓\n",
+        stderr="err\n",
+        error=None,
+        duration_ms=123,
+        completed_at=record.created_at + 0.5,
+    )
+    await store.update_execution(finished)
+    assert await store.get_execution(org.id, record.trace_id) == finished
+
+
+async def test_execution_of_another_org_is_none(store: Store) -> None:
+    mine = await store.create_org("mine", 1)
+    theirs = await store.create_org("theirs", 1)
+    await store.insert_execution(execution(mine.id, "trc_mine"))
+    assert await store.get_execution(theirs.id, "trc_mine") is None
+    assert await store.get_execution(mine.id, "trc_other") is None
+    assert await store.get_execution(mine.id, "trc_mine") is not None
+
+
+async def test_unfinished_executions_fail_and_their_webhooks_become_due(store: Store) -> None:
+    org = await store.create_org("acme", 4)
+    hooked = dataclasses.replace(
+        execution(org.id, "trc_hooked"),
+        delivery_mode="webhook",
+        webhook_url="https://example.com/h",
+        webhook_delivery_status="pending",
+    )
+    done = dataclasses.replace(
+        execution(org.id, "trc_done"), status="success", completed_at=time.time(), exit_code=0
+    )
+    for record in (execution(org.id, "trc_running"), hooked, done):
+        await store.insert_execution(record)
+
+    now = time.time()
+    assert sorted(t for _, t in await store.fail_unfinished("server_stopped", now)) == [
+        "trc_hooked",
+        "trc_running",
+    ]
+    stranded = await store.get_execution(org.id, "trc_running")
+    assert stranded is not None
+    assert (stranded.status, stranded.error, stranded.exit_code) == ("failed", "server_stopped", -1)
+    assert stranded.completed_at == now and stranded.stdout == ""
+    untouched = await store.get_execution(org.id, "trc_done")
+    assert untouched is not None and untouched.status == "success"
+    assert [r.trace_id for r in await store.due_webhooks(now + 1, 10)] == ["trc_hooked"]
+    assert await store.next_webhook_at() == now
+
+
+async def test_events_are_kept_until_they_expire(store: Store) -> None:
+    now = time.time()
+    events = [(seq, f'{{"seq":{seq}}}') for seq in range(1, 1203)]  # more than one insert
+    await store.add_events("trc_a", events, now + 10)
+    await store.add_events("trc_b", events[:2], now - 1)
+    stored = await store.get_events("trc_a", 1200, now)
+    assert stored == ['{"seq":1201}', '{"seq":1202}']
+    assert len(await store.get_events("trc_a", 0, now)) == 1202
+    assert await store.get_events("trc_b", 0, now) == []  # expired: no longer served
+    assert await store.purge_events(now) == 2
+    assert await store.purge_events(now + 11) == 1202
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+async def test_keys_found_by_hash_and_revoked(store: Store) -> None:
+    admin = Admin(store)
+    secret = await admin.first_start()
+    assert secret is not None
+    assert await admin.first_start() is None
+    key, other = await admin.create_key(name="second")
+    principal = await store.find_key(hash_key(other))
+    assert principal is not None and principal.key == key and principal.org.name == "default"
+    assert await store.find_key(hash_key(other + "x")) is None
+    assert await store.revoke_key(key.org_id, key.id, time.time())
+    assert await store.find_key(hash_key(other)) is None
+    assert not await store.revoke_key(key.org_id, key.id, time.time())
+
+
+# -- volumes and storage connections --------------------------------------------------------
+
+
+async def test_volumes_round_trip_and_bind_to_keys(
+    store: Store, implementation: Implementation
+) -> None:
+    admin = Admin(store)
+    acme = await admin.create_org("acme")
+    other = await admin.create_org("other")
+    reports = await admin.create_volume("acme", "reports")
+    archive = await admin.create_volume("acme", "archive", read_only=True)
+    lake = await admin.create_volume(
+        "acme", "lake", url="s3://bucket/pre", options={"key": "AK", "secret": "SK"}
+    )
+    await admin.create_volume("other", "reports")  # the same slug in another organisation
+
+    assert await store.get_volume(acme.id, "lake") == lake
+    assert await store.get_volume(acme.id, "archive") == archive and archive.read_only
+    assert await store.get_volume(other.id, "lake") is None  # scoped to the organisation
+    assert [v.slug for v in await store.list_volumes(acme.id)] == ["archive", "lake", "reports"]
+    assert lake.options == {"key": "AK", "secret": "SK"} and lake.is_connection
+    assert "SK" not in repr(lake)  # credentials never reach a log line
+
+    key, secret = await admin.create_key("acme", "k", volumes=["reports", "archive"])
+    await store.bind_volumes(key.id, [lake.id, reports.id])  # binding twice is harmless
+    principal = await store.find_key(hash_key(secret))
+    assert principal is not None
+    assert [v.slug for v in principal.volumes] == ["archive", "lake", "reports"]
+    assert principal.volumes[1].options == {"key": "AK", "secret": "SK"}
+    assert await store.key_volumes(acme.id) == {key.id: ["archive", "lake", "reports"]}
+
+    assert await store.delete_volume(acme.id, "lake") is True
+    assert await store.delete_volume(acme.id, "lake") is False
+    assert await store.delete_volume(other.id, "archive") is False  # not theirs
+    principal = await store.find_key(hash_key(secret))
+    assert principal is not None and [v.slug for v in principal.volumes] == ["archive", "reports"]
+    with pytest.raises(implementation.duplicate):  # one slug per organisation
+        await store.create_volume(dataclasses.replace(reports, id="vol_dup"))
+
+
+async def test_key_without_volumes_has_none(store: Store) -> None:
+    admin = Admin(store)
+    await admin.ensure_default_org()
+    await admin.create_volume("default", "unbound")
+    _, secret = await admin.create_key()
+    principal = await store.find_key(hash_key(secret))
+    assert principal is not None and principal.volumes == ()
+
+
+# -- one database, several stores -----------------------------------------------------------
+
+
+async def test_reopen_keeps_data(implementation: Implementation, tmp_path: Path) -> None:
+    first = implementation.make(tmp_path)
+    await first.open()
+    org = await first.create_org("kept", 2)
+    await first.insert_execution(execution(org.id))
+    await first.close()
+    second = implementation.make(tmp_path)
+    await second.open()
+    try:
+        assert await second.get_org("kept") == org
+        assert await second.get_execution(org.id, "trc_test1") is not None
+    finally:
+        await second.close()
+
+
+async def test_two_stores_on_one_database_both_write(
+    implementation: Implementation, tmp_path: Path
+) -> None:
+    """The server and the operator CLI share the database: neither may be refused for the
+    other's writes (SQLite: 'database is locked')."""
+    server, operator = implementation.make(tmp_path), implementation.make(tmp_path)
+    await server.open()
+    await operator.open()
+    try:
+        org = await Admin(server).create_org("shared", 8)
+        count = 60
+
+        async def server_writes() -> None:
+            for i in range(count):
+                record = execution(org.id, f"trc_s{i}")
+                await server.insert_execution(record)
+                await server.update_execution(
+                    dataclasses.replace(record, status="success", exit_code=0)
+                )
+
+        async def operator_writes() -> None:
+            admin = Admin(operator)
+            for i in range(count // 3):
+                await admin.create_org(f"org{i}")
+                await admin.create_key("shared", name=f"k{i}")
+                await admin.save_profile("shared", f"p{i}", max_timeout=10 + i)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(server_writes)
+            group.start_soon(operator_writes)
+
+        # each side sees the other's writes
+        assert len(await server.list_orgs()) == 1 + count // 3
+        assert len(await server.list_keys(org.id)) == count // 3
+        for i in (0, count - 1):
+            seen = await operator.get_execution(org.id, f"trc_s{i}")
+            assert seen is not None and seen.status == "success"
+    finally:
+        await server.close()
+        await operator.close()
