@@ -40,7 +40,8 @@ fi
 extra=""
 [ "$mode" = test ] && extra="[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
-.venv/bin/python -m baponi_core.sandbox.agent >/dev/null  # build the sandbox's init now
+# Build the sandbox's init now rather than at the server's first start.
+.venv/bin/python -c 'from baponi_core.sandbox import agent; agent.binary()'
 
 if [ "$mode" = serve ]; then
   exec .venv/bin/baponi serve "$@"

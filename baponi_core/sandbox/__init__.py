@@ -3,7 +3,7 @@ through its own init until it is closed (:mod:`handle` has the contract), and th
 one-shot execution built on them (:mod:`oneshot`)."""
 
 from baponi_core.sandbox.handle import MountError, Process, Sandbox, SandboxError
-from baponi_core.sandbox.oneshot import CodeRun, Ending, Outcome, run_code
+from baponi_core.sandbox.oneshot import CodeRun, Ending, Outcome, run_code, run_to_end
 from baponi_core.sandbox.runtime import SandboxRuntime
 from baponi_core.sandbox.spec import Command, Limits, Mount, Shape, volume_mounts
 
@@ -21,5 +21,6 @@ __all__ = [
     "SandboxRuntime",
     "Shape",
     "run_code",
+    "run_to_end",
     "volume_mounts",
 ]

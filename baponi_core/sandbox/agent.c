@@ -5,14 +5,20 @@
  * of its own choosing; when the server goes away it exits, and the kernel ends every
  * process of the sandbox with it.
  *
+ * Before anything else it lowers its own resource limits to those given on its command
+ * line, for good: every process of the sandbox inherits them.
+ *
  * It talks to the server over one SOCK_SEQPACKET socket (its only descriptor besides
  * 0-2), one message per datagram, native byte order (both ends run on the same host):
  *
  *   server -> agent
- *     SPAWN   u32 type=1, u32 id, u32 argc, u32 envc, u64 cpu_seconds (0: none),
- *             then cwd, argv[argc], env[envc] as NUL-terminated strings,
+ *     SPAWN   u32 type=1, u32 id, u32 argc, u32 envc, u32 flags, u32 zero,
+ *             u64 cpu_seconds (0: none), then cwd, argv[argc], env[envc] as
+ *             NUL-terminated strings,
  *             with exactly three descriptors (stdin, stdout, stderr) as SCM_RIGHTS
  *     SIGNAL  u32 type=2, u32 id, u32 signal, u32 group (1: the process's group)
+ *             flags: LAST (1), the sandbox ends with this process: once it has
+ *             been reported, the agent exits, and the kernel ends what is left
  *   agent -> server: u32 type, u32 id, i32 value, u32 zero
  *     READY   type=1, id=0, value=PROTOCOL        once, at start
  *     STARTED type=2, value=pid (in the sandbox)  the program was executed
@@ -48,10 +54,11 @@
 #define MAX_PROCESSES 65536
 
 enum { SPAWN = 1, SIGNAL = 2 };
+enum { LAST = 1 };
 enum { READY = 1, STARTED = 2, FAILED = 3, EXITED = 4 };
 
 struct spawn {
-    uint32_t type, id, argc, envc;
+    uint32_t type, id, argc, envc, flags, zero;
     uint64_t cpu_seconds;
 };
 struct signal_request {
@@ -63,7 +70,7 @@ struct event {
     uint32_t zero;
 };
 struct process {
-    uint32_t id;
+    uint32_t id, flags;
     pid_t pid;
 };
 
@@ -134,7 +141,8 @@ static void spawn(ssize_t size, int fds[3]) {
     if ((size_t)size < sizeof head)
         fail();
     memcpy(&head, message, sizeof head);
-    if (head.argc < 1 || head.argc > MAX_STRINGS || head.envc > MAX_STRINGS)
+    if (head.argc < 1 || head.argc > MAX_STRINGS || head.envc > MAX_STRINGS ||
+        (head.flags & ~LAST) != 0 || head.zero != 0)
         fail();
     if (head.id == 0 || find(head.id) != NULL || running == MAX_PROCESSES)
         fail();
@@ -167,7 +175,7 @@ static void spawn(ssize_t size, int fds[3]) {
         report(FAILED, head.id, e);
         return;
     }
-    processes[running++] = (struct process){head.id, pid};
+    processes[running++] = (struct process){head.id, head.flags, pid};
     report(STARTED, head.id, pid);
 }
 
@@ -230,6 +238,8 @@ static void reap(void) {
         for (size_t i = 0; i < running; i++) {
             if (processes[i].pid == pid) {
                 report(EXITED, processes[i].id, status);
+                if (processes[i].flags & LAST)
+                    _exit(0);
                 processes[i] = processes[--running];
                 break;
             }
@@ -237,8 +247,21 @@ static void reap(void) {
     }
 }
 
+/* Lower a limit for good (soft and hard): every process started later inherits it. */
+static int limit(int resource, const char *text) {
+    char *end;
+    errno = 0;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0' || end == text)
+        return -1;
+    struct rlimit both = {(rlim_t)value, (rlim_t)value};
+    return value == 0 && resource == RLIMIT_DATA ? 0 : setrlimit(resource, &both);
+}
+
+/* init CONTROL-FD CORE FSIZE NOFILE DATA (DATA 0: none, the cgroup bounds memory) */
 int main(int argc, char **argv) {
-    if (argc != 2)
+    if (argc != 6 || limit(RLIMIT_CORE, argv[2]) < 0 || limit(RLIMIT_FSIZE, argv[3]) < 0 ||
+        limit(RLIMIT_NOFILE, argv[4]) < 0 || limit(RLIMIT_DATA, argv[5]) < 0)
         return 2;
     int control = atoi(argv[1]);
     if (control != CONTROL && (dup2(control, CONTROL) < 0 || close(control) < 0))

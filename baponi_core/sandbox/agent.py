@@ -2,7 +2,7 @@
 
 The agent is pid 1 of every sandbox. It is statically linked, so that it runs on any root
 filesystem, and built from the source next to this module on first use, with the C
-compiler the setup installs (``python -m baponi_core.sandbox.agent`` builds it ahead).
+compiler the setup installs (``scripts/setup.sh`` builds it ahead, with :func:`binary`).
 The messages are described in ``agent.c``; this side encodes requests and decodes, as
 hostile input, what the agent reports.
 """
@@ -14,7 +14,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ SOURCE = Path(__file__).with_name("agent.c")
 MAX_MESSAGE = 256 * 1024  # the agent's receive buffer
 MAX_STRINGS = 8192  # argv entries, and environment entries, of one process
 
-_SPAWN = struct.Struct("=IIIIQ")  # type, id, argc, envc, cpu seconds
+_SPAWN = struct.Struct("=IIIIIIQ")  # type, id, argc, envc, flags, zero, cpu seconds
+LAST = 1  # SPAWN flag: the sandbox ends with this process
 _SIGNAL = struct.Struct("=IIII")  # type, id, signal, whole group
 _EVENT = struct.Struct("=IIiI")  # type, id, value, zero
 
@@ -60,6 +60,7 @@ def spawn(
     env: Mapping[str, str],
     cwd: str,
     cpu_seconds: int | None,
+    last: bool = False,
 ) -> bytes:
     """The SPAWN request for one process; raises ValueError for what cannot be sent."""
     strings = [cwd, *argv, *(f"{name}={value}" for name, value in env.items())]
@@ -68,7 +69,8 @@ def spawn(
     if any("\0" in s for s in strings) or any("=" in name or not name for name in env):
         raise ValueError("arguments and variables cannot hold NUL bytes or '=' in names")
     payload = b"".join(s.encode("utf-8", "surrogateescape") + b"\0" for s in strings)
-    head = _SPAWN.pack(Request.SPAWN, id, len(argv), len(env), cpu_seconds or 0)
+    flags = LAST if last else 0
+    head = _SPAWN.pack(Request.SPAWN, id, len(argv), len(env), flags, 0, cpu_seconds or 0)
     if len(head) + len(payload) > MAX_MESSAGE:
         raise ValueError(f"arguments and environment exceed {MAX_MESSAGE} bytes")
     return head + payload
@@ -119,7 +121,3 @@ def binary(where: Path | None = None) -> Path:
         built.chmod(0o755)
         built.replace(target)  # atomic: servers starting together never see half a file
     return target
-
-
-if __name__ == "__main__":
-    print(binary(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

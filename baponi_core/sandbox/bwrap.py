@@ -27,17 +27,34 @@ class Fds:
 
 @dataclass(frozen=True)
 class Bound:
-    """The home and volumes fixed on the command line, for a server that cannot mount into
-    a running sandbox (not root). ``home`` is a descriptor, or None for a fresh tmpfs."""
+    """The home and volumes bound by bwrap as it launches the sandbox, for one launched
+    when its request is known. Sources are paths, or descriptors (``by_fd``); ``home``
+    None is a fresh tmpfs."""
 
-    home: int | None
-    mounts: tuple[tuple[Mount, int], ...] = ()
+    home: str | None
+    mounts: tuple[tuple[Mount, str], ...] = ()
+    by_fd: bool = False
+
+    @property
+    def fds(self) -> list[int]:
+        """The descriptors bwrap must inherit."""
+        if not self.by_fd:
+            return []
+        return [int(fd) for fd in (self.home, *(source for _, source in self.mounts)) if fd]
 
 
 def command(
-    bwrap: str, shape: Shape, fds: Fds, etc_binds: list[str], slot: Slot, bound: Bound | None
+    bwrap: str,
+    shape: Shape,
+    fds: Fds,
+    etc_binds: list[str],
+    slot: Slot,
+    bound: Bound | None,
+    memory_rlimit: bool,
 ) -> list[str]:
-    """``bound`` None: /home/baponi and /data are the slot's, for mounts made later."""
+    """``bound`` None: /home/baponi and /data are the slot's, for mounts made later (into
+    the running sandbox, by propagation).
+    ``memory_rlimit``: bound memory with RLIMIT_DATA (when there is no cgroup to)."""
     limits = shape.limits
     argv = [
         bwrap,
@@ -117,18 +134,25 @@ def command(
         "--",
         f"{RUN_DIR}/init",
         str(fds.control),
+        # The limits the init lowers for every process of the sandbox: no core dumps,
+        # file size, open files, and (not V8-proof RLIMIT_AS) data as memory's stand-in.
+        "0",
+        str(limits.file_size_bytes),
+        str(limits.open_files),
+        str(limits.memory_bytes if memory_rlimit else 0),
     ]
     return argv
 
 
 def _bound(bound: Bound, home_bytes: int) -> list[str]:
+    by = "-fd" if bound.by_fd else ""
     if bound.home is None:
         argv = ["--perms", "0700", "--size", str(home_bytes), "--tmpfs", HOME]
     else:
-        argv = ["--bind-fd", str(bound.home), HOME]
+        argv = [f"--bind{by}", bound.home, HOME]
     # Always there, so code can probe it. bwrap makes the parents of each target in the
     # root tmpfs, read-only once / is (targets never lie inside one another).
     argv += ["--perms", "0755", "--dir", DATA]
-    for mount, fd in bound.mounts:
-        argv += ["--ro-bind-fd" if mount.read_only else "--bind-fd", str(fd), mount.target]
+    for mount, source in bound.mounts:
+        argv += [f"--ro-bind{by}" if mount.read_only else f"--bind{by}", source, mount.target]
     return argv

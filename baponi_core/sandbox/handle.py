@@ -12,8 +12,9 @@ Contract::
     process = await sandbox.start(command)   # any number, one after another or at once,
     await process.wait()                     # each with its own stdin, stdout, stderr
     sandbox.kill()                           # ends every process of the sandbox at once
-    await sandbox.close()                    # always: kills, reaps, frees the cgroup, the
-                                             # mounts and the slot
+    await sandbox.close()                    # always: kills, waits until no process of
+                                             # it runs, frees the cgroup, the mounts and
+                                             # the slot (wait=False: in the background)
 
 A sandbox is never given back: whoever prepared it closes it, and no state of one user
 can reach another. Processes are killed with the sandbox; a process's own end is
@@ -22,9 +23,11 @@ signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made 
 :class:`MountError`; neither is ever the fault of code run in the sandbox.
 
 As root the server prepares the whole sandbox ahead and mounts the request's home and
-volumes into it at :meth:`Sandbox.attach` (:mod:`attach`). A server that is not root
-cannot mount, so there the sandbox is launched at ``attach``, with its mounts on bwrap's
-command line; everything else behaves the same.
+volumes into it at :meth:`Sandbox.attach` (:mod:`attach`). ``prepare(shape, ahead=False)``
+leaves the launch to ``attach`` instead, with the mounts bound as bwrap sets it up: for a
+caller that has its request already. A server that is not root cannot mount, so there
+the sandbox is always launched at ``attach``, with its mounts on bwrap's command line;
+everything else behaves the same.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import itertools
 import json
 import logging
 import os
-import resource
+import select
 import signal
 import socket
 import subprocess
@@ -52,8 +55,8 @@ from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.pipes import PipeReader, PipeWriter
 from baponi_core.sandbox.rootfs import HOME
 from baponi_core.sandbox.slots import Slot, Slots
-from baponi_core.sandbox.spawner import Spawner
-from baponi_core.sandbox.spec import Command, Limits, Mount, Shape
+from baponi_core.sandbox.spec import Command, Mount, Shape
+from baponi_core.sandbox.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,8 @@ class Host:
     bwrap: str
     uid: int | None  # the host uid sandboxes run as; None: the server's own
     cgroups: Cgroups | None
-    spawner: Spawner
+    spawner: Worker  # starts bwrap, as the sandbox uid
+    janitor: Worker  # frees what ended sandboxes held
     etc: Path
     etc_binds: list[str]
     seccomp: bytes
@@ -88,8 +92,9 @@ class Host:
     live: set[Sandbox] = field(default_factory=set)  # prepared and not yet closed
 
     @property
-    def mounts_later(self) -> bool:
-        """Whether mounts can be made into a running sandbox (the server is root)."""
+    def root(self) -> bool:
+        """Whether the server is root: it can then mount, into a sandbox already running
+        or into a slot before bwrap binds it."""
         return self.uid is not None
 
 
@@ -157,12 +162,14 @@ class Sandbox:
         self._listening = False
         self._attached = False
         self._closed = False
+        self._freed = anyio.Event()  # all it held has been given back
 
     # set-up
 
-    async def _launch(self, bound: bwrap.Bound | None) -> None:
-        """Start bwrap, confine the sandbox's init, and wait until it is ready. The
-        descriptors in ``bound`` stay the caller's."""
+    async def _launch(self, bound: bwrap.Bound | None, ready: bool) -> None:
+        """Start bwrap and confine the sandbox's init (its cgroup) before it can start
+        anything. ``ready``: also wait until the init says it is up; otherwise what is
+        sent to it waits in its socket, and a failed set-up shows as its end."""
         host = self._host
         own: list[int] = []  # closed here once bwrap has its copies
         try:
@@ -178,9 +185,17 @@ class Sandbox:
             control = theirs.detach()
             own.append(control)
             fds = bwrap.Fds(etc=etc, seccomp=seccomp, info=info_w, control=control)
-            argv = bwrap.command(host.bwrap, self.shape, fds, host.etc_binds, self._slot, bound)
-            passed = [*own, *_bound_fds(bound)]
             self._group = host.cgroups.create(self.id, self.shape.limits) if host.cgroups else None
+            argv = bwrap.command(
+                host.bwrap,
+                self.shape,
+                fds,
+                host.etc_binds,
+                self._slot,
+                bound,
+                memory_rlimit=self._group is None,
+            )
+            passed = [*own, *(bound.fds if bound is not None else ())]
             try:
                 self._bwrap = await host.spawner.call(_popen, argv, errors_w, passed)
             except OSError as exc:
@@ -194,11 +209,12 @@ class Sandbox:
         self._listening = True
         host.tasks.start_soon(self._listen, name=f"sandbox {self.id}")
         try:
-            await self._confine(info_r)
+            await self._confine(info_r, ready)
         finally:
             os.close(info_r)
 
-    async def _confine(self, info_r: int) -> None:
+    async def _confine(self, info_r: int, ready: bool) -> None:
+        confined = False
         with anyio.move_on_after(SETUP_TIMEOUT_S):
             info = await _read_info(info_r)
             if info is not None:
@@ -206,10 +222,10 @@ class Sandbox:
                 self._init_pidfd = os.pidfd_open(pid)
                 if self._group is not None:
                     self._group.attach(pid)
-                limits, memory = self.shape.limits, self._group is None
-                await self._host.spawner.call(_set_rlimits, pid, limits, memory)
-                await self._ready_or_exit()
-        if not self._ready.is_set():
+                confined = True
+                if ready:
+                    await self._ready_or_exit()
+        if not confined or (ready and not self._ready.is_set()):
             raise SandboxError(f"sandbox set-up failed: {self._setup_report()}")
 
     async def _ready_or_exit(self) -> None:
@@ -237,7 +253,8 @@ class Sandbox:
 
     async def attach(self, home: Path | None, mounts: tuple[Mount, ...] = ()) -> None:
         """Mount the request's thread ``home`` at /home/baponi (None: a fresh tmpfs of the
-        shape's size) and ``mounts`` under /data; once, before the first process."""
+        shape's size) and ``mounts`` under /data; once, before the first process. A
+        sandbox not launched yet is launched here, with them."""
         if self._attached:
             raise SandboxError("this sandbox has its mounts already")
         self._attached = True
@@ -253,19 +270,49 @@ class Sandbox:
                 self._shared(mount.source, mount.target)
                 mount_fds.append(_open_mount(mount))
                 opened.append(mount_fds[-1])
-            if not self._host.mounts_later:
-                await self._launch(bwrap.Bound(home_fd, tuple(zip(mounts, mount_fds, strict=True))))
-                return
-            if self._gone.is_set():
-                raise SandboxError("the sandbox has ended")
-            self._mount_home(home_fd)
-            for mount, fd in zip(mounts, mount_fds, strict=True):
-                point = self._slot.mount_point(mount.target)
-                attach.bind(fd, point, mount.read_only)
-                self._mounted.append(point)
+            if self._bwrap is not None:
+                self._mount_into_running(home_fd, mounts, mount_fds)
+            else:
+                await self._launch(self._bound(home_fd, mounts, mount_fds), ready=False)
         finally:
             for fd in opened:
                 os.close(fd)
+
+    def _mount_into_running(
+        self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]
+    ) -> None:
+        """Mount into the slot of the running sandbox, which sees them by propagation."""
+        if self._gone.is_set():
+            raise SandboxError("the sandbox has ended")
+        if home_fd is None:
+            assert self._host.uid is not None
+            attach.tmpfs(self._slot.home, self.shape.limits.home_bytes, self._host.uid, 0o700)
+        else:
+            attach.bind(home_fd, self._slot.home, read_only=False)
+        self._mounted.append(self._slot.home)
+        for mount, fd in zip(mounts, fds, strict=True):
+            point = self._slot.mount_point(mount.target)
+            attach.bind(fd, point, mount.read_only)
+            self._mounted.append(point)
+
+    def _bound(self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]) -> bwrap.Bound:
+        """What bwrap is to bind at launch. As root, each is mounted in the slot first,
+        where bwrap (as the sandbox uid) can reach it; otherwise bwrap, as ourselves,
+        binds the descriptors."""
+        if not self._host.root:
+            sources = tuple(str(fd) for fd in fds)
+            home = None if home_fd is None else str(home_fd)
+            return bwrap.Bound(home, tuple(zip(mounts, sources, strict=True)), by_fd=True)
+        if home_fd is not None:
+            attach.bind(home_fd, self._slot.home, read_only=False)
+            self._mounted.append(self._slot.home)
+        points = []
+        for mount, fd in zip(mounts, fds, strict=True):
+            points.append(self._slot.mount_point(mount.target))
+            attach.bind(fd, points[-1], mount.read_only)
+            self._mounted.append(points[-1])
+        home = None if home_fd is None else str(self._slot.home)
+        return bwrap.Bound(home, tuple(zip(mounts, map(str, points), strict=True)), by_fd=False)
 
     def _shared(self, source: Path, target: str) -> Path:
         """``source``, if it lies in a directory shared with sandboxes: a bug elsewhere
@@ -273,14 +320,6 @@ class Sandbox:
         if ".." in source.parts or not any(source.is_relative_to(d) for d in self._host.shared):
             raise MountError(f"cannot mount {target}: its source is not shared")
         return source
-
-    def _mount_home(self, fd: int | None) -> None:
-        if fd is None:
-            assert self._host.uid is not None
-            attach.tmpfs(self._slot.home, self.shape.limits.home_bytes, self._host.uid, 0o700)
-        else:
-            attach.bind(fd, self._slot.home, read_only=False)
-        self._mounted.append(self._slot.home)
 
     # processes
 
@@ -292,7 +331,9 @@ class Sandbox:
             raise SandboxError("the sandbox has ended")
         id = next(self._ids)
         try:
-            message = agent.spawn(id, command.argv, command.env, command.cwd, command.cpu_seconds)
+            message = agent.spawn(
+                id, command.argv, command.env, command.cwd, command.cpu_seconds, command.last
+            )
             for name, data in command.files.items():
                 self._slot.write(name, data)
         except (ValueError, FileExistsError) as exc:
@@ -332,8 +373,11 @@ class Sandbox:
             await process._started.wait()
         if process.pid is None:
             process.close()
-            why = os.strerror(process._error) if process._error else "the sandbox ended"
-            raise SandboxError(f"could not start {command.argv[0]}: {why}")
+            if process._error:
+                raise SandboxError(
+                    f"could not start {command.argv[0]}: {os.strerror(process._error)}"
+                )
+            raise SandboxError(f"the sandbox ended: {self._setup_report()}")
         return process
 
     async def _send(self, message: bytes, fds: list[int] | tuple[int, ...]) -> None:
@@ -412,24 +456,28 @@ class Sandbox:
         """How many of its processes the kernel killed for lack of memory."""
         return self._group.oom_kills() if self._group is not None else 0
 
-    async def close(self) -> None:
-        """End the sandbox and free everything it held; safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
-        self.kill()
-        with anyio.CancelScope(shield=True):
-            await self._reap()
-            for point in reversed(self._mounted):
-                try:
-                    attach.detach(point)
-                except OSError as exc:
-                    log.error("sandbox %s: %s", self.id, exc)
-            self._mounted.clear()
-            self._slot.remove()
-            self._host.live.discard(self)
+    async def close(self, *, wait: bool = True) -> None:
+        """End the sandbox and free everything it held; safe to call more than once.
 
-    async def _reap(self) -> None:
+        It returns once no process of the sandbox runs any more (bwrap, and with it the
+        sandbox's pid namespace, has ended); with ``wait=False`` what it held (cgroup,
+        mounts, slot) is freed in the background after that, off the caller's path."""
+        if not self._closed:
+            self._closed = True
+            self.kill()
+            with anyio.CancelScope(shield=True):
+                await self._end()
+            if wait:
+                await self._free()
+            else:
+                self._host.tasks.start_soon(self._free, name=f"freeing sandbox {self.id}")
+        if wait:
+            await self._freed.wait()
+
+    async def _end(self) -> None:
+        """Wait for bwrap: it exits once the sandbox's init is gone, and the kernel ends
+        the init's pid namespace, every process of it, first. Then the init's socket
+        ends too."""
         if self._exit_pidfd is not None:
             with anyio.move_on_after(SETUP_TIMEOUT_S):
                 await anyio.wait_readable(self._exit_pidfd)
@@ -437,25 +485,40 @@ class Sandbox:
         if self._bwrap is not None and self._bwrap.poll() is None:
             self._bwrap.kill()
             self._bwrap.wait()
-        if self._init_pidfd is not None:
-            with anyio.move_on_after(5):
-                await anyio.wait_readable(self._init_pidfd)  # readable once the init has exited
-            with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
-                os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
-            os.close(self._init_pidfd)
         if self._control is not None:
-            if self._listening:  # the agent is dead: its socket's end comes at once
-                with anyio.move_on_after(5):
+            if self._listening:  # the init is dead: its socket's end comes at once
+                with anyio.move_on_after(SETUP_TIMEOUT_S):
                     await self._gone.wait()
             anyio.notify_closing(self._control)
             self._control.close()
         if self._setup_errors is not None:
             os.close(self._setup_errors)
+
+    async def _free(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._host.janitor.call(self._release)
+            finally:
+                self._host.live.discard(self)
+                self._freed.set()
+
+    def _release(self) -> None:
+        """Reap the init, unmount, remove the cgroup and the slot: blocking, on the
+        janitor's thread (in the server's mount namespace, where the mounts are)."""
+        if self._init_pidfd is not None:
+            select.select([self._init_pidfd], [], [], 5)  # readable once the init has exited
+            with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
+                os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)
+            os.close(self._init_pidfd)
+        for point in reversed(self._mounted):
+            try:
+                attach.detach(point)
+            except OSError as exc:
+                log.error("sandbox %s: %s", self.id, exc)
+        self._mounted.clear()
         if self._group is not None:
-            if self._group.pids():
-                await anyio.to_thread.run_sync(self._group.remove)
-            else:
-                self._group.remove()
+            self._group.remove()
+        self._slot.remove()
 
 
 def _shell_status(status: int) -> int:
@@ -486,20 +549,6 @@ def _popen(argv: list[str], errors: int, pass_fds: list[int]) -> subprocess.Pope
     return subprocess.Popen(
         argv, env={}, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, pass_fds=pass_fds
     )
-
-
-def _set_rlimits(pid: int, limits: Limits, memory: bool) -> None:
-    """Lower the hard limits of the sandbox's init before it starts anything; they are
-    inherited by every process and can never be raised again."""
-    wanted = [
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
-        (resource.RLIMIT_NOFILE, limits.open_files),
-    ]
-    if memory:  # no cgroup: RLIMIT_DATA, not RLIMIT_AS, which V8 cannot start under
-        wanted.append((resource.RLIMIT_DATA, limits.memory_bytes))
-    for which, value in wanted:
-        resource.prlimit(pid, which, (value, value))
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -552,9 +601,3 @@ def _check_targets(mounts: tuple[Mount, ...]) -> None:
         for other in targets[i + 1 :]:
             if one.startswith(other) or other.startswith(one):
                 raise SandboxError(f"mounts {one[:-1]} and {other[:-1]} overlap")
-
-
-def _bound_fds(bound: bwrap.Bound | None) -> list[int]:
-    if bound is None:
-        return []
-    return [fd for fd in (bound.home, *(fd for _, fd in bound.mounts)) if fd is not None]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -56,6 +57,7 @@ class CodeRun:
             env={**BASE_ENV, **self.env},
             files={script: self.code},
             cpu_seconds=int(self.timeout_s) + 5,  # a backstop; the wall clock rules
+            last=True,
         )
 
 
@@ -87,18 +89,25 @@ class _Run:
     stopped: bool = False
 
 
+@asynccontextmanager
 async def run_code(
     runtime: SandboxRuntime,
     job: CodeRun,
     *,
     on_output: OutputSink | None = None,
     stop: anyio.Event | None = None,
-) -> Outcome:
-    """Run ``job`` to its end, passing output to ``on_output`` as it is written. Setting
-    ``stop`` kills the sandbox (ending ``STOPPED``); so does cancelling the caller.
-    Raises SandboxError (MountError for a mount) if the sandbox could not be set up."""
+) -> AsyncIterator[Outcome]:
+    """Run ``job`` to its end, passing output to ``on_output`` as it is written; the block
+    gets the outcome. Setting ``stop`` kills the sandbox (ending ``STOPPED``); so does
+    cancelling the caller. Raises SandboxError (MountError for a mount) if the sandbox
+    could not be set up.
+
+    The block runs as soon as the program has ended and its output is in, while its
+    sandbox, killed, is still ending (a caller can record the outcome meanwhile); leaving
+    the block waits until no process of the sandbox runs any more. What the sandbox held
+    is freed after that, in the background."""
     started = time.monotonic()
-    sandbox = await runtime.prepare(job.shape)
+    sandbox = await runtime.prepare(job.shape, ahead=False)  # launched with its mounts
     try:
         await sandbox.attach(job.home, job.mounts)
         run = _Run(sandbox)
@@ -113,7 +122,7 @@ async def run_code(
                     raise
                 code = KILLED  # stopped while the program was being started
             watch.cancel_scope.cancel()
-        return Outcome(
+        yield Outcome(
             ending=_ending(run, code),
             exit_code=code,
             stdout=bytes(streams["stdout"]),
@@ -121,7 +130,13 @@ async def run_code(
             duration_ms=int((time.monotonic() - started) * 1000),
         )
     finally:
-        await sandbox.close()
+        await sandbox.close(wait=False)
+
+
+async def run_to_end(runtime: SandboxRuntime, job: CodeRun) -> Outcome:
+    """:func:`run_code`, for a caller with nothing to do before the sandbox has ended."""
+    async with run_code(runtime, job) as outcome:
+        return outcome
 
 
 async def _supervise(
@@ -144,8 +159,8 @@ async def _supervise(
             )
             for name, pipe in pipes:
                 pumps.start_soon(_pump, run, pipe, name, streams[name], job, on_output)
-            code = await process.wait()
-            run.sandbox.kill()  # single use: what it left running goes too, its pipes end
+            code = await process.wait()  # and the sandbox is ending: what it left running too
+            run.sandbox.kill()  # at once, so that the pipes those held end
     if deadline.cancelled_caught:
         run.timed_out = True
         run.sandbox.kill()

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.sandbox import agent, mountns, seccomp
+from baponi_core.sandbox import agent, attach, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroups
 from baponi_core.sandbox.handle import Host, Sandbox, SandboxError
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.rootfs import HOST_UID, build_etc
 from baponi_core.sandbox.slots import Slots
-from baponi_core.sandbox.spawner import Spawner
 from baponi_core.sandbox.spec import Shape
+from baponi_core.sandbox.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,12 @@ class SandboxRuntime:
         else:  # sandboxes run as ourselves: our own directories are reachable
             base, cgroups, uid = workdir, None, None
         etc = base / "etc"
-        etc_binds, slots, spawner = build_etc(etc), Slots.open(base / "slots", init), Spawner(uid)
+        etc_binds, slots = build_etc(etc), Slots.open(base / "slots", init)
+        spawner = Worker("spawner", uid=uid, thread=False)  # a thread when it switches uid
+        janitor = Worker("janitor", thread=uid is not None)  # made here: in our mount namespace
+        if uid is not None:  # one bind of /etc for bwrap to make, not one per directory
+            _bind_host_etc(etc, etc_binds)
+            etc_binds = []
         try:
             async with anyio.create_task_group() as tasks:
                 host = Host(
@@ -78,6 +83,7 @@ class SandboxRuntime:
                     uid=uid,
                     cgroups=cgroups,
                     spawner=spawner,
+                    janitor=janitor,
                     etc=etc,
                     etc_binds=etc_binds,
                     seccomp=seccomp.program(),
@@ -94,19 +100,26 @@ class SandboxRuntime:
                     tasks.cancel_scope.cancel()
         finally:
             spawner.close()
+            janitor.close()
             if cgroups is not None:
                 cgroups.close()
 
-    async def prepare(self, shape: Shape) -> Sandbox:
-        """A sandbox of ``shape``, set up and waiting for :meth:`Sandbox.attach`. Raises
-        SandboxError when it cannot be set up (then nothing of it is left)."""
+    async def prepare(self, shape: Shape, *, ahead: bool = True) -> Sandbox:
+        """A sandbox of ``shape``, waiting for :meth:`Sandbox.attach`.
+
+        ``ahead``: set it up now, before its request is known (as root; a server that is
+        not root cannot mount into a running sandbox, so its sandboxes are always set up
+        at attach). Otherwise it is launched at attach, with the request's mounts bound as
+        it is set up: what a caller that has its request already does, one round trip to
+        the sandbox shorter. Raises SandboxError when it cannot be set up (then nothing of
+        it is left)."""
         id = f"sbx-{secrets.token_hex(6)}"
         sandbox = Sandbox(self._host, id, shape, self._host.slots.new(id))
         self._host.live.add(sandbox)
-        if not self._host.mounts_later:
-            return sandbox  # launched at attach, with its mounts
+        if not (ahead and self._host.root):
+            return sandbox
         try:
-            await sandbox._launch(None)
+            await sandbox._launch(None, ready=True)
         except BaseException:
             await sandbox.close()
             raise
@@ -115,6 +128,17 @@ class SandboxRuntime:
     async def _close(self) -> None:
         for sandbox in list(self._host.live):
             await sandbox.close()
+
+
+def _bind_host_etc(etc: Path, names: list[str]) -> None:
+    """Mount the host's /etc directories a sandbox sees (CA certificates, alternatives)
+    read-only into the generated /etc, which bwrap then binds whole."""
+    for name in names:
+        fd = os.open(f"/etc/{name}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            attach.bind(fd, etc / name, read_only=True)
+        finally:
+            os.close(fd)
 
 
 def _set_child_subreaper() -> None:

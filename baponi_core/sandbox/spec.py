@@ -53,6 +53,7 @@ class Command:
     files: Mapping[str, bytes] = field(default_factory=dict)
     cpu_seconds: int | None = None
     stdin: bool = False  # a pipe the caller writes to; else /dev/null
+    last: bool = False  # the sandbox ends with it: its init exits once it has ended
 
 
 @dataclass(frozen=True)

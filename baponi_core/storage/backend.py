@@ -36,6 +36,8 @@ class Signed:
 
 
 class Backend(Protocol):
+    writes_back: bool  # whether push stores anything (a workspace that is not the root)
+
     def workspace(self, key: Key) -> Path:
         """The directory sandboxes bind for ``key``, made on first use."""
         ...

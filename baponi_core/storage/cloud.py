@@ -48,6 +48,7 @@ class CloudBackend:
     Files API does not reach) such uploads are not offered."""
 
     max_listed = MAX_LISTED  # entries a listing gives at most, as on local disk
+    writes_back = True
 
     def __init__(
         self,

@@ -23,6 +23,8 @@ CHUNK = 1 << 20
 
 
 class DiskBackend:
+    writes_back = False  # a root's workspace is the root itself
+
     def __init__(self, base: Path, owner: int | None, signer: UrlSigner) -> None:
         self.base = base
         self.owner = owner

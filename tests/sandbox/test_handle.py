@@ -17,7 +17,7 @@ import subprocess
 import sysconfig
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -283,6 +283,61 @@ def test_the_init_cannot_be_killed_from_inside(sandboxes: Sandboxes) -> None:
         assert run(sandboxes, sandbox, shell("echo alive")) == (0, "alive\n", "")
     finally:
         sandboxes.call(sandbox.close)
+
+
+def test_a_last_command_ends_its_sandbox_with_it(sandboxes: Sandboxes) -> None:
+    marker = "handle-last-marker"
+    sandbox = sandboxes.ready()
+
+    async def scenario() -> tuple[int, int, str]:
+        other = await sandbox.start(shell(f"exec -a {marker} sleep 60"))
+        await wait_until_async(lambda: sleepers(marker), within=10, what="the sleeper")
+        last = await sandbox.start(replace(shell("echo done"), last=True))
+        status, out, _ = await collect(last)
+        other_status = await other.wait()  # went with the sandbox
+        other.close()
+        return status, other_status, out
+
+    try:
+        assert sandboxes.call(scenario) == (0, 137, "done\n")
+        assert sleepers(marker) == []
+        with pytest.raises(SandboxError, match="ended"):
+            sandboxes.call(sandbox.start, shell("true"))
+    finally:
+        sandboxes.call(sandbox.close)
+
+
+def test_launched_at_attach_with_its_mounts(sandboxes: Sandboxes) -> None:
+    """prepare(ahead=False): nothing runs before attach, which launches the sandbox with
+    the home and volumes bound as bwrap sets it up."""
+    home = sandboxes.directory("home-lazy")
+    volume = sandboxes.directory("volume-lazy")
+    (volume / "in.txt").write_text("lazy")
+    sandbox = sandboxes.call(lambda: sandboxes.runtime.prepare(Shape(), ahead=False))
+    try:
+        assert cgroups_of(sandbox) == []  # not even its cgroup yet
+        sandboxes.call(sandbox.attach, home, (Mount(volume, (), "/data/v", True),))
+        script = "cat /data/v/in.txt; echo made > out.txt; touch /data/v/x; mkdir /data/y"
+        status, out, err = run(sandboxes, sandbox, shell(script))
+        assert (status, out) == (1, "lazy")  # mkdir failed last
+        assert err.count("Read-only file system") == 2
+        assert (home / "out.txt").read_text() == "made\n"
+    finally:
+        sandboxes.call(sandbox.close)
+    assert not (home / "out.txt").is_symlink() and (volume / "in.txt").exists()
+
+
+def test_close_without_waiting_frees_in_the_background(sandboxes: Sandboxes) -> None:
+    sandbox = sandboxes.ready()
+    groups = cgroups_of(sandbox)
+
+    async def scenario() -> None:
+        await sandbox.close(wait=False)  # returns once nothing of it runs any more
+        await sandbox.close()  # then waits for the rest to be freed
+
+    sandboxes.call(scenario)
+    assert not any(d.exists() for d in groups)
+    assert sandboxes.inside(slots) == []
 
 
 def test_kill_ends_every_process_and_close_frees_everything(sandboxes: Sandboxes) -> None:

@@ -23,7 +23,7 @@ from baponi_core.sandbox import (
     Outcome,
     SandboxError,
     SandboxRuntime,
-    run_code,
+    run_to_end,
     volume_mounts,
 )
 from baponi_core.sandbox.rootfs import HOST_UID
@@ -96,7 +96,7 @@ class Sandboxes:
         job = CodeRun(
             language="python", code=textwrap.dedent(code).encode(), timeout_s=20, mounts=mounts
         )
-        return self.portal.call(run_code, self.runtime, job)
+        return self.portal.call(run_to_end, self.runtime, job)
 
     def report(self, code: str, *mounts: Mount) -> Any:
         """Run ``code`` that prints one JSON document; return it."""

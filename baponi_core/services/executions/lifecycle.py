@@ -17,7 +17,6 @@ from baponi_core.sandbox import (
     Limits,
     Mount,
     MountError,
-    Outcome,
     SandboxError,
     SandboxRuntime,
     Shape,
@@ -75,7 +74,7 @@ class Lifecycle:
 
     async def _run(self, run: Run) -> None:
         record, request = run.record, run.request
-        if record.status is ExecutionStatus.QUEUED:
+        if record.status is ExecutionStatus.QUEUED and await run.recorded():
             record.status = ExecutionStatus.RUNNING
             await self.store.update_execution(record)
         run.journal.append(StatusEvent(trace_id=record.trace_id, status=ExecutionStatus.RUNNING))
@@ -100,13 +99,13 @@ class Lifecycle:
             timeout_s=float(request.timeout),
             output_bytes=run.profile.output_kb * 1024,
         )
+        # With nothing to write back, the end is stored while the sandbox ends.
+        early = not any(p.backend.writes_back and not p.read_only for p in places)
         try:
-            outcome = await self._sandboxed(run, job)
+            await self._sandboxed(run, job, store_early=early)
         finally:
             with anyio.CancelScope(shield=True):
                 await _write_back(run, places)
-        if outcome is not None:
-            status.from_outcome(run, outcome)
 
     async def _bring_in(
         self, run: Run, places: list[Place], volumes: list[tuple[Volume, Place]]
@@ -120,6 +119,8 @@ class Lifecycle:
                 log.exception("could not bring in %s for %s", place.key, run.trace_id)
                 status.finish(run, ExecutionStatus.FAILED, place.mount_error, exit_code=-1)
                 return None
+        if not volumes:
+            return ()
         try:
             return await anyio.to_thread.run_sync(
                 _mounts, volumes, run.request.sub_paths, self.runtime.uid
@@ -129,15 +130,22 @@ class Lifecycle:
             status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
             return None
 
-    async def _sandboxed(self, run: Run, job: CodeRun) -> Outcome | None:
-        """Run the sandbox, stopped early if the thread home outgrows its quota."""
-        async with anyio.create_task_group() as watch:
+    async def _sandboxed(self, run: Run, job: CodeRun, store_early: bool) -> None:
+        """Run the code, stopped early if the thread home outgrows its quota. The result is
+        known as soon as the program has ended; the journal's result event waits until
+        the sandbox has too (the settle closes it), so that a client that has the result
+        finds the thread free."""
+        async with anyio.create_task_group() as tasks:
+            quota = anyio.CancelScope()
             if job.home is not None:
-                watch.start_soon(self._watch_quota, run, job.home)
+                tasks.start_soon(self._watch_quota, run, job.home, quota)
             try:
-                return await run_code(
-                    self.runtime, job, on_output=run.journal.output, stop=run.stop
-                )
+                observed = run_code(self.runtime, job, on_output=run.journal.output, stop=run.stop)
+                async with observed as outcome:
+                    quota.cancel()
+                    status.from_outcome(run, outcome)
+                    if store_early:
+                        tasks.start_soon(self._store_end, run)
             except MountError as exc:  # a volume directory swapped for a link meanwhile
                 log.error("mounts of %s failed: %s", run.trace_id, exc)
                 status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
@@ -146,13 +154,24 @@ class Lifecycle:
                 status.finish(run, ExecutionStatus.FAILED, "service_unavailable", exit_code=-1)
                 run.failure = Unavailable("the sandbox runtime is unavailable; try again")
             finally:
-                watch.cancel_scope.cancel()
-        return None
+                quota.cancel()
 
-    async def _watch_quota(self, run: Run, workspace: Path) -> None:
-        """Sample the home's size while code runs; growing past the quota (or past its size
-        at the start, for a home already over it) stops the run. Scans are spaced so that
-        they cost at most a twentieth of one core."""
+    async def _store_end(self, run: Run) -> None:
+        try:
+            if await run.recorded():
+                await self.store.update_execution(run.record)
+                run.stored_end = True
+        except Exception:  # the settle tries again
+            log.exception("could not record the end of %s", run.trace_id)
+
+    async def _watch_quota(self, run: Run, workspace: Path, scope: anyio.CancelScope) -> None:
+        """Sample the home's size while code runs (until ``scope`` is cancelled); growing
+        past the quota (or past its size at the start, for a home already over it) stops
+        the run. Scans are spaced so that they cost at most a twentieth of one core."""
+        with scope:
+            await self._sample(run, workspace)
+
+    async def _sample(self, run: Run, workspace: Path) -> None:
         tree = LocalTree(workspace, owner=None)
         allowed: int | None = None
         while not run.stop.is_set():
@@ -173,19 +192,18 @@ class Lifecycle:
         """Record the end, whatever happened; then let waiters and the webhook go."""
         if run.result is None:  # crashed: never leave a record running
             status.finish(run, ExecutionStatus.FAILED, "internal_error", exit_code=-1)
-        record = run.record
-        pending = record.webhook_delivery_status is WebhookStatus.PENDING
-        if pending:
-            record.webhook_next_at = record.completed_at
+        status.close_journal(run)
         try:
-            await self.store.update_execution(record)
-            if run.kept:
+            recorded = await run.recorded()
+            if recorded and not run.stored_end:
+                await self.store.update_execution(run.record)
+            if recorded and run.kept:
                 await self.log.persist(run)
         except Exception:
             log.exception("could not record the end of %s", run.trace_id)
         self.live.pop(run.trace_id, None)
         run.done.set()
-        if pending:
+        if run.record.webhook_delivery_status is WebhookStatus.PENDING:
             self.webhooks.wake()
 
 

@@ -51,6 +51,8 @@ class ExecutionLog:
 
     async def keep(self, run: Run) -> None:
         """Store the run's new events every PERSIST_EVERY_S, until cancelled."""
+        if not await run.recorded():
+            return
         while True:
             await anyio.sleep(PERSIST_EVERY_S)
             await self.persist(run)

@@ -41,10 +41,20 @@ class Run:
     result: SandboxResult | None = None
     failure: BaponiError | None = None  # a platform fault an inline caller should see
     persisted: int = 0  # journal events already in the store
+    # The record is inserted while the run starts: writes to it wait for this, and none
+    # is made if the insert failed (the submission was refused).
+    inserted: anyio.Event = field(default_factory=anyio.Event)
+    insert_failed: bool = False
+    stored_end: bool = False  # the completed record is in the store
 
     @property
     def trace_id(self) -> str:
         return self.record.trace_id
+
+    async def recorded(self) -> bool:
+        """Wait until the record is in the store; False if it never will be."""
+        await self.inserted.wait()
+        return not self.insert_failed
 
     @property
     def kept(self) -> bool:

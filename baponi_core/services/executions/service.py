@@ -74,7 +74,6 @@ class Executions:
         admission.check(principal, request, mode, self.webhooks)
         with admission.hold(self.limiter, self.threads, principal, request) as held:
             record = admission.record_for(principal, request, mode)
-            await self.store.insert_execution(record)
             run = Run(
                 record,
                 request,
@@ -83,8 +82,18 @@ class Executions:
                 held.pop_all(),
                 Journal(record.trace_id),
             )
+        # It starts at once, its sandbox being set up while the record is inserted; the
+        # caller has its trace id only once the record is there.
         self._live[record.trace_id] = run
         self._tasks.start_soon(self._lifecycle, run, name=f"execution {record.trace_id}")
+        try:
+            await self.store.insert_execution(record)
+        except BaseException:
+            run.insert_failed = True
+            run.request_stop(StopReason.SHUTDOWN)
+            raise
+        finally:
+            run.inserted.set()
         return Submission(run)
 
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:

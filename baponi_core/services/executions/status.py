@@ -7,7 +7,7 @@ import time
 
 from baponi_core.events import ResultEvent
 from baponi_core.models import SandboxResult
-from baponi_core.records import Execution, ExecutionStatus
+from baponi_core.records import Execution, ExecutionStatus, WebhookStatus
 from baponi_core.sandbox import Ending, Outcome
 from baponi_core.services.executions.run import Run, StopReason
 
@@ -30,7 +30,8 @@ STOPS: dict[StopReason, tuple[ExecutionStatus, str]] = {
 
 
 def from_outcome(run: Run, outcome: Outcome) -> None:
-    """Finish ``run`` as its sandbox ended."""
+    """Complete ``run``'s record and result as its program ended (the journal is closed
+    by :func:`close_journal`, once the sandbox has ended too)."""
     if outcome.ending is Ending.EXITED:
         success = outcome.exit_code == 0
         status, error = (ExecutionStatus.SUCCESS if success else ExecutionStatus.FAILED), None
@@ -38,7 +39,7 @@ def from_outcome(run: Run, outcome: Outcome) -> None:
         status, error = STOPS[run.stop_reason]
     else:
         status, error = ENDINGS[outcome.ending]
-    finish(
+    record_end(
         run,
         status,
         error,
@@ -60,11 +61,24 @@ def finish(
     error: str | None,
     *,
     exit_code: int,
+    duration_ms: int | None = None,
+) -> None:
+    """Complete the record and the result, and close the journal with its result event."""
+    record_end(run, status, error, exit_code=exit_code, duration_ms=duration_ms)
+    close_journal(run)
+
+
+def record_end(
+    run: Run,
+    status: ExecutionStatus,
+    error: str | None,
+    *,
+    exit_code: int,
     stdout: str = "",
     stderr: str = "",
     duration_ms: int | None = None,
 ) -> None:
-    """Complete the record, set the result and close the journal with its result event."""
+    """Complete the record (a pending webhook becomes due) and set the result."""
     record = run.record
     now = time.time()
     record.status, record.exit_code, record.error = status, exit_code, error
@@ -73,9 +87,15 @@ def finish(
     record.duration_ms = (
         duration_ms if duration_ms is not None else int((now - record.created_at) * 1000)
     )
+    if record.webhook_delivery_status is WebhookStatus.PENDING:
+        record.webhook_next_at = now
     run.result = result_of(record)
+
+
+def close_journal(run: Run) -> None:
+    """End the journal with the result event (its followers end after it)."""
     if not run.journal.closed:
-        run.journal.close(result_event(record))
+        run.journal.close(result_event(run.record))
 
 
 def result_of(record: Execution) -> SandboxResult:
