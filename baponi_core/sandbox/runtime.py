@@ -72,7 +72,9 @@ class SandboxRuntime:
         etc = base / "etc"
         etc_binds, slots = build_etc(etc), Slots.open(base / "slots", init)
         spawner = Worker("spawner", uid=uid, thread=False)  # a thread when it switches uid
-        janitor = Worker("janitor", thread=uid is not None)  # made here: in our mount namespace
+        # The janitor unmounts: its thread starts on first use, from this one, so it is in
+        # our private mount namespace.
+        janitor = Worker("janitor", thread=uid is not None)
         if uid is not None:  # one bind of /etc for bwrap to make, not one per directory
             _bind_host_etc(etc, etc_binds)
             etc_binds = []
