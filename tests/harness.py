@@ -54,6 +54,16 @@ BAPONI = [sys.executable, "-m", "baponi_cli"]
 BAPONI_MCP = str(Path(sys.executable).with_name("baponi-mcp"))  # the console script
 SERVER_SECRET = "server-secret-do-not-leak"  # in every test server's environment, never a sandbox's
 TERMINAL = set(ExecutionStatus) - {ExecutionStatus.QUEUED, ExecutionStatus.RUNNING}
+# Python run in a sandbox: attempt(action) gives "ok" or the errno's name it failed with.
+ERRNO_PROBE = """
+import errno, json, os
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+"""
 POLL_S = 0.05  # how often wait_until looks again
 
 

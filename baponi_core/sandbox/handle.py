@@ -287,13 +287,8 @@ class Sandbox:
         if home_fd is None:
             assert self._host.uid is not None
             attach.tmpfs(self._slot.home, self.shape.limits.home_bytes, self._host.uid, 0o700)
-        else:
-            attach.bind(home_fd, self._slot.home, read_only=False)
-        self._mounted.append(self._slot.home)
-        for mount, fd in zip(mounts, fds, strict=True):
-            point = self._slot.mount_point(mount.target)
-            attach.bind(fd, point, mount.read_only)
-            self._mounted.append(point)
+            self._mounted.append(self._slot.home)
+        self._mount_in_slot(home_fd, mounts, fds)
 
     def _bound(self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]) -> bwrap.Bound:
         """What bwrap is to bind at launch. As root, each is mounted in the slot first,
@@ -303,6 +298,15 @@ class Sandbox:
             sources = tuple(str(fd) for fd in fds)
             home = None if home_fd is None else str(home_fd)
             return bwrap.Bound(home, tuple(zip(mounts, sources, strict=True)), by_fd=True)
+        points = self._mount_in_slot(home_fd, mounts, fds)
+        home = None if home_fd is None else str(self._slot.home)
+        return bwrap.Bound(home, tuple(zip(mounts, map(str, points), strict=True)), by_fd=False)
+
+    def _mount_in_slot(
+        self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]
+    ) -> list[Path]:
+        """The home (if any) at the slot's ``home/``, each mount at its place under
+        ``data/``; the mount points."""
         if home_fd is not None:
             attach.bind(home_fd, self._slot.home, read_only=False)
             self._mounted.append(self._slot.home)
@@ -311,8 +315,7 @@ class Sandbox:
             points.append(self._slot.mount_point(mount.target))
             attach.bind(fd, points[-1], mount.read_only)
             self._mounted.append(points[-1])
-        home = None if home_fd is None else str(self._slot.home)
-        return bwrap.Bound(home, tuple(zip(mounts, map(str, points), strict=True)), by_fd=False)
+        return points
 
     def _shared(self, source: Path, target: str) -> Path:
         """``source``, if it lies in a directory shared with sandboxes: a bug elsewhere

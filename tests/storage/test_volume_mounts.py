@@ -27,7 +27,7 @@ from baponi_core.sandbox import (
     volume_mounts,
 )
 from baponi_core.sandbox.rootfs import HOST_UID
-from tests.harness import runtime_on_a_thread, unique
+from tests.harness import ERRNO_PROBE, runtime_on_a_thread, unique
 
 # -- mounts: pure parts -----------------------------------------------------------------------
 
@@ -114,17 +114,6 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxes]:
         yield Sandboxes(portal, runtime, shared)
 
 
-PROBE_ERRNO = """
-import errno, json, os
-def attempt(action):
-    try:
-        action()
-        return "ok"
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
-"""
-
-
 def test_writable_volume_persists_on_the_host(sandboxes: Sandboxes) -> None:
     host = sandboxes.volume({"in.txt": "from host"})
     mount = Mount(host, (), "/data/work", False)
@@ -152,7 +141,7 @@ def test_writable_volume_persists_on_the_host(sandboxes: Sandboxes) -> None:
 def test_read_only_volume_refuses_every_change(sandboxes: Sandboxes) -> None:
     host = sandboxes.volume({"keep.txt": "original", "sub/inner.txt": "inner"})
     seen = sandboxes.report(
-        PROBE_ERRNO
+        ERRNO_PROBE
         + """
 d = "/data/ref"
 print(json.dumps({
@@ -184,7 +173,7 @@ def test_sub_path_mount_shows_only_that_directory(sandboxes: Sandboxes) -> None:
         {"q3/eu/sales.csv": "1,2", "q3/us/secret.csv": "x", "q4/x.csv": "y", "top.txt": "t"}
     )
     seen = sandboxes.report(
-        PROBE_ERRNO
+        ERRNO_PROBE
         + """
 tree = sorted(os.path.join(d, n) for d, ds, fs in os.walk("/data") for n in ds + fs)
 print(json.dumps({
@@ -240,7 +229,7 @@ def test_two_volumes_at_once(sandboxes: Sandboxes) -> None:
     rw = sandboxes.volume()
     ro = sandboxes.volume({"input.txt": "42"})
     seen = sandboxes.report(
-        PROBE_ERRNO
+        ERRNO_PROBE
         + """
 value = open("/data/in/input.txt").read()
 open("/data/out/answer.txt", "w").write(value + "!")
@@ -260,7 +249,7 @@ print(json.dumps({
 
 def test_data_exists_empty_without_mounts(sandboxes: Sandboxes) -> None:
     seen = sandboxes.report(
-        PROBE_ERRNO
+        ERRNO_PROBE
         + 'print(json.dumps([os.listdir("/data"), attempt(lambda: open("/data/x", "w"))]))'
     )
     assert seen == [[], "EROFS"]

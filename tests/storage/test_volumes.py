@@ -23,6 +23,7 @@ from baponi import APIValidationError, ForbiddenError
 
 from baponi_core.sandbox.rootfs import HOST_UID
 from tests.harness import (
+    ERRNO_PROBE,
     Server,
     assert_error,
     cli,
@@ -35,15 +36,6 @@ from tests.harness import (
 
 OTHER_ORG = "volumes-api-other"
 REF_FILES = {"readme.txt": "reference data", "q1/data.csv": "1,2,3"}
-ERRNO_PROBE = """
-import errno, json, os
-def attempt(action):
-    try:
-        action()
-        return "ok"
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
-"""
 
 
 @dataclass
