@@ -154,11 +154,18 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     env_option(
         parser,
         "--thread-quota",
-        "bytes one thread home may hold, e.g. 500M or 10G; an execution growing it further "
-        "is stopped, an upload beyond it refused",
+        "bytes one thread home may hold, e.g. 500M or 10G: each home is a filesystem of "
+        "that size, so writes past it fail (ENOSPC) and uploads beyond it are refused",
         default=size_text(DEFAULT_THREAD_QUOTA),
         type=size,
         metavar="SIZE",
+    )
+    parser.add_argument(
+        "--sampled-quota",
+        action="store_true",
+        help="keep thread homes as plain directories whose size is sampled while code runs "
+        "(a run growing one past the quota is stopped): what a server that is not root, or "
+        "has no loop devices, does anyway",
     )
 
 
@@ -167,6 +174,7 @@ def storage_settings(args: argparse.Namespace) -> dict[str, Any]:
         "storage_url": args.storage,
         "storage_options": args.storage_options,
         "thread_quota_bytes": args.thread_quota,
+        "sampled_quota": args.sampled_quota,
     }
 
 

@@ -19,6 +19,7 @@ from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import Executions
 from baponi_core.services.files import Files
 from baponi_core.services.webhooks import Webhooks
+from baponi_core.storage.disks import Disks
 from baponi_core.storage.places import Storage
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.store import store_for
@@ -74,14 +75,19 @@ class Core:
             # Sandboxes run as an unprivileged uid when we are root, else as ourselves.
             owner = self.settings.sandbox_uid if os.geteuid() == 0 else None
             signer = UrlSigner.load(self.settings.signing_keys)
+            disks = None if self.settings.sampled_quota else _disks(owner)
             storage = Storage(
                 self.settings.storage_url,
                 self.settings.storage_options,
                 self.settings.home,
                 owner,
                 signer,
+                self.settings.thread_quota_bytes,
+                disks,
             )
             storage.clear_staging()
+            if disks is not None:  # closed once the sandboxes are
+                stack.push_async_callback(disks.close)
             self._runtime = await stack.enter_async_context(
                 SandboxRuntime.open(
                     self.settings.runtime, storage.shared, uid=self.settings.sandbox_uid
@@ -98,6 +104,8 @@ class Core:
             await self._executions.start(tasks)
             tasks.start_soon(self.webhooks.run)
             tasks.start_soon(self._sweep, storage)
+            if disks is not None:
+                tasks.start_soon(disks.run)
             self._stack = stack.pop_all()
         return self
 
@@ -132,3 +140,12 @@ class Core:
         if shutil.which(self.runtime.bwrap_path) is None:
             found["sandbox"] = "bwrap not found"
         return found
+
+
+def _disks(owner: int | None) -> Disks | None:
+    """Filesystems of their own for thread homes, when this server can make them."""
+    why = Disks.unavailable() if owner is not None else "the server is not root"
+    if why is None and owner is not None:
+        return Disks(owner)
+    log.warning("thread quotas are sampled, not enforced by the kernel: %s", why)
+    return None

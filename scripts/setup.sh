@@ -25,6 +25,9 @@ command -v cc >/dev/null || need+=(gcc)
 [ -x /usr/bin/python3 ] || need+=(python3)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# e2fsprogs: each thread home is an ext4 filesystem of its own (mkfs.ext4, resize2fs).
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v losetup >/dev/null || need+=(mount)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] \

@@ -109,6 +109,13 @@ class Server:
     key: str
     process: subprocess.Popen[bytes]
 
+    @property
+    def threads(self) -> Path:
+        """The thread homes as the server sees them: each is a filesystem of its own,
+        mounted in the server's private mount namespace while in use (and for a while
+        after), which ``/proc/<pid>/root`` reaches."""
+        return Path(f"/proc/{self.process.pid}/root") / str(self.home / "threads").lstrip("/")
+
     def client(self, key: str | None = None) -> httpx.Client:
         """Plain HTTP with a Bearer key (the server's own by default)."""
         return httpx.Client(

@@ -6,14 +6,16 @@ the backend (:mod:`baponi_core.storage`) does the rest, safely, wherever the byt
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 from baponi_core import limits
-from baponi_core.errors import Forbidden, NotFound, RateLimited, ValidationError
+from baponi_core.errors import Forbidden, NotFound, RateLimited, Unavailable, ValidationError
 from baponi_core.models import FileEntry, FileRequest, SignedUrl, iso
 from baponi_core.records import Principal
 from baponi_core.storage.disk import DiskBackend
+from baponi_core.storage.disks import DISK_FULL, DiskError
 from baponi_core.storage.paths import parts
 from baponi_core.storage.places import Place, Storage
 from baponi_core.storage.signing import Grant, Method, UrlSigner
@@ -60,6 +62,8 @@ class Files:
     async def list_files(self, principal: Principal, request: FileRequest) -> list[FileEntry]:
         prefix = parts(request.path, allow_root=True)
         place = await self._place(principal, request)
+        async with self._reached(place):
+            found = await place.backend.entries(place.key, prefix)
         return [
             FileEntry(
                 name=e.name,
@@ -68,7 +72,7 @@ class Files:
                 modified=iso(e.modified),
                 is_directory=e.is_directory,
             )
-            for e in await place.backend.entries(place.key, prefix)
+            for e in found
         ]
 
     async def upload_url(
@@ -78,15 +82,17 @@ class Files:
         if request.content_length is None:
             raise ValidationError("content_length is required")
         place = await self._place(principal, request, write=True, create=True)
-        if request.source == "thread":
-            await self._check_quota(place, request.content_length)
-        return await self._sign(place, names, "PUT", request, base_url)
+        async with self._reached(place):
+            if request.source == "thread":
+                await self._check_quota(place, request.content_length)
+            return await self._sign(place, names, "PUT", request, base_url)
 
     async def download_url(
         self, principal: Principal, request: FileRequest, base_url: str
     ) -> SignedUrl:
         place = await self._place(principal, request)
-        return await self._sign(place, parts(request.path), "GET", request, base_url)
+        async with self._reached(place):
+            return await self._sign(place, parts(request.path), "GET", request, base_url)
 
     async def read(
         self, principal: Principal, request: FileRequest, max_bytes: int
@@ -94,21 +100,36 @@ class Files:
         """The whole file when it holds at most ``max_bytes``, else None."""
         names = parts(request.path)
         place = await self._place(principal, request)
-        return await place.backend.read(place.key, names, max_bytes)
+        async with self._reached(place):
+            return await place.backend.read(place.key, names, max_bytes)
 
     async def delete(self, principal: Principal, request: FileRequest) -> None:
         names = parts(request.path)
         place = await self._place(principal, request, write=True)
-        await place.backend.delete(place.key, names)
+        async with self._reached(place):
+            await place.backend.delete(place.key, names)
+
+    @contextlib.asynccontextmanager
+    async def _reached(self, place: Place) -> AsyncIterator[None]:
+        """The block runs with ``place``'s files within reach (its filesystem mounted)."""
+        try:
+            async with self.storage.held(place):
+                yield
+        except DiskError as exc:
+            raise Unavailable("the thread's files cannot be reached now; try again") from exc
 
     async def _check_quota(self, place: Place, size: int) -> None:
-        used = await place.backend.usage(place.key)
-        if used + size > self.quota:
-            raise RateLimited(
-                f"thread disk quota exceeded ({used} of {self.quota} bytes used, "
-                f"upload of {size} bytes)",
-                retry_after=QUOTA_RETRY_S,
-            )
+        """Refuse an upload that cannot fit. Only a guess with a filesystem of its own,
+        which then refuses the write itself: concurrent uploads cannot add up."""
+        if self.storage.disks is not None and place.size is not None:
+            free = self.storage.disks.free(place.workspace)
+            used = self.quota - min(free, self.quota)
+            refused = size > free or size > self.quota
+        else:
+            used = await place.backend.usage(place.key)
+            refused = used + size > self.quota
+        if refused:
+            raise _quota_exceeded(f"{used} of {self.quota} bytes used, upload of {size} bytes")
 
     async def _sign(
         self,
@@ -146,11 +167,48 @@ class Files:
         return self.signer.verify(token, method)
 
     async def download(self, grant: Grant) -> tuple[int, AsyncIterator[bytes]]:
-        return await self._disk().download(grant)
+        """The file's size and its bytes; its filesystem stays mounted while they are read."""
+        place = self._granted(grant)
+        reached = contextlib.AsyncExitStack()
+        await reached.enter_async_context(self._reached(place))
+        try:
+            size, chunks = await self._disk().download(grant)
+        except BaseException:
+            await reached.aclose()
+            raise
+        return size, _while(chunks, reached)
 
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Local storage, and cloud stores whose own URLs cannot bind a size (Azure)."""
-        if grant.root[0] == "threads":  # grants made before other uploads filled the thread
-            assert grant.size is not None
-            await self._check_quota(self.storage.thread(*grant.root[1:]), grant.size)
-        await self.storage.main.upload(grant, chunks)
+        place = self._granted(grant)
+        async with self._reached(place):
+            if grant.root[0] == "threads":  # grants made before other uploads filled it
+                assert grant.size is not None
+                await self._check_quota(place, grant.size)
+            try:
+                await self.storage.main.upload(grant, chunks)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL or place.size is None:
+                    raise
+                raise _quota_exceeded(f"upload of {grant.size} bytes") from exc
+
+    def _granted(self, grant: Grant) -> Place:
+        """The place a grant names, as far as reaching its files goes."""
+        if grant.root[0] == "threads":
+            return self.storage.thread(*grant.root[1:])
+        return Place(self.storage.main, grant.root, "volume_mount_error")
+
+
+def _quota_exceeded(detail: str) -> RateLimited:
+    return RateLimited(f"thread disk quota exceeded ({detail})", retry_after=QUOTA_RETRY_S)
+
+
+async def _while(
+    chunks: AsyncIterator[bytes], reached: contextlib.AsyncExitStack
+) -> AsyncIterator[bytes]:
+    """``chunks``, with what ``reached`` holds let go once they are read."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await reached.aclose()

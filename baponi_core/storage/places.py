@@ -8,8 +8,9 @@ own, built from credentials that only the server ever sees.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from baponi_core.records import Volume
 from baponi_core.storage.backend import Backend, Key
 from baponi_core.storage.cloud import CloudBackend, forget_copy
 from baponi_core.storage.disk import DiskBackend
+from baponi_core.storage.disks import Disks
 from baponi_core.storage.local import LocalTree
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.storage.urls import CLOUD_SCHEMES, is_directory_url
@@ -35,6 +37,7 @@ class Place:
     key: Key
     mount_error: str
     read_only: bool = False
+    size: int | None = None  # bytes its filesystem holds, when it has one (:mod:`disks`)
 
     @property
     def workspace(self) -> Path:
@@ -49,6 +52,8 @@ class Storage:
         home: Path,
         owner: int | None,
         signer: UrlSigner,
+        thread_quota: int,
+        disks: Disks | None = None,
     ) -> None:
         self.cache = home / "cache"
         self.owner = owner
@@ -62,6 +67,8 @@ class Storage:
             self.main = cloud(url, options, self.cache / "server", owner, self.staging, (), signer)
         self._connections: dict[tuple[str, str | None], Backend] = {}
         self._cache_tree = LocalTree(self.cache, owner=owner)
+        self.thread_quota = thread_quota  # bytes a thread home may hold
+        self.disks = disks  # None: homes are directories, their size sampled while used
 
     def clear_staging(self) -> None:
         """Remove what a server that crashed left on its way to a bucket. Only the server
@@ -77,7 +84,24 @@ class Storage:
         return found
 
     def thread(self, org_id: str, thread_id: str) -> Place:
-        return Place(self.main, ("threads", org_id, thread_id), "thread_mount_error")
+        size = self.thread_quota if self.disks is not None else None
+        return Place(self.main, ("threads", org_id, thread_id), "thread_mount_error", size=size)
+
+    @contextlib.asynccontextmanager
+    async def held(self, place: Place) -> AsyncIterator[None]:
+        """Keep the filesystem of ``place`` mounted while the block runs (when it has one)."""
+        if self.disks is None or place.size is None:
+            yield
+            return
+        workspace = await anyio.to_thread.run_sync(place.backend.workspace, place.key)
+        async with self.disks.hold(workspace, place.size):  # DiskError when it cannot
+            yield
+
+    def full(self, place: Place) -> bool:
+        """Whether a held place's filesystem has no room left (False without one)."""
+        if self.disks is None or place.size is None:
+            return False
+        return self.disks.full(place.workspace, place.size)
 
     def volume(self, volume: Volume) -> Place:
         if volume.url is None:

@@ -179,7 +179,7 @@ def test_busy_thread_is_409(server: Server, sdk: Any, api: httpx.Client) -> None
 
         def started() -> bool:
             assert worker.is_alive(), slow
-            return bool(list((server.home / "threads").glob(f"*/{thread}/started")))
+            return bool(list(server.threads.glob(f"*/{thread}/started")))
 
         wait_until(started, 20, "the slow execution to start")
         conflict = api.post(EXECUTE, json={"code": "print(1)", "thread_id": thread})

@@ -98,7 +98,7 @@ def test_files_roundtrip(server: Server, org: tuple[str, dict[str, str]]) -> Non
     assert ast.literal_eval(out[-2]) == {"sum": 15, "mean": 3.0}  # the downloaded output
     assert ast.literal_eval(out[-1]) == {"deleted": True}
     # It is gone from the thread's home on disk; the input is still there.
-    (thread,) = (server.home / "threads" / owner).glob("analysis-*")
+    (thread,) = (p for p in (server.threads / owner).glob("analysis-*") if p.is_dir())
     assert (thread / "input.json").is_file() and not (thread / "results/output.json").exists()
 
 
@@ -277,7 +277,11 @@ def test_mcp_client(tmp_path: Path) -> None:
 
     # State went to BAPONI_HOME, not to $HOME/.baponi.
     assert (home / "baponi.db").is_file()
-    assert list(home.glob("threads/*/mcp-example/plot.png"))
+    (image,) = home.glob("threads/*/mcp-example.img")  # the thread home's filesystem
+    listing = subprocess.run(
+        ["debugfs", "-R", "ls /", str(image)], capture_output=True, text=True, check=True
+    )
+    assert "plot.png" in listing.stdout.split()
     assert not (tmp_path / ".baponi").exists()
 
 

@@ -111,7 +111,7 @@ def assert_no_sandbox_processes(server: Server, grace_s: float = 2.0) -> None:
 
 def thread_home(server: Server, thread_id: str) -> Path:
     """The host directory of ``thread_id`` (thread ids here are unique across organisations)."""
-    homes = list((server.home / "threads").glob(f"*/{thread_id}"))
+    homes = list(server.threads.glob(f"*/{thread_id}"))
     assert len(homes) == 1, homes
     return homes[0]
 

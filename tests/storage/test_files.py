@@ -122,6 +122,9 @@ def on_disk(directory: Path) -> set[str]:
 def server_fds_below(server: Server, directory: Path) -> dict[str, int]:
     """Files below ``directory`` the server process holds open, with their sizes."""
     held = {}
+    root = f"/proc/{server.process.pid}/root"
+    if str(directory).startswith(root):  # the server names it without the prefix
+        directory = Path(str(directory).removeprefix(root))
     fds = Path(f"/proc/{server.process.pid}/fd")
     for fd in fds.iterdir():
         try:
@@ -151,7 +154,7 @@ def thread(sdk: Any) -> str:
 @pytest.fixture()
 def home(server: Server, org_id: str, thread: str) -> Path:
     """The host directory of ``thread``."""
-    return server.home / "threads" / org_id / thread
+    return server.threads / org_id / thread
 
 
 # -- the seed's complete workflow ---------------------------------------------------------------
@@ -209,7 +212,7 @@ def test_complete_workflow(server: Server, sdk: Any, api: httpx.Client, org_id: 
     assert response.headers["content-length"] == str(len(output))
     assert json.loads(response.content) == {"sum": 15, "count": 5}
 
-    uploaded = (server.home / "threads" / org_id / thread / "input.json").stat()
+    uploaded = (server.threads / org_id / thread / "input.json").stat()
     assert (uploaded.st_uid, stat.S_IMODE(uploaded.st_mode)) == (HOST_UID, 0o600)
 
     deleted = files_call(api, "delete", source="thread", id=thread, path="results/output.json")
@@ -223,7 +226,7 @@ def test_upload_makes_directories_the_thread_can_use(server: Server, sdk: Any, o
     """Parents made for an upload belong to the sandbox uid: code can write in them."""
     thread = new_thread()
     upload(sdk, thread, "./deep//er/./x.txt", b"from the client")
-    home = server.home / "threads" / org_id / thread
+    home = server.threads / org_id / thread
     for made in (home, home / "deep", home / "deep/er", home / "deep/er/x.txt"):
         assert made.lstat().st_uid == HOST_UID, made
     stdout = execute(
@@ -730,9 +733,7 @@ def test_other_organisation_gets_not_found(
             response = files_call(other, action, id=thread, path="mine.txt")
             assert_error(response, 404, message=f"thread {thread} not found")
     assert download(sdk, thread, "mine.txt") == b"mine"
-    assert not (
-        server.home / "threads" / org_id_of(server.home, OTHER_ORG)
-    ).exists()  # made nothing
+    assert not (server.threads / org_id_of(server.home, OTHER_ORG)).exists()  # made nothing
 
 
 @pytest.mark.slow

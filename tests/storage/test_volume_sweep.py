@@ -69,8 +69,10 @@ def test_deleted_volumes_files_go_from_local_storage(tmp_path: Path) -> None:
         assert not (base / volumes["drop"]).exists()
         assert (base / volumes["keep"] / "f.txt").read_text() == "keep"
         assert (foreign / "f.txt").read_text() == "not ours"  # an organisation we do not know
-        (thread,) = (home / "threads" / org).iterdir()
-        assert (thread / "home.txt").read_text() == "thread"
+        (thread,) = (home / "threads" / org).glob("*.img")  # its home, a filesystem image
+        home_file = {"source": "thread", "id": thread.stem, "path": "home.txt"}
+        listed = server.client().post("/v1/files/list", json=home_file).json()
+        assert [f["path"] for f in listed["files"]] == ["home.txt"]
         assert "removed the files of 1 deleted volume(s)" in server.log
     finally:
         stop_server(server)

@@ -3,6 +3,7 @@ its own under the thread quota, storage written back, the end recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from baponi_core.services.executions import status
 from baponi_core.services.executions.log import ExecutionLog
 from baponi_core.services.executions.run import Run, StopReason
 from baponi_core.services.webhooks import Webhooks
+from baponi_core.storage.disks import DiskError
 from baponi_core.storage.local import LocalTree, TooDeep
 from baponi_core.storage.places import Place, Storage
 from baponi_core.store import Store
@@ -86,6 +88,24 @@ class Lifecycle:
         )
         volumes = [(v, self.storage.volume(v)) for v in run.volumes]
         places = ([thread] if thread else []) + [place for _, place in volumes]
+        async with contextlib.AsyncExitStack() as held:
+            for place in places:
+                try:
+                    await held.enter_async_context(self.storage.held(place))
+                except DiskError:
+                    log.exception("could not mount %s for %s", place.key, run.trace_id)
+                    status.finish(run, ExecutionStatus.FAILED, place.mount_error, exit_code=-1)
+                    return
+            await self._in_places(run, thread, places, volumes)
+
+    async def _in_places(
+        self,
+        run: Run,
+        thread: Place | None,
+        places: list[Place],
+        volumes: list[tuple[Volume, Place]],
+    ) -> None:
+        request = run.request
         mounts = await self._bring_in(run, places, volumes)
         if mounts is None:  # nothing ran, so there is nothing to store
             return
@@ -102,7 +122,7 @@ class Lifecycle:
         # With nothing to write back, the end is stored while the sandbox ends.
         early = not any(p.backend.writes_back and not p.read_only for p in places)
         try:
-            await self._sandboxed(run, job, store_early=early)
+            await self._sandboxed(run, job, thread, store_early=early)
         finally:
             with anyio.CancelScope(shield=True):
                 await _write_back(run, places)
@@ -130,20 +150,24 @@ class Lifecycle:
             status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
             return None
 
-    async def _sandboxed(self, run: Run, job: CodeRun, store_early: bool) -> None:
-        """Run the code, stopped early if the thread home outgrows its quota. The result is
+    async def _sandboxed(
+        self, run: Run, job: CodeRun, thread: Place | None, store_early: bool
+    ) -> None:
+        """Run the code. A thread home with a filesystem of its own cannot outgrow it; one
+        without is sampled, and the run stopped when it outgrows its quota. The result is
         known as soon as the program has ended; the journal's result event waits until
         the sandbox has too (the settle closes it), so that a client that has the result
         finds the thread free."""
         async with anyio.create_task_group() as tasks:
             quota = anyio.CancelScope()
-            if job.home is not None:
-                tasks.start_soon(self._watch_quota, run, job.home, quota)
+            if thread is not None and thread.size is None:
+                tasks.start_soon(self._watch_quota, run, thread.workspace, quota)
             try:
                 observed = run_code(self.runtime, job, on_output=run.journal.output, stop=run.stop)
                 async with observed as outcome:
                     quota.cancel()
-                    status.from_outcome(run, outcome)
+                    full = thread is not None and self.storage.full(thread)
+                    status.from_outcome(run, outcome, home_full=full)
                     if store_early:
                         tasks.start_soon(self._store_end, run)
             except MountError as exc:  # a volume directory swapped for a link meanwhile
@@ -166,8 +190,11 @@ class Lifecycle:
 
     async def _watch_quota(self, run: Run, workspace: Path, scope: anyio.CancelScope) -> None:
         """Sample the home's size while code runs (until ``scope`` is cancelled); growing
-        past the quota (or past its size at the start, for a home already over it) stops
-        the run. Scans are spaced so that they cost at most a twentieth of one core."""
+        past the quota (or past its size at the start, for a home already over it, which
+        can then still be cleaned up) stops the run. Each run may overshoot by what it
+        writes between two samples, and overshoots add up: the weak quota of a server that
+        cannot give homes filesystems of their own. Scans are spaced so that they cost at
+        most a twentieth of one core."""
         with scope:
             await self._sample(run, workspace)
 

@@ -14,6 +14,7 @@ from baponi_core.services.executions.run import Run, StopReason
 CANCELLED = "Cancelled by user"
 SERVER_STOPPED = "server_stopped"  # the server went down while the execution ran
 OUTPUT_LIMIT_EXCEEDED = "output_limit_exceeded"
+QUOTA_EXCEEDED = "disk_quota_exceeded"
 
 # How each ending of the sandbox shows in the record (status) and the result (error).
 ENDINGS: dict[Ending, tuple[ExecutionStatus, str]] = {
@@ -25,16 +26,19 @@ ENDINGS: dict[Ending, tuple[ExecutionStatus, str]] = {
 STOPS: dict[StopReason, tuple[ExecutionStatus, str]] = {
     StopReason.CANCEL: (ExecutionStatus.CANCELLED, CANCELLED),
     StopReason.SHUTDOWN: (ExecutionStatus.FAILED, SERVER_STOPPED),
-    StopReason.QUOTA: (ExecutionStatus.FAILED, "disk_quota_exceeded"),
+    StopReason.QUOTA: (ExecutionStatus.FAILED, QUOTA_EXCEEDED),
 }
 
 
-def from_outcome(run: Run, outcome: Outcome) -> None:
+def from_outcome(run: Run, outcome: Outcome, home_full: bool = False) -> None:
     """Complete ``run``'s record and result as its program ended (the journal is closed
-    by :func:`close_journal`, once the sandbox has ended too)."""
+    by :func:`close_journal`, once the sandbox has ended too). A program that failed with
+    its thread home full failed for want of room (``home_full``)."""
     if outcome.ending is Ending.EXITED:
         success = outcome.exit_code == 0
         status, error = (ExecutionStatus.SUCCESS if success else ExecutionStatus.FAILED), None
+        if not success and home_full:
+            error = QUOTA_EXCEEDED
     elif outcome.ending is Ending.STOPPED:
         status, error = STOPS[run.stop_reason]
     else:
