@@ -9,7 +9,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from baponi_cli.options import add_home, add_profile_options, name_value
+from baponi_cli.options import add_home, add_profile_options, name_value, size, size_text
 from baponi_cli.options import profile_limits as given_limits
 from baponi_core.config import Settings
 from baponi_core.records import Profile, Volume
@@ -26,6 +26,7 @@ share one set of slugs per organisation.
 examples:
   baponi volumes create reports --org acme
   baponi volumes create reference --read-only --org acme
+  baponi volumes create scratch --quota 2G --org acme   a filesystem of 2 GiB
   baponi keys create --org acme --volume reports --volume reference
   baponi volumes list --org acme
   baponi volumes delete reports --org acme     unbinds it; the server removes its files
@@ -276,6 +277,14 @@ def _volumes(commands: Any, home: argparse.ArgumentParser, org: argparse.Argumen
         )
         if group == "connections":
             _connection_options(create)
+        else:
+            create.add_argument(
+                "--quota",
+                type=size,
+                metavar="SIZE",
+                help="the most it may hold, e.g. 500M: a filesystem of that size, so writes "
+                "past it fail with ENOSPC (needs a root server; default: no quota)",
+            )
         create.set_defaults(run=_connections_create if group == "connections" else _volumes_create)
         listing = f"list {kind}s" + (
             " (option names, never their values)" if kind != "volume" else ""
@@ -316,9 +325,12 @@ def _connection_options(create: argparse.ArgumentParser) -> None:
 
 def _volumes_create(args: argparse.Namespace, settings: Settings) -> int:
     volume = with_admin(
-        settings, lambda admin: admin.create_volume(args.org, args.slug, args.read_only)
+        settings,
+        lambda admin: admin.create_volume(
+            args.org, args.slug, args.read_only, quota_bytes=args.quota
+        ),
     )
-    print(f"created volume {volume.slug} ({volume.id}), {_mode(volume.read_only)}")
+    print(f"created volume {volume.slug} ({volume.id}), {_mode(volume.read_only)}{_quota(volume)}")
     return 0
 
 
@@ -362,8 +374,14 @@ def _mode(read_only: bool) -> str:
     return "read-only" if read_only else "read-write"
 
 
+def _quota(volume: Volume) -> str:
+    return "" if volume.quota_bytes is None else f", quota {size_text(volume.quota_bytes)}"
+
+
 def _describe_volume(v: Volume) -> str:
     text = f"{v.slug}  {v.id}  {_mode(v.read_only)}"
+    if v.quota_bytes is not None:
+        text += f"  quota={size_text(v.quota_bytes)}"
     if v.is_connection:  # option names only: their values are credentials
         text += f"  {v.url}  options={','.join(sorted(v.options)) or '-'}"
     return text

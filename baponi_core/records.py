@@ -83,6 +83,7 @@ class Volume:
     created_at: float
     url: str | None = None
     options: dict[str, Any] = field(default_factory=dict, repr=False, hash=False)
+    quota_bytes: int | None = None  # a managed volume's size, kept by the kernel; None: none
 
     @property
     def is_connection(self) -> bool:

@@ -37,6 +37,8 @@ PROFILE_BOUNDS: dict[str, tuple[float, float]] = {
     "output_kb": (1, 1 << 20),
 }
 
+MIN_VOLUME_QUOTA = 1 << 20  # a filesystem smaller than this holds next to nothing
+
 
 def check_limits(limits: Mapping[str, float], max_concurrency: int | None = None) -> None:
     """Refuse profile limits (by field) and a concurrency outside what may be set."""
@@ -167,11 +169,19 @@ class Admin:
         read_only: bool = False,
         url: str | None = None,
         options: dict[str, str] | None = None,
+        quota_bytes: int | None = None,
     ) -> Volume:
-        """A managed volume (no ``url``) or a storage connection to the user's bucket."""
+        """A managed volume (no ``url``) or a storage connection to the user's bucket; a
+        managed volume may have a quota."""
         _check_slug(slug)
         if url is None and options:
             raise ValidationError("storage options are only for storage connections (a URL)")
+        if quota_bytes is not None and (url is not None or quota_bytes < MIN_VOLUME_QUOTA):
+            raise ValidationError(
+                "a quota is for managed volumes, of at least 1M"
+                if url is None
+                else "a storage connection's size is its bucket's business: no quota"
+            )
         if url is not None:
             _check_connection(url, options or {})
         org = await self.org(org_name)
@@ -185,6 +195,7 @@ class Admin:
             created_at=time.time(),
             url=url,
             options=dict(options or {}),
+            quota_bytes=quota_bytes,
         )
         await self.store.create_volume(volume)
         return volume

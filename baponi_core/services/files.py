@@ -83,8 +83,7 @@ class Files:
             raise ValidationError("content_length is required")
         place = await self._place(principal, request, write=True, create=True)
         async with self._reached(place):
-            if request.source == "thread":
-                await self._check_quota(place, request.content_length)
+            await self._check_quota(place, request.content_length)
             return await self._sign(place, names, "PUT", request, base_url)
 
     async def download_url(
@@ -119,17 +118,20 @@ class Files:
             raise Unavailable("the thread's files cannot be reached now; try again") from exc
 
     async def _check_quota(self, place: Place, size: int) -> None:
-        """Refuse an upload that cannot fit. Only a guess with a filesystem of its own,
-        which then refuses the write itself: concurrent uploads cannot add up."""
+        """Refuse an upload that cannot fit. Only a guess with a filesystem of its own
+        (a thread home, a volume with a quota), which then refuses the write itself:
+        concurrent uploads cannot add up. Without one a thread home is measured."""
         if self.storage.disks is not None and place.size is not None:
-            free = self.storage.disks.free(place.workspace)
-            used = self.quota - min(free, self.quota)
-            refused = size > free or size > self.quota
-        else:
-            used = await place.backend.usage(place.key)
-            refused = used + size > self.quota
-        if refused:
-            raise _quota_exceeded(f"{used} of {self.quota} bytes used, upload of {size} bytes")
+            quota = place.size
+            room = min(self.storage.disks.free(place.workspace), quota)
+            used = quota - room
+        elif place.key[0] == "threads":
+            quota, used = self.quota, await place.backend.usage(place.key)
+            room = quota - used
+        else:  # a volume without a quota
+            return
+        if size > room:
+            raise _quota_exceeded(f"{used} of {quota} bytes used, upload of {size} bytes", place)
 
     async def _sign(
         self,
@@ -168,7 +170,7 @@ class Files:
 
     async def download(self, grant: Grant) -> tuple[int, AsyncIterator[bytes]]:
         """The file's size and its bytes; its filesystem stays mounted while they are read."""
-        place = self._granted(grant)
+        place = await self._granted(grant)
         reached = contextlib.AsyncExitStack()
         await reached.enter_async_context(self._reached(place))
         try:
@@ -180,27 +182,31 @@ class Files:
 
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Local storage, and cloud stores whose own URLs cannot bind a size (Azure)."""
-        place = self._granted(grant)
+        place = await self._granted(grant)
         async with self._reached(place):
-            if grant.root[0] == "threads":  # grants made before other uploads filled it
-                assert grant.size is not None
-                await self._check_quota(place, grant.size)
+            assert grant.size is not None  # grants made before other uploads filled it
+            await self._check_quota(place, grant.size)
             try:
                 await self.storage.main.upload(grant, chunks)
             except OSError as exc:
                 if exc.errno not in DISK_FULL or place.size is None:
                     raise
-                raise _quota_exceeded(f"upload of {grant.size} bytes") from exc
+                raise _quota_exceeded(f"upload of {grant.size} bytes", place) from exc
 
-    def _granted(self, grant: Grant) -> Place:
-        """The place a grant names, as far as reaching its files goes."""
-        if grant.root[0] == "threads":
-            return self.storage.thread(*grant.root[1:])
-        return Place(self.storage.main, grant.root, "volume_mount_error")
+    async def _granted(self, grant: Grant) -> Place:
+        """The place a grant names; a volume deleted since is not found."""
+        kind, org_id, name = grant.root
+        if kind == "threads":
+            return self.storage.thread(org_id, name)
+        for volume in await self.store.list_volumes(org_id):
+            if volume.id == name and volume.url is None:
+                return self.storage.volume(volume)
+        raise NotFound("not found")
 
 
-def _quota_exceeded(detail: str) -> RateLimited:
-    return RateLimited(f"thread disk quota exceeded ({detail})", retry_after=QUOTA_RETRY_S)
+def _quota_exceeded(detail: str, place: Place) -> RateLimited:
+    kind = "thread" if place.key[0] == "threads" else "volume"
+    return RateLimited(f"{kind} disk quota exceeded ({detail})", retry_after=QUOTA_RETRY_S)
 
 
 async def _while(

@@ -106,7 +106,8 @@ class Storage:
     def volume(self, volume: Volume) -> Place:
         if volume.url is None:
             key = ("volumes", volume.org_id, volume.id)  # a new volume of an old slug starts empty
-            return Place(self.main, key, "volume_mount_error", volume.read_only)
+            size = volume.quota_bytes if self.disks is not None else None
+            return Place(self.main, key, "volume_mount_error", volume.read_only, size)
         backend = self._connections.get((volume.id, volume.url))
         if backend is None:
             prefix = ("connections", volume.org_id, volume.id)
@@ -135,6 +136,8 @@ class Storage:
         for key in stored:
             if key[-2] in ids and key[-1] not in ids[key[-2]]:
                 await self.main.destroy(key)
+                if self.disk is not None:  # its filesystem, if it had a quota
+                    self.disk.base.joinpath(*key).with_suffix(".img").unlink(missing_ok=True)
                 removed.add(key[-1])
         for names in cached:
             if names[-2] in ids and names[-1] not in ids[names[-2]]:

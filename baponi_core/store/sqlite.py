@@ -126,6 +126,9 @@ CREATE TABLE key_volumes (
 ) WITHOUT ROWID;
 CREATE INDEX key_volumes_by_volume ON key_volumes (volume_id);
 """,
+    """
+ALTER TABLE volumes ADD COLUMN quota_bytes INTEGER;
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Server, org_id_of, start_server, stop_server, wait_until
+from tests.harness import Server, cli, org_id_of, start_server, stop_server, wait_until
 
 QUOTA = 1 << 20
 ROOM = 1.15 * QUOTA  # the filesystem holds the quota; its image, a little more
@@ -268,3 +268,40 @@ def test_quota_flag_is_validated(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "expected a size such as 10G, got 'lots'" in done.stderr
+
+
+def test_a_volume_with_a_quota_is_a_filesystem_of_that_size(small: Server) -> None:
+    created = cli(small.home, "volumes", "create", "capped", "--quota", "1M")
+    assert created.endswith(", read-write, quota 1M"), created
+    assert "quota=1M" in cli(small.home, "volumes", "list")
+    key = cli(small.home, "keys", "create", "--volume", "capped").split()[-1]
+    fill = FILL_QUIETLY.replace("/home/baponi/{NAME}", "/data/capped/v")
+    with small.client(key) as api:
+        result = api.post("/v1/sandbox/execute", json={"code": fill}).json()
+        assert result["stdout"] == "ENOSPC\n", result
+        # Another execution sees what the first wrote, and no more room.
+        count = "import os\nprint(len(os.listdir('/data/capped')))"
+        assert int(api.post("/v1/sandbox/execute", json={"code": count}).json()["stdout"]) > 8
+        body = {"source": "volume", "id": "capped", "path": "x", "content_length": 200_000}
+        refused = api.post("/v1/files/upload_url", json=body)
+    assert refused.status_code == 429
+    assert refused.json()["message"].startswith("volume disk quota exceeded (")
+    (image,) = (small.home / "volumes").glob("*/*.img")
+    assert image.stat().st_blocks * 512 <= ROOM
+
+
+def test_quotas_are_for_managed_volumes(small: Server) -> None:
+    for args, message in (
+        (["volumes", "create", "tiny", "--quota", "100K"], "of at least 1M"),
+        (
+            ["connections", "create", "lake", "--url", "s3://b", "--quota", "1G"],
+            "unrecognized arguments: --quota",
+        ),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "baponi_cli", *args, "--home", str(small.home)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0 and message in done.stderr, done.stderr
