@@ -265,6 +265,14 @@ def iso(epoch: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def decimal(text: str, max_digits: int = 18) -> int | None:
+    """The number ``text`` writes in 1 to ``max_digits`` ASCII digits, else None. Not
+    ``str.isdigit`` alone: it accepts digits ``int`` refuses ("²") and other scripts'."""
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

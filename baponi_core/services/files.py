@@ -85,8 +85,9 @@ class Files:
     async def download_url(
         self, principal: Principal, request: FileRequest, base_url: str
     ) -> SignedUrl:
+        names = parts(request.path)  # the request is checked before anything is looked up
         place = await self._place(principal, request)
-        return await self._sign(place, parts(request.path), "GET", request, base_url)
+        return await self._sign(place, names, "GET", request, base_url)
 
     async def read(
         self, principal: Principal, request: FileRequest, max_bytes: int
