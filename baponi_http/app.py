@@ -134,7 +134,7 @@ async def files_delete(request: Request) -> Response:
 
 async def signed_download(request: Request) -> Response:
     files = core_of(request).files
-    grant = files.verify(request.path_params["token"], "GET")
+    grant = await files.verify(request.path_params["token"], "GET")
     size, chunks = await files.download(grant)
     headers = {"Content-Length": str(size), "Cache-Control": "private, no-store"}
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
@@ -142,7 +142,7 @@ async def signed_download(request: Request) -> Response:
 
 async def signed_upload(request: Request) -> Response:
     files = core_of(request).files
-    grant = files.verify(request.path_params["token"], "PUT")
+    grant = await files.verify(request.path_params["token"], "PUT")
     declared = request.headers.get("content-length")
     if declared is not None and declared != str(grant.size):
         raise ValidationError(f"Content-Length must be the signed size, {grant.size} bytes")

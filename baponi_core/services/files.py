@@ -143,8 +143,16 @@ class Files:
             raise NotFound("not found")
         return self.storage.disk
 
-    def verify(self, token: str, method: str) -> Grant:
-        return self.signer.verify(token, method)
+    async def verify(self, token: str, method: str) -> Grant:
+        """The grant of ``token``, while what it names still exists: a URL of a volume
+        stops working when the volume is deleted, not when it expires."""
+        grant = self.signer.verify(token, method)
+        if grant.root[0] == "volumes":
+            org_id, volume_id = grant.root[1:]
+            volumes = await self.store.list_volumes(org_id)
+            if not any(v.id == volume_id and v.url is None for v in volumes):
+                raise NotFound("the volume of this signed URL no longer exists")
+        return grant
 
     async def download(self, grant: Grant) -> tuple[int, AsyncIterator[bytes]]:
         return await self._disk().download(grant)
