@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from baponi_core.ids import hash_key
-from baponi_core.records import Volume
+from baponi_core.records import DEFAULT_RETENTION_DAYS, Volume
 from baponi_core.services.admin import Admin
 from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from tests.harness import BAPONI, cli
@@ -68,7 +68,7 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
             (hash_key("sk-local-old"),),
         )
         old.execute("PRAGMA user_version=2")
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     store = SqliteStore(path)
     await store.open()
     try:
@@ -79,6 +79,41 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
         await store.bind_volumes("key_1", ["vol_1"])
         principal = await store.find_key(hash_key("sk-local-old"))
         assert principal is not None and principal.volumes == (volume,)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
+    """Retention arrives: organisations that were kept forever get the default, and the
+    executions that existed are swept by it like new ones."""
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as old:
+        for script in MIGRATIONS[:3]:
+            old.executescript(script)
+        old.execute(
+            "INSERT INTO orgs (id, name, max_concurrency, created_at) "
+            "VALUES ('org_1', 'acme', 3, 1.0)"
+        )
+        for trace_id, ended in (("trc_ancient", 2.0), ("trc_running", None)):
+            old.execute(
+                "INSERT INTO executions (trace_id, org_id, language, delivery_mode, status, "
+                "metadata, created_at, completed_at) "
+                "VALUES (?, 'org_1', 'bash', 'inline', 'success', '{}', 1.5, ?)",
+                (trace_id, ended),
+            )
+        old.execute("PRAGMA user_version=3")
+    assert SCHEMA_VERSION == 4
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        org = await store.get_org("acme")
+        assert org is not None and org.retention_days == DEFAULT_RETENTION_DAYS
+        assert org.max_concurrency == 3
+        assert await store.delete_executions("org_1", time.time() - 86400) == 1
+        assert await store.get_execution("org_1", "trc_ancient") is None
+        assert await store.get_execution("org_1", "trc_running") is not None
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
