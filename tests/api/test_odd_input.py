@@ -144,3 +144,54 @@ def test_odd_file_fields_are_400(api: httpx.Client, action: str, fields: dict[st
 )
 def test_decimal_reads_only_ascii_digits(text: str, number: int | None) -> None:
     assert decimal(text) == number
+
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def _mcp(server: Server, body: bytes) -> httpx.Response:
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {server.key}"}
+    return httpx.post(f"{server.url}/mcp", content=body, headers=headers, timeout=30)
+
+
+def _call(tool: str, arguments: str) -> bytes:
+    """A tools/call with ``arguments`` as raw JSON text (escapes kept as written)."""
+    params = f'{{"name": "{tool}", "arguments": {arguments}}}'
+    return f'{{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {params}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "message"),
+    [
+        ("sandbox_execute", r'{"code": "1", "thread_id": "t\u00e9"}', "thread_id must start"),
+        ("sandbox_execute", r'{"code": "1", "env_vars": {"\u00e9": "x"}}', "only ASCII"),
+        ("sandbox_execute", r'{"code": "1", "timeout": "\u00b2"}', "valid integer"),
+        ("files_download", r'{"id": "t", "path": "a\u0000"}', "must not contain NUL"),
+        ("files_download", r'{"id": "t", "path": "a", "source": "v\u00e9"}', "'thread' or"),
+        ("files_download", r'{"id": "t\u202e", "path": "a"}', "id must start"),
+    ],
+)
+def test_odd_mcp_arguments_are_tool_errors(
+    server: Server, tool: str, arguments: str, message: str
+) -> None:
+    """What the model sent wrong comes back to it as an isError result, with the message."""
+    answer = _mcp(server, _call(tool, arguments))
+    assert answer.status_code == 200, answer.text
+    data = [line[5:] for line in answer.text.splitlines() if line.startswith("data:")]
+    result = json.loads(data[-1])["result"]
+    assert result["isError"] is True
+    assert message in result["content"][0]["text"], result
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _call("sandbox_execute", r'{"code": "\ud800"}'),  # a lone surrogate
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list\xff"}',  # not UTF-8
+        b"\xff\xfe",
+    ],
+)
+def test_undecodable_mcp_requests_are_parse_errors(server: Server, body: bytes) -> None:
+    answer = _mcp(server, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == -32700  # JSON-RPC parse error
