@@ -9,10 +9,18 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from baponi_cli.options import add_home, add_profile_options, name_value, size, size_text
+from baponi_cli.options import (
+    add_home,
+    add_profile_options,
+    name_value,
+    retention,
+    retention_text,
+    size,
+    size_text,
+)
 from baponi_cli.options import profile_limits as given_limits
 from baponi_core.config import Settings
-from baponi_core.records import Profile, Volume
+from baponi_core.records import DEFAULT_RETENTION_DAYS, Profile, Volume
 from baponi_core.services.admin import DEFAULT_MAX_CONCURRENCY, DEFAULT_ORG, DEFAULT_PROFILE, Admin
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.store import store_for
@@ -50,6 +58,12 @@ examples:
   baponi keys create --org acme --connection lake
   baponi connections list --org acme
 """
+
+RETENTION_HELP = (
+    "how long executions (records, output, stored events) are kept after their end: "
+    "1d, 30d, any number of days, or unlimited"
+)
+UNCHANGED = object()  # --retention not given (None is "unlimited")
 
 Action = Callable[[Admin], Awaitable[Any]]
 PROFILE_DEFAULTS = Profile(id="", org_id="", name="")
@@ -181,11 +195,19 @@ def _orgs(commands: Any, home: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_CONCURRENCY,
         help="executions running at once (default: %(default)s)",
     )
+    create.add_argument(
+        "--retention",
+        type=retention,
+        default=DEFAULT_RETENTION_DAYS,
+        metavar="DAYS",
+        help=f"{RETENTION_HELP} (default: {retention_text(DEFAULT_RETENTION_DAYS)})",
+    )
     create.set_defaults(run=_orgs_create)
     change = orgs.add_parser("set", parents=[home], help="change an organisation's limits")
     change.add_argument("name")
+    change.add_argument("--max-concurrency", type=int, help="executions running at once")
     change.add_argument(
-        "--max-concurrency", type=int, required=True, help="executions running at once"
+        "--retention", type=retention, default=UNCHANGED, metavar="DAYS", help=RETENTION_HELP
     )
     change.set_defaults(run=_orgs_set)
     orgs.add_parser("list", parents=[home], help="list organisations").set_defaults(run=_orgs_list)
@@ -202,22 +224,44 @@ def _orgs(commands: Any, home: argparse.ArgumentParser) -> None:
 
 
 def _orgs_create(args: argparse.Namespace, settings: Settings) -> int:
-    org = with_admin(settings, lambda admin: admin.create_org(args.name, args.max_concurrency))
-    print(f"created organisation {org.name} ({org.id}), max concurrency {org.max_concurrency}")
+    org = with_admin(
+        settings, lambda admin: admin.create_org(args.name, args.max_concurrency, args.retention)
+    )
+    print(
+        f"created organisation {org.name} ({org.id}), max concurrency {org.max_concurrency}, "
+        f"retention {retention_text(org.retention_days)}"
+    )
     return 0
 
 
 def _orgs_set(args: argparse.Namespace, settings: Settings) -> int:
-    org = with_admin(
-        settings, lambda admin: admin.set_max_concurrency(args.name, args.max_concurrency)
+    if args.max_concurrency is None and args.retention is UNCHANGED:
+        raise SystemExit("baponi: orgs set: give --max-concurrency, --retention or both")
+
+    async def action(admin: Admin) -> Any:
+        if args.max_concurrency is not None:
+            await admin.set_max_concurrency(args.name, args.max_concurrency)
+        if args.retention is not UNCHANGED:
+            await admin.set_retention(args.name, args.retention)
+        return await admin.org(args.name)
+
+    org = with_admin(settings, action)
+    print(
+        f"organisation {org.name}: max concurrency {org.max_concurrency}, "
+        f"retention {retention_text(org.retention_days)}"
     )
-    print(f"organisation {org.name}: max concurrency {org.max_concurrency}")
     return 0
 
 
 def _orgs_list(args: argparse.Namespace, settings: Settings) -> int:
     orgs = with_admin(settings, lambda admin: admin.store.list_orgs())
-    print("\n".join(f"{o.name}  {o.id}  max_concurrency={o.max_concurrency}" for o in orgs))
+    print(
+        "\n".join(
+            f"{o.name}  {o.id}  max_concurrency={o.max_concurrency}  "
+            f"retention={retention_text(o.retention_days)}"
+            for o in orgs
+        )
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from baponi_core.config import DEFAULT_THREAD_QUOTA
+from baponi_core.models import decimal
 
 SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -69,6 +70,29 @@ def seconds(text: str) -> float:
     if not 0 <= value <= 86400:
         raise argparse.ArgumentTypeError("must be between 0 and 86400 seconds")
     return value
+
+
+def interval(text: str) -> float:
+    """Seconds between two runs of something: more than 0."""
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def retention(text: str) -> int | None:
+    """Days, written ``30d``, or ``unlimited`` (None)."""
+    if text.strip().lower() == "unlimited":
+        return None
+    days = decimal(text.strip().lower().removesuffix("d"), max_digits=6)
+    if days is None or not text.strip().lower().endswith("d"):
+        raise argparse.ArgumentTypeError(f"expected days such as 1d or 30d, or unlimited: {text!r}")
+    return days
+
+
+def retention_text(days: int | None) -> str:
+    """What :func:`retention` reads back as ``days``."""
+    return "unlimited" if days is None else f"{days}d"
 
 
 def delays(text: str) -> tuple[float, ...]:

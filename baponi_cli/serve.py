@@ -17,6 +17,7 @@ from baponi_cli.options import (
     delays_text,
     env_option,
     flag_from_env,
+    interval,
     port_number,
     seconds,
     storage_settings,
@@ -76,6 +77,15 @@ def add_command(commands: Any) -> None:
         type=delays,
         metavar="S,S,...",
     )
+    env_option(
+        serve,
+        "--retention-sweep-interval",
+        "seconds between two deletions of the executions past their organisation's retention "
+        "(baponi orgs set NAME --retention)",
+        default=f"{DEFAULTS.retention_sweep_s:g}",
+        type=interval,
+        metavar="SECONDS",
+    )
     add_storage_arguments(serve)
     serve.set_defaults(run=run)
 
@@ -97,6 +107,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         webhook_retry_delays=args.webhook_retry_delays,
         shutdown_grace_s=args.shutdown_grace,
         public_url=args.public_url,
+        retention_sweep_s=args.retention_sweep_interval,
     )
     first_key = with_admin(settings, lambda admin: admin.first_start())
     if first_key:

@@ -18,6 +18,7 @@ from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import Executions
 from baponi_core.services.files import Files
+from baponi_core.services.retention import Retention
 from baponi_core.services.webhooks import Webhooks
 from baponi_core.storage.disks import Disks
 from baponi_core.storage.places import Storage
@@ -43,6 +44,7 @@ class Core:
             ca_file=settings.webhook_ca_file,
             retry_delays=settings.webhook_retry_delays,
         )
+        self.retention = Retention(self.store, settings.retention_sweep_s)
         self._runtime: SandboxRuntime | None = None
         self._executions: Executions | None = None
         self._files: Files | None = None
@@ -104,6 +106,7 @@ class Core:
             await self._executions.start(tasks)
             tasks.start_soon(self.webhooks.run)
             tasks.start_soon(self._sweep, storage)
+            tasks.start_soon(self.retention.run)
             if disks is not None:
                 tasks.start_soon(disks.run)
             self._stack = stack.pop_all()

@@ -33,6 +33,7 @@ class Settings:
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, for clouds
     thread_quota_bytes: int = DEFAULT_THREAD_QUOTA  # what one thread home may hold
     sampled_quota: bool = False  # homes as directories, sized by sampling, even as root
+    retention_sweep_s: float = 3600.0  # how often executions past their retention are deleted
 
     def base_url(self, seen: str) -> str:
         """Where signed URLs point: ``public_url``, else the URL the client used."""

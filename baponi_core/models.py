@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, field_validato
 
 from baponi_core import limits
 from baponi_core.errors import ValidationError
+from baponi_core.net.addresses import literal
+from baponi_core.net.names import normal_name
 from baponi_core.records import DeliveryMode, Execution, ExecutionStatus, WebhookStatus
 
 
@@ -91,11 +93,20 @@ class ExecuteRequest(BaseModel):
         if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
             raise ValueError("webhook_url must be printable ASCII (IDNA host, encoded path)")
         try:
-            host = urllib.parse.urlsplit(url).hostname
-        except ValueError:
+            parsed = urllib.parse.urlsplit(url)
+            host = parsed.hostname
+        except ValueError:  # brackets that hold no IPv6 address
             host = None
         if not host:
             raise ValueError("webhook_url must include a hostname")
+        if literal(host) is None and normal_name(host) is None:
+            raise ValueError("webhook_url must include a valid hostname")
+        try:
+            port = parsed.port
+        except ValueError:  # out of range, or not a number
+            port = 0
+        if port == 0:
+            raise ValueError("webhook_url port must be a number between 1 and 65535")
         return url
 
     @field_validator("metadata")
@@ -263,6 +274,14 @@ def iso(epoch: float) -> str:
     """UTC with milliseconds and a ``Z``, as the reference API writes times."""
     moment = datetime.fromtimestamp(epoch, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decimal(text: str, max_digits: int = 18) -> int | None:
+    """The number ``text`` writes in 1 to ``max_digits`` ASCII digits, else None. Not
+    ``str.isdigit`` alone: it accepts digits ``int`` refuses ("²") and other scripts'."""
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -32,12 +32,17 @@ class WebhookStatus(StrEnum):
     FAILED = "failed"
 
 
+DEFAULT_RETENTION_DAYS = 30
+
+
 @dataclass(frozen=True)
 class Org:
     id: str
     name: str
     max_concurrency: int
     created_at: float
+    # Days an execution (record, output, stored events) is kept after its end; None: forever.
+    retention_days: int | None = DEFAULT_RETENTION_DAYS
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.limits import MAX_REQUEST_BYTES
-from baponi_core.models import ExecuteRequest, FileRequest, parse
+from baponi_core.models import ExecuteRequest, FileRequest, decimal, parse
 from baponi_core.records import DeliveryMode, ExecutionStatus, Principal
 from baponi_http.errors import HANDLERS, error_response
 
@@ -34,8 +34,8 @@ async def principal_of(request: Request) -> Principal:
 
 
 async def json_body(request: Request) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+    declared = decimal(request.headers.get("content-length", ""))
+    if declared is not None and declared > MAX_REQUEST_BYTES:
         raise ValidationError("request body too large")
     body = bytearray()
     async for chunk in request.stream():
@@ -84,11 +84,11 @@ async def get_execution(request: Request) -> Response:
 
 async def execution_output(request: Request) -> Response:
     principal = await principal_of(request)
-    after = request.query_params.get("after_seq", "0")
-    if not after.isascii() or not after.isdigit() or len(after) > 18:
+    after = decimal(request.query_params.get("after_seq", "0"))
+    if after is None:
         raise ValidationError("after_seq must be a non-negative integer")
     lines = await core_of(request).executions.events(
-        principal, request.path_params["trace_id"], int(after)
+        principal, request.path_params["trace_id"], after
     )
     return ndjson(lines)
 
@@ -134,7 +134,7 @@ async def files_delete(request: Request) -> Response:
 
 async def signed_download(request: Request) -> Response:
     files = core_of(request).files
-    grant = files.verify(request.path_params["token"], "GET")
+    grant = await files.verify(request.path_params["token"], "GET")
     size, chunks = await files.download(grant)
     headers = {"Content-Length": str(size), "Cache-Control": "private, no-store"}
     return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)
@@ -142,7 +142,7 @@ async def signed_download(request: Request) -> Response:
 
 async def signed_upload(request: Request) -> Response:
     files = core_of(request).files
-    grant = files.verify(request.path_params["token"], "PUT")
+    grant = await files.verify(request.path_params["token"], "PUT")
     declared = request.headers.get("content-length")
     if declared is not None and declared != str(grant.size):
         raise ValidationError(f"Content-Length must be the signed size, {grant.size} bytes")

@@ -47,6 +47,7 @@ from baponi_mcp.schema import (
 
 log = logging.getLogger(__name__)
 
+UNSERVED_METHODS = ("prompts/", "resources/")  # the server defines no prompts or resources
 STOP_WAIT_S = 15.0  # a cancelled sandbox is killed at once; this only bounds the wait
 
 
@@ -83,8 +84,13 @@ class LocalAccess:
 def build_server(access: Access) -> MCPServer[Any]:
     """The MCP server for callers resolved by ``access``."""
     server: MCPServer[Any] = MCPServer(
-        "baponi", version=_version(), instructions=INSTRUCTIONS, log_level="WARNING"
+        "baponi",
+        version=_version(),
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        subscriptions=False,  # nothing ever changes: no listChanged to promise
     )
+    _serve_tools_only(server)
 
     @server.tool(
         title="Run code in a sandbox",
@@ -157,6 +163,17 @@ def build_server(access: Access) -> MCPServer[Any]:
         return CallToolResult(content=content, structured_content=download.model_dump())
 
     return server
+
+
+def _serve_tools_only(server: MCPServer[Any]) -> None:
+    """Unregister the prompts and resources methods the SDK's MCPServer registers whatever
+    the server defines: capabilities are derived from the registered methods, so they
+    would be advertised (and answered, an unknown prompt with error code 0) with none to
+    serve. Unregistered, they are the spec's -32601 and not advertised. The SDK has no
+    public way to unregister; tests/mcp/test_capabilities.py pins the outcome."""
+    handlers = server._lowlevel_server._request_handlers
+    for method in [m for m in handlers if m.startswith(UNSERVED_METHODS)]:
+        del handlers[method]
 
 
 async def _follow(submission: Submission, ctx: Context[Any, Any], caller: Caller) -> SandboxResult:

@@ -29,12 +29,13 @@ def verify(header: str, body: bytes, secret: str, now: float | None = None) -> b
     keyed with the organisation's secret, made within TOLERANCE_S of ``now``."""
     parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
     timestamp, given = parts.get("t", ""), parts.get("v1", "")
-    if not timestamp.isdigit() or not given:
+    if not timestamp.isascii() or not timestamp.isdigit() or not given:  # int() refuses "²"
         return False
     if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE_S:
         return False
     expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return hmac.compare_digest(expected.hexdigest(), given)  # constant time
+    # Constant time, on bytes: compare_digest raises on a str with a non-ASCII character.
+    return hmac.compare_digest(expected.hexdigest().encode(), given.encode("utf-8", "replace"))
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -4,11 +4,14 @@ time, so a name that resolves differently later (DNS rebinding) is caught too.""
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 
 import anyio
 import httpcore2
+
+from baponi_core.net.names import is_local, normal_name
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -20,6 +23,8 @@ class RefusedTarget(httpcore2.ConnectError):
 # IPv6 prefixes whose last 32 bits are an IPv4 address a gateway may forward to.
 NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# What inet_aton may take for an address: one to four dot-separated decimal, octal or hex parts.
+LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}")
 
 
 def is_public(address: Address) -> bool:
@@ -45,10 +50,28 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 
 
 def literal(host: str) -> Address | None:
+    """The address ``host`` writes, in any form a resolver reads as one without a lookup:
+    standard, bracketed IPv6, or legacy IPv4 (``127.1``, ``0x7f.0.0.1``, ``2130706433``)."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
+        pass
+    if not LEGACY_IPV4.fullmatch(host.lower()):
         return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def reachable(host: str) -> bool:
+    """Whether the host of a URL may be reached, judged on its text alone, before any
+    lookup: an address must be public; a name must be a valid one and not local."""
+    address = literal(host)
+    if address is not None:
+        return is_public(address)
+    name = normal_name(host)
+    return name is not None and not is_local(name)
 
 
 class GuardedBackend(httpcore2.AnyIOBackend):
@@ -66,6 +89,8 @@ class GuardedBackend(httpcore2.AnyIOBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
+        if not self.allow_private and not reachable(host):  # refused anyway: no lookup
+            raise RefusedTarget(f"{host} is a private, local or invalid host")
         try:
             with anyio.fail_after(timeout):
                 found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -11,7 +11,7 @@ from typing import Any
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
-from baponi_core.records import ApiKey, Org, Principal, Profile, Volume
+from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Principal, Profile, Volume
 from baponi_core.services.webhooks import secret_for
 from baponi_core.storage.urls import CLOUD_SCHEMES
 from baponi_core.store import Store
@@ -23,6 +23,7 @@ OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEFAULT_ORG = "default"
 DEFAULT_PROFILE = "default"
 DEFAULT_MAX_CONCURRENCY = 8
+MIN_RETENTION_DAYS, MAX_RETENTION_DAYS = 1, 36500
 # The key id the local user (stdio MCP) acts under: no secret, never stored, so it can
 # never be presented over HTTP; stable, so its executions stay recognisable across runs.
 LOCAL_KEY_ID = "key_local"
@@ -38,6 +39,15 @@ PROFILE_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 MIN_VOLUME_QUOTA = 1 << 20  # a filesystem smaller than this holds next to nothing
+
+
+def check_retention(days: int | None) -> None:
+    """Refuse a retention outside what may be set (None, forever, always may)."""
+    if days is not None and not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+        raise ValidationError(
+            f"retention must be between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS} days, "
+            "or unlimited"
+        )
 
 
 def check_limits(limits: Mapping[str, float], max_concurrency: int | None = None) -> None:
@@ -99,12 +109,18 @@ class Admin:
             raise NotFound(f"organisation {name} not found")
         return org
 
-    async def create_org(self, name: str, max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> Org:
+    async def create_org(
+        self,
+        name: str,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        retention_days: int | None = DEFAULT_RETENTION_DAYS,
+    ) -> Org:
         _check_name("organisation", name)
         check_limits({}, max_concurrency)
+        check_retention(retention_days)
         if await self.store.get_org(name) is not None:
             raise Conflict(f"organisation {name} already exists")
-        org = await self.store.create_org(name, max_concurrency)
+        org = await self.store.create_org(name, max_concurrency, retention_days)
         await self.store.save_profile(
             Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE)
         )
@@ -114,6 +130,14 @@ class Admin:
     async def set_max_concurrency(self, org_name: str, max_concurrency: int) -> Org:
         check_limits({}, max_concurrency)
         org = dataclasses.replace(await self.org(org_name), max_concurrency=max_concurrency)
+        await self.store.update_org(org)
+        return org
+
+    async def set_retention(self, org_name: str, retention_days: int | None) -> Org:
+        """Keep the organisation's executions ``retention_days`` after their end (None:
+        forever); older ones go at the server's next retention sweep."""
+        check_retention(retention_days)
+        org = dataclasses.replace(await self.org(org_name), retention_days=retention_days)
         await self.store.update_org(org)
         return org
 

@@ -89,9 +89,10 @@ class Files:
     async def download_url(
         self, principal: Principal, request: FileRequest, base_url: str
     ) -> SignedUrl:
+        names = parts(request.path)  # the request is checked before anything is looked up
         place = await self._place(principal, request)
         async with self._reached(place):
-            return await self._sign(place, parts(request.path), "GET", request, base_url)
+            return await self._sign(place, names, "GET", request, base_url)
 
     async def read(
         self, principal: Principal, request: FileRequest, max_bytes: int
@@ -165,8 +166,12 @@ class Files:
             raise NotFound("not found")
         return self.storage.disk
 
-    def verify(self, token: str, method: str) -> Grant:
-        return self.signer.verify(token, method)
+    async def verify(self, token: str, method: str) -> Grant:
+        """The grant of ``token``, while what it names still exists: a URL of a volume
+        stops working when the volume is deleted, not when it expires."""
+        grant = self.signer.verify(token, method)
+        await self._granted(grant)
+        return grant
 
     async def download(self, grant: Grant) -> tuple[int, AsyncIterator[bytes]]:
         """The file's size and its bytes; its filesystem stays mounted while they are read."""
@@ -201,7 +206,7 @@ class Files:
         for volume in await self.store.list_volumes(org_id):
             if volume.id == name and volume.url is None:
                 return self.storage.volume(volume)
-        raise NotFound("not found")
+        raise NotFound("the volume of this signed URL no longer exists")
 
 
 def _quota_exceeded(detail: str, place: Place) -> RateLimited:

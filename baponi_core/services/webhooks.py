@@ -23,7 +23,7 @@ import httpcore2
 from baponi_core.config import RETRY_DELAYS_S
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecutionView
-from baponi_core.net.addresses import GuardedBackend, RefusedTarget, is_public, literal
+from baponi_core.net.addresses import GuardedBackend, RefusedTarget, reachable
 from baponi_core.records import Execution, WebhookStatus
 from baponi_core.store import Store
 
@@ -83,11 +83,9 @@ class Webhooks:
         self._inflight: set[str] = set()
 
     def check(self, url: str) -> None:
-        """Refuse at once what delivery would refuse anyway: a literal private address."""
-        host = urllib.parse.urlsplit(url).hostname or ""
-        address = literal(host)
-        local = host == "localhost" or host.endswith(".localhost")
-        if not self.allow_private and (local or (address is not None and not is_public(address))):
+        """Refuse at once what delivery would refuse anyway, without a lookup: a private
+        address, a local name, in whatever spelling."""
+        if not self.allow_private and not reachable(urllib.parse.urlsplit(url).hostname or ""):
             raise ValidationError(
                 "webhook_url must not point to a private, loopback or link-local address"
             )

@@ -98,8 +98,8 @@ class DiskBackend:
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Write exactly the granted size from ``chunks``; anything else leaves no trace."""
         assert grant.size is not None
-        names = grant.root + tuple(grant.path.split("/"))
-        upload = await anyio.to_thread.run_sync(self.tree.begin_upload, names)
+        names = tuple(grant.path.split("/"))
+        upload = await anyio.to_thread.run_sync(self.tree.begin_upload, grant.root, names)
         try:
             async with aclosing(sized(chunks, grant.size)) as body:
                 async for chunk in body:

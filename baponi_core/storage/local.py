@@ -148,8 +148,11 @@ class LocalTree:
         os.set_blocking(fd, True)
         return fd, info.st_size
 
-    def begin_upload(self, names: tuple[str, ...]) -> Upload:
-        with self.directory(names[:-1], create=True) as parent:
+    def begin_upload(self, root: tuple[str, ...], names: tuple[str, ...]) -> Upload:
+        """A file on its way to ``names`` below ``root``, making the directories between
+        them but never ``root`` itself: a root that is gone (a deleted volume's, swept)
+        stays gone (NotFound)."""
+        with self.directory(root) as top, self.directory(names[:-1], True, top) as parent:
             keep = os.dup(parent)
         try:
             fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=keep)

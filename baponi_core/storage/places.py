@@ -19,6 +19,7 @@ import anyio
 import fsspec
 
 from baponi_core.errors import ValidationError
+from baponi_core.models import decimal
 from baponi_core.records import Volume
 from baponi_core.storage.backend import Backend, Key
 from baponi_core.storage.cloud import CloudBackend, forget_copy
@@ -194,6 +195,7 @@ def _literal(value: Any) -> Any:
     ``retries=1``, not "false" and "1"."""
     if not isinstance(value, str):
         return value
-    if value.isdigit():
-        return int(value)
+    number = decimal(value)
+    if number is not None:
+        return number
     return {"true": True, "false": False}.get(value, value)

@@ -95,14 +95,16 @@ class UrlSigner:
             "e": grant.expires,
         }
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-        return f"{kid}.{body}.{_mac(key, kid, body)}"
+        return f"{kid}.{body}.{_mac(key, kid, body).decode()}"
 
     def verify(self, token: str, method: str) -> Grant:
         """The grant of ``token`` if it is intact, unexpired and for ``method``."""
         kid, _, rest = token.partition(".")
         body, _, mac = rest.partition(".")
         key = dict(self.keys).get(kid)
-        if key is None or not hmac.compare_digest(_mac(key, kid, body), mac):
+        # Bytes, not str: compare_digest raises on a str with a non-ASCII character, and a
+        # token is whatever the URL's path held.
+        if key is None or not hmac.compare_digest(_mac(key, kid, body), _utf8(mac)):
             raise Forbidden("signature does not match")
         payload: dict[str, Any] = json.loads(_unb64(body))
         grant = Grant(
@@ -123,8 +125,14 @@ def _new_key() -> tuple[str, bytes]:
     return secrets.token_hex(4), secrets.token_bytes(32)
 
 
-def _mac(key: bytes, kid: str, body: str) -> str:
-    return _b64(hmac.new(key, f"{kid}.{body}".encode(), hashlib.sha256).digest())
+def _mac(key: bytes, kid: str, body: str) -> bytes:
+    digest = hmac.new(key, _utf8(f"{kid}.{body}"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+
+def _utf8(text: str) -> bytes:
+    """Any str as bytes, lone surrogates included (a decoded URL may hold them)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _unb64(text: str) -> bytes:

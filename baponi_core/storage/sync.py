@@ -319,7 +319,7 @@ def _clear_way(tree: LocalTree, names: Key) -> None:
 def _fetch(
     source: Callable[[], ContextManager[BinaryIO]], tree: LocalTree, names: Key, tag: str
 ) -> Synced:
-    upload = tree.begin_upload(names)
+    upload = tree.begin_upload((), names)
     try:
         with source() as stream:
             while chunk := stream.read(CHUNK):

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from baponi_core.records import ApiKey, Execution, Org, Principal, Profile, Volume
+from baponi_core.records import (
+    DEFAULT_RETENTION_DAYS,
+    ApiKey,
+    Execution,
+    Org,
+    Principal,
+    Profile,
+    Volume,
+)
 
 
 class Store(Protocol):
@@ -14,10 +22,14 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
 
-    async def create_org(self, name: str, max_concurrency: int) -> Org: ...
+    async def create_org(
+        self, name: str, max_concurrency: int, retention_days: int | None = DEFAULT_RETENTION_DAYS
+    ) -> Org: ...
     async def get_org(self, name: str) -> Org | None: ...
     async def list_orgs(self) -> list[Org]: ...
-    async def update_org(self, org: Org) -> None: ...
+    async def update_org(self, org: Org) -> None:
+        """Store the organisation's limits: ``max_concurrency`` and ``retention_days``."""
+        ...
 
     async def save_profile(self, profile: Profile) -> None: ...
     async def get_profile(self, org_id: str, name: str) -> Profile | None: ...
@@ -48,6 +60,12 @@ class Store(Protocol):
     async def insert_execution(self, execution: Execution) -> None: ...
     async def update_execution(self, execution: Execution) -> None: ...
     async def get_execution(self, org_id: str, trace_id: str) -> Execution | None: ...
+    async def delete_executions(self, org_id: str, ended_before: float) -> int:
+        """Delete the organisation's executions that ended before ``ended_before``, with
+        their stored events; never one still running or whose webhook delivery is pending.
+        The number deleted."""
+        ...
+
     async def fail_unfinished(self, error: str, when: float) -> list[tuple[str, str]]:
         """Mark every execution without an end as failed (pending webhooks become due);
         return their (org id, trace id)."""

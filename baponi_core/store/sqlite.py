@@ -20,6 +20,7 @@ import aiosqlite
 
 from baponi_core.ids import new_id
 from baponi_core.records import (
+    DEFAULT_RETENTION_DAYS,
     ApiKey,
     DeliveryMode,
     Execution,
@@ -127,13 +128,20 @@ CREATE TABLE key_volumes (
 CREATE INDEX key_volumes_by_volume ON key_volumes (volume_id);
 """,
     """
+ALTER TABLE orgs ADD COLUMN retention_days INTEGER DEFAULT 30;
+CREATE INDEX executions_ended ON executions (org_id, completed_at)
+    WHERE completed_at IS NOT NULL;
+""",
+    """
 ALTER TABLE volumes ADD COLUMN quota_bytes INTEGER;
 """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 EVENTS_PER_INSERT = 500  # 4 parameters each, well under SQLite's 32766
-ORG_COLUMNS = "o.id, o.name, o.max_concurrency, o.created_at"
+ORG_FIELDS = [f.name for f in dataclasses.fields(Org)]
+ORG_COLUMNS = ", ".join(f"o.{name}" for name in ORG_FIELDS)
+DELETES_PER_TRANSACTION = 1000  # the server's own writes get their turn between batches
 PROFILE_FIELDS = [f.name for f in dataclasses.fields(Profile)]
 KEY_FIELDS = [f.name for f in dataclasses.fields(ApiKey)]
 EXECUTION_FIELDS = [f.name for f in dataclasses.fields(Execution)]
@@ -208,9 +216,15 @@ class SqliteStore:
 
     # organisations
 
-    async def create_org(self, name: str, max_concurrency: int) -> Org:
+    async def create_org(
+        self, name: str, max_concurrency: int, retention_days: int | None = DEFAULT_RETENTION_DAYS
+    ) -> Org:
         org = Org(
-            id=new_id("org"), name=name, max_concurrency=max_concurrency, created_at=time.time()
+            id=new_id("org"),
+            name=name,
+            max_concurrency=max_concurrency,
+            created_at=time.time(),
+            retention_days=retention_days,
         )
         await self._insert("orgs", dataclasses.asdict(org))
         return org
@@ -227,7 +241,8 @@ class SqliteStore:
 
     async def update_org(self, org: Org) -> None:
         await self._change(
-            "UPDATE orgs SET max_concurrency = ? WHERE id = ?", (org.max_concurrency, org.id)
+            "UPDATE orgs SET max_concurrency = ?, retention_days = ? WHERE id = ?",
+            (org.max_concurrency, org.retention_days, org.id),
         )
 
     # sandbox profiles
@@ -275,7 +290,7 @@ class SqliteStore:
         )
         if row is None:
             return None
-        k, o = len(KEY_FIELDS), len(KEY_FIELDS) + 4
+        k, o = len(KEY_FIELDS), len(KEY_FIELDS) + len(ORG_FIELDS)
         key = ApiKey(*row[:k])
         volumes = await self._all(
             f"SELECT {VOLUME_COLUMNS} FROM key_volumes kv JOIN volumes v ON v.id = kv.volume_id "
@@ -385,6 +400,30 @@ class SqliteStore:
         if row is None:
             return None
         return _execution(row)
+
+    async def delete_executions(self, org_id: str, ended_before: float) -> int:
+        expired = (
+            "SELECT trace_id FROM executions WHERE org_id = ? AND completed_at < ? "
+            "AND webhook_delivery_status IS NOT 'pending' LIMIT ?"
+        )
+        deleted = 0
+        while True:
+            async with self._write() as db:
+                batch = [
+                    row[0]
+                    for row in await db.execute_fetchall(
+                        expired, (org_id, ended_before, DELETES_PER_TRANSACTION)
+                    )
+                ]
+                marks = ", ".join("?" for _ in batch)
+                if batch:
+                    await db.execute(
+                        f"DELETE FROM execution_events WHERE trace_id IN ({marks})", batch
+                    )
+                    await db.execute(f"DELETE FROM executions WHERE trace_id IN ({marks})", batch)
+            deleted += len(batch)
+            if len(batch) < DELETES_PER_TRANSACTION:
+                return deleted
 
     async def fail_unfinished(self, error: str, when: float) -> list[tuple[str, str]]:
         rows = await self._all(

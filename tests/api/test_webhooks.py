@@ -415,6 +415,17 @@ def test_each_organisation_signs_with_its_own_secret(
             "https://example.com/" + "a" * 2048,
             "webhook_url exceeds maximum length of 2048 characters",
         ),
+        *(
+            (
+                f"https://example.com:{port}/hook",
+                "webhook_url port must be a number between 1 and 65535",
+            )
+            for port in ("65536", "99999", "0", "1x")
+        ),
+        *(
+            (f"https://{host}/hook", "webhook_url must include a valid hostname")
+            for host in ("a..b", "-a.example", "xn--zz.example", "1.2.3.4.5", "localhost..")
+        ),
     ],
 )
 def test_bad_webhook_url_is_400(api: httpx.Client, url: str, message: str) -> None:
@@ -445,6 +456,11 @@ def test_webhook_url_of_exactly_2048_chars_is_delivered(
         "https://10.0.0.1/x",
         "https://169.254.169.254/x",
         "https://localhost/x",
+        "https://localhost./x",
+        "https://api.localhost./x",
+        "https://LocalHost./x",
+        "https://127.1/x",
+        "https://0x7f.1/x",
     ],
 )
 def test_private_webhook_url_is_400_by_default(api: httpx.Client, url: str) -> None:

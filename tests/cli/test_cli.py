@@ -160,3 +160,43 @@ def test_revoked_key_gets_401(server: Server) -> None:
         assert (
             client.post("/v1/sandbox/execute", json={"code": "print(2)"}).json()["stdout"] == "2\n"
         )
+
+
+def test_orgs_retention_is_set_and_listed(home: Path) -> None:
+    assert cli(home, "orgs", "create", "daily", "--retention", "1d").endswith("retention 1d")
+    assert cli(home, "orgs", "create", "monthly").endswith("retention 30d")  # the default
+    changed = cli(home, "orgs", "set", "monthly", "--retention", "unlimited")
+    assert changed == "organisation monthly: max concurrency 8, retention unlimited"
+    both = cli(home, "orgs", "set", "daily", "--retention", "7D", "--max-concurrency", "2")
+    assert both == "organisation daily: max concurrency 2, retention 7d"
+    listing = {line.split()[0]: line.split()[-1] for line in cli(home, "orgs", "list").splitlines()}
+    assert listing == {
+        "daily": "retention=7d",
+        "default": "retention=30d",
+        "monthly": "retention=unlimited",
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("30", "expected days such as 1d or 30d, or unlimited"),
+        ("1.5d", "expected days such as 1d or 30d, or unlimited"),
+        ("\u00b2d", "expected days such as 1d or 30d, or unlimited"),
+        ("forever", "expected days such as 1d or 30d, or unlimited"),
+        ("0d", "retention must be between 1 and 36500 days, or unlimited"),
+        ("40000d", "retention must be between 1 and 36500 days, or unlimited"),
+    ],
+)
+def test_orgs_set_refuses_bad_retention(home: Path, value: str, message: str) -> None:
+    done = run_cli(home, "orgs", "set", "default", "--retention", value)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert cli(home, "orgs", "list").split()[-1] == "retention=30d"
+
+
+def test_orgs_set_needs_a_change(home: Path) -> None:
+    done = run_cli(home, "orgs", "set", "default")
+    assert done.returncode != 0
+    assert "give --max-concurrency, --retention or both" in done.stderr

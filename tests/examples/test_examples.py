@@ -5,6 +5,9 @@ session's, or one of this module's own for webhooks), checked on what it prints.
 from __future__ import annotations
 
 import ast
+import hashlib
+import hmac
+import importlib.util
 import json
 import os
 import re
@@ -306,3 +309,19 @@ def test_volumes(tmp_path: Path) -> None:
     assert listing["in/sales.csv"] == len(b"region,amount\nnorth,120\nsouth,80\neast,45\n")
     assert listing["out/summary.json"] == len(json.dumps({"rows": 3, "total": 245}))
     assert re.fullmatch(rf"on disk: volumes/org_\w+/{reports[1]}/out/summary.json", out[-1])
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["t=1,v1=\u00e9", "t=1,v1=\u00e9" + "0" * 63, "t=\u00b2,v1=00", "t=\uff11,v1=00", "t=,v1="],
+)
+def test_example_receiver_refuses_odd_signatures(header: str) -> None:
+    """Its verify() answers False to any header a client may send, never raises (a str
+    with non-ASCII in compare_digest, int() of a digit it refuses)."""
+    spec = importlib.util.spec_from_file_location("receiver", EXAMPLES / "webhook_receiver.py")
+    assert spec is not None and spec.loader is not None
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    assert receiver.verify(header, b"{}", "whsec_x", now=1) is False
+    good = hmac.new(b"whsec_x", b"1.{}", hashlib.sha256).hexdigest()
+    assert receiver.verify(f"t=1,v1={good}", b"{}", "whsec_x", now=1) is True

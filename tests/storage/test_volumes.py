@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ import httpx
 import pytest
 from baponi import APIValidationError, ForbiddenError
 
+from baponi_core.errors import NotFound
 from baponi_core.sandbox.rootfs import HOST_UID
+from baponi_core.storage.local import LocalTree
 from tests.harness import (
     ERRNO_PROBE,
     Server,
@@ -538,6 +541,53 @@ def test_deleted_and_recreated_volume_starts_empty(env: Env) -> None:
         assert response.status_code == 404
     finally:
         old.close()
+
+
+def test_signed_urls_of_a_deleted_volume_stop_working(env: Env) -> None:
+    """At once, not when they expire: neither download nor upload, before the sweep has
+    removed the files or after, nor after a new volume took the slug; and no upload makes
+    the deleted volume's directories again."""
+    home, slug = env.server.home, unique("doomed")
+    vol = volume_id(cli(home, "volumes", "create", slug))
+    root = home / "volumes" / org_id_of(home) / vol
+
+    def signed(action: str, path: str) -> dict[str, Any]:
+        body = {"source": "volume", "id": slug, "path": path, "content_length": 4}
+        answer = files_call(env.http_a, action, **body)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    assert upload(env.a, slug, "kept.txt", b"kept").status_code == 200
+    download_url = signed("download_url", "kept.txt")["url"]
+    put = signed("upload_url", "new/dir/file.txt")
+    assert httpx.get(download_url, timeout=10).content == b"kept"  # valid until the delete
+    cli(home, "volumes", "delete", slug)
+
+    def refused() -> None:
+        assert_error(httpx.get(download_url, timeout=10), 404)
+        headers = {h["name"]: h["value"] for h in put["headers"]}
+        assert_error(httpx.put(put["url"], content=b"late", headers=headers, timeout=10), 404)
+
+    refused()
+    assert (root / "kept.txt").exists() and not (root / "new").exists()  # not swept yet
+    shutil.rmtree(root)  # as the sweep removes it
+    refused()
+    cli(home, "volumes", "create", slug)  # the slug again: another volume, another id
+    refused()
+    assert not root.exists()
+
+
+def test_upload_never_makes_a_missing_root(tmp_path: Path) -> None:
+    """Below the store's check, the tree itself: an upload makes the directories between
+    its root and its file, never the root (a volume swept meanwhile)."""
+    tree = LocalTree(tmp_path, owner=None)
+    (tmp_path / "volumes" / "org").mkdir(parents=True)
+    with pytest.raises(NotFound):
+        tree.begin_upload(("volumes", "org", "vol_gone"), ("a", "b.txt"))
+    assert list((tmp_path / "volumes" / "org").iterdir()) == []
+    (tmp_path / "volumes" / "org" / "vol_here").mkdir()
+    tree.begin_upload(("volumes", "org", "vol_here"), ("a", "b.txt")).close()
+    assert (tmp_path / "volumes" / "org" / "vol_here" / "a").is_dir()
 
 
 def test_new_volume_lists_empty_before_first_use(env: Env) -> None:

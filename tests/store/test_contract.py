@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from baponi_core.ids import hash_key
-from baponi_core.records import Execution
+from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Execution, Profile
 from baponi_core.services.admin import Admin
 from baponi_core.store import Store
 from tests.store.implementations import Implementation
@@ -107,6 +108,72 @@ async def test_events_are_kept_until_they_expire(store: Store) -> None:
     assert await store.get_events("trc_b", 0, now) == []  # expired: no longer served
     assert await store.purge_events(now) == 2
     assert await store.purge_events(now + 11) == 1202
+
+
+async def test_executions_past_a_cutoff_are_deleted_with_their_events(store: Store) -> None:
+    """Only ended ones, ended before the cutoff, of that organisation, without a pending
+    webhook; in batches (more than one transaction's worth)."""
+    org, other = await store.create_org("acme", 4), await store.create_org("other", 4)
+    now = time.time()
+
+    def ended(trace_id: str, when: float, owner: str = org.id, **changes: Any) -> Execution:
+        return dataclasses.replace(
+            execution(owner, trace_id), created_at=when - 1, completed_at=when, **changes
+        )
+
+    old = [ended(f"trc_old{i}", now - 100 - i) for i in range(1203)]
+    kept = [
+        ended("trc_recent", now - 10),
+        dataclasses.replace(execution(org.id, "trc_running"), created_at=now - 1000),
+        ended(
+            "trc_hook",
+            now - 100,
+            webhook_url="https://example.com/h",
+            webhook_delivery_status="pending",
+        ),
+        ended(
+            "trc_delivered",
+            now - 100,
+            webhook_url="https://e.com",
+            webhook_delivery_status="delivered",
+        ),
+        ended("trc_theirs", now - 100, other.id),
+    ]
+    for record in [*old, *kept]:
+        await store.insert_execution(record)
+    for record in (old[0], kept[0], kept[1]):
+        await store.add_events(record.trace_id, [(1, "{}")], now + 60)
+
+    assert await store.delete_executions(org.id, now - 50) == len(old) + 1  # trc_delivered
+    for record in old:
+        assert await store.get_execution(org.id, record.trace_id) is None
+    assert await store.get_events(old[0].trace_id, 0, now) == []
+    for record in kept:
+        if record.trace_id != "trc_delivered":
+            assert await store.get_execution(record.org_id, record.trace_id) is not None
+    assert await store.get_events("trc_recent", 0, now) == ["{}"]
+    assert await store.get_events("trc_running", 0, now) == ["{}"]
+    assert await store.delete_executions(org.id, now - 50) == 0
+
+
+async def test_org_retention_round_trips(store: Store) -> None:
+    org = await store.create_org("acme", 4)
+    assert org.retention_days == DEFAULT_RETENTION_DAYS
+    assert await store.get_org("acme") == org
+    forever = await store.create_org("forever", 2, None)
+    assert (await store.get_org("forever")) == forever and forever.retention_days is None
+    changed = dataclasses.replace(org, retention_days=1, max_concurrency=7)
+    await store.update_org(changed)
+    assert await store.get_org("acme") == changed
+    assert {o.name: o.retention_days for o in await store.list_orgs()} == {
+        "acme": 1,
+        "forever": None,
+    }
+    await store.save_profile(Profile(id="prf_1", org_id=org.id, name="default"))
+    key = ApiKey("key_1", org.id, "prf_1", "k", "sk-x", now := time.time())
+    await store.create_key(key, hash_key("sk-x-secret"))
+    principal = await store.find_key(hash_key("sk-x-secret"))
+    assert principal is not None and principal.org == changed and principal.key.created_at == now
 
 
 # -- keys -----------------------------------------------------------------------------------

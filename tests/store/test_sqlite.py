@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from baponi_core.ids import hash_key
-from baponi_core.records import Volume
+from baponi_core.records import DEFAULT_RETENTION_DAYS, Volume
 from baponi_core.services.admin import Admin
 from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from tests.harness import BAPONI, cli
@@ -68,7 +68,7 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
             (hash_key("sk-local-old"),),
         )
         old.execute("PRAGMA user_version=2")
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 5
     store = SqliteStore(path)
     await store.open()
     try:
@@ -83,6 +83,67 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
+    """Retention arrives: organisations that were kept forever get the default, and the
+    executions that existed are swept by it like new ones."""
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as old:
+        for script in MIGRATIONS[:3]:
+            old.executescript(script)
+        old.execute(
+            "INSERT INTO orgs (id, name, max_concurrency, created_at) "
+            "VALUES ('org_1', 'acme', 3, 1.0)"
+        )
+        for trace_id, ended in (("trc_ancient", 2.0), ("trc_running", None)):
+            old.execute(
+                "INSERT INTO executions (trace_id, org_id, language, delivery_mode, status, "
+                "metadata, created_at, completed_at) "
+                "VALUES (?, 'org_1', 'bash', 'inline', 'success', '{}', 1.5, ?)",
+                (trace_id, ended),
+            )
+        old.execute("PRAGMA user_version=3")
+    assert SCHEMA_VERSION == 5
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        org = await store.get_org("acme")
+        assert org is not None and org.retention_days == DEFAULT_RETENTION_DAYS
+        assert org.max_concurrency == 3
+        assert await store.delete_executions("org_1", time.time() - 86400) == 1
+        assert await store.get_execution("org_1", "trc_ancient") is None
+        assert await store.get_execution("org_1", "trc_running") is not None
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_database_of_schema_4_is_migrated(tmp_path: Path) -> None:
+    """Volume quotas arrive: volumes that existed have none."""
+    path = tmp_path / "v4.db"
+    with sqlite3.connect(path) as old:
+        for script in MIGRATIONS[:4]:
+            old.executescript(script)
+        old.execute(
+            "INSERT INTO orgs (id, name, max_concurrency, created_at) VALUES ('o', 'a', 1, 1.0)"
+        )
+        old.execute(
+            "INSERT INTO volumes (id, org_id, slug, read_only, created_at) "
+            "VALUES ('vol_1', 'o', 'data', 0, 2.0)"
+        )
+        old.execute("PRAGMA user_version=4")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        found = await store.get_volume("o", "data")
+        assert found is not None and found.quota_bytes is None
+        await store.create_volume(Volume("vol_2", "o", "capped", False, 3.0, quota_bytes=1 << 20))
+        capped = await store.get_volume("o", "capped")
+        assert capped is not None and capped.quota_bytes == 1 << 20
+    finally:
+        await store.close()
 
 
 @pytest.mark.slow
