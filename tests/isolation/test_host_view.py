@@ -27,10 +27,10 @@ WALK_S = 30  # the walk stops there and says so; it takes about a second
 # read, walking directories with lstat (no link is followed: /proc/self, fd/ and ns/
 # entries are links). Numbers that differ from run to run are named by role: this
 # process's pid is "self", the init's is "1" (any other pid is reported apart), thread ids
-# "<tid>", descriptor numbers "<n>". Then it searches what it read for the needles, given
-# reversed so that this code never holds them in the clear.
+# "<tid>", descriptor and interrupt numbers "<n>". Then it searches what it read for the
+# needles, given reversed so that this code never holds them in the clear.
 WALK = """
-import json, os, re, stat, sys, time
+import json, os, re, stat, time
 NEEDLES = [n[::-1].encode() for n in REVERSED]
 PID = re.compile(rb"(?<![0-9])" + SERVER_PID.encode() + rb"(?![0-9])")
 own = str(os.getpid())
@@ -47,7 +47,7 @@ def name(path):
                     others.add(parts[i])
             elif parts[i - 1] == "task":
                 parts[i] = "<tid>"
-            elif parts[i - 1] in ("fd", "fdinfo", "map_files"):
+            elif parts[i - 1] in ("fd", "fdinfo", "map_files", "irq"):
                 parts[i] = "<n>"
     return "/".join(parts)
 
@@ -142,8 +142,11 @@ def test_only_allowlisted_proc_files_are_readable_and_none_names_the_host(
     readable = set(report["readable"])
     # The walk read what runtimes need (so it did run), and none of the masked files.
     assert {"/proc/meminfo", "/proc/cpuinfo", "/proc/stat", "/proc/self/status"} <= readable
-    assert not {"/proc/cmdline", "/proc/kallsyms", "/proc/sys/kernel/random/boot_id"} & readable
-    assert not any(path.startswith(("/proc/bus/", "/proc/irq/", "/proc/fs/")) for path in readable)
+    assert (
+        not {"/proc/cmdline", "/proc/kallsyms", "/proc/locks", "/proc/sys/kernel/random/boot_id"}
+        & readable
+    )
+    assert not any(path.startswith(("/proc/bus/", "/proc/fs/")) for path in readable)
     unexpected = sorted(readable - allowlist())
     assert unexpected == [], f"readable and not in {ALLOWLIST.name}: {unexpected}"
     assert report["sys"] is False
