@@ -1,8 +1,10 @@
-"""The seccomp deny-list, compiled once to a BPF program that bwrap loads just before exec.
+"""The seccomp filter, compiled once to a BPF program that bwrap loads just before exec.
 
-The default action is ALLOW: the list names what no sandboxed program needs and what
+The default action is ALLOW: a deny-list names what no sandboxed program needs and what
 opens the kernel up (tracing, mounting, namespaces, key rings, BPF, module loading...).
 Syscalls that runtimes probe for get an errno instead of a kill, so they fall back cleanly.
+Socket families are the exception, an allowlist: the few a sandbox may open, whatever
+families the kernel has or will have.
 """
 
 from __future__ import annotations
