@@ -16,7 +16,7 @@ esac
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: bubblewrap (the sandbox), a C compiler and static libc (the sandbox's
-# init is built once from baponi_core/sandbox/agent.c), the sandboxed interpreters
+# init and gate are built once from baponi_core/sandbox/agent.c and gate.c), the sandboxed interpreters
 # (python3 with pip, bash, node with npm), venv for the server itself.
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
@@ -43,8 +43,8 @@ fi
 extra=""
 [ "$mode" = test ] && extra="[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
-# Build the sandbox's init now rather than at the server's first start.
-.venv/bin/python -c 'from baponi_core.sandbox import agent; agent.binary()'
+# Build the sandbox's init and gate now rather than at the server's first start.
+.venv/bin/python -c 'from baponi_core.sandbox import agent, gate; agent.binary(); gate.binary()'
 
 if [ "$mode" = serve ]; then
   exec .venv/bin/baponi serve "$@"
@@ -56,5 +56,5 @@ npm ci --no-audit --no-fund --loglevel=error >/dev/null
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-cc -fsyntax-only -Wall -Wextra -Werror baponi_core/sandbox/agent.c
+cc -fsyntax-only -Wall -Wextra -Werror baponi_core/sandbox/agent.c baponi_core/sandbox/gate.c
 .venv/bin/python -m pytest "$@"

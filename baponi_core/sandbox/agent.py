@@ -1,24 +1,20 @@
 """The sandbox's init (``agent.c``): its wire protocol, and the binary built from it.
 
 The agent is pid 1 of every sandbox. It is statically linked, so that it runs on any root
-filesystem, and built from the source next to this module on first use, with the C
-compiler the setup installs (``scripts/setup.sh`` builds it ahead, with :func:`binary`).
+filesystem, and built from the source next to this module on first use (:mod:`compiled`).
 The messages are described in ``agent.c``; this side encodes requests and decodes, as
 hostile input, what the agent reports.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 import struct
-import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+
+from baponi_core.sandbox import compiled
 
 PROTOCOL = 1
 SOURCE = Path(__file__).with_name("agent.c")
@@ -90,34 +86,6 @@ def parse(data: bytes) -> Event:
     return Event(Kind(kind), id, value)
 
 
-def cache() -> Path:
-    """Where built agents are kept: one per version of the source."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "baponi"
-
-
 def binary(where: Path | None = None) -> Path:
     """The agent built from this source, compiled on first use."""
-    source = SOURCE.read_bytes()
-    target = (where or cache()) / f"init-{hashlib.sha256(source).hexdigest()[:16]}"
-    if target.exists():
-        return target
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise OSError(
-            "the sandbox init must be compiled once and no C compiler was found: "
-            "apt-get install gcc libc6-dev (scripts/setup.sh does)"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / "init"
-        done = subprocess.run(
-            [compiler, "-O2", "-static", "-s", "-o", str(built), str(SOURCE)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise OSError(f"could not compile the sandbox init: {done.stderr.strip()}")
-        built.chmod(0o755)
-        built.replace(target)  # atomic: servers starting together never see half a file
-    return target
+    return compiled.program("init", SOURCE.name, where)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from baponi_core.sandbox import procfs
 from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
 from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
@@ -99,10 +100,19 @@ def command(
     ]
     for name in etc_binds:
         argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    argv += ["--proc", "/proc", *procfs.masks()]
     argv += [
-        "--proc",
-        "/proc",
+        # bwrap's /dev is a tmpfs of its own, unbounded and the sandbox user's: read-only
+        # once made, with /dev/shm (POSIX shared memory) a size-capped tmpfs of its own.
         "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.shm_bytes),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
         "/dev",
         "--perms",
         "1777",

@@ -52,6 +52,7 @@ from anyio.abc import TaskGroup
 from baponi_core.sandbox import agent, attach, bwrap
 from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
+from baponi_core.sandbox.gate import Gate
 from baponi_core.sandbox.pipes import PipeReader, PipeWriter
 from baponi_core.sandbox.rootfs import HOME
 from baponi_core.sandbox.slots import Slot, Slots
@@ -81,6 +82,7 @@ class Host:
     bwrap: str
     uid: int | None  # the host uid sandboxes run as; None: the server's own
     cgroups: Cgroups | None
+    gate: Path | None  # bwrap is started through it when there are cgroups (:mod:`gate`)
     spawner: Worker  # starts bwrap, as the sandbox uid
     janitor: Worker  # frees what ended sandboxes held
     etc: Path
@@ -167,11 +169,13 @@ class Sandbox:
     # set-up
 
     async def _launch(self, bound: bwrap.Bound | None, ready: bool) -> None:
-        """Start bwrap and confine the sandbox's init (its cgroup) before it can start
-        anything. ``ready``: also wait until the init says it is up; otherwise what is
+        """Start bwrap in the sandbox's cgroups: held at the gate until it is in them, so
+        that its init, and all it starts, are born there, and the cgroup namespace is
+        rooted there. ``ready``: also wait until the init says it is up; otherwise what is
         sent to it waits in its socket, and a failed set-up shows as its end."""
         host = self._host
         own: list[int] = []  # closed here once bwrap has its copies
+        gate: Gate | None = None
         try:
             etc = os.open(host.etc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             own.append(etc)
@@ -196,13 +200,22 @@ class Sandbox:
                 memory_rlimit=self._group is None,
             )
             passed = [*own, *(bound.fds if bound is not None else ())]
+            if self._group is not None and host.gate is not None:
+                gate = Gate()
+                argv = gate.wrap(host.gate, argv)
+                passed.append(gate.held)
             try:
                 self._bwrap = await host.spawner.call(_popen, argv, errors_w, passed)
+                if gate is not None and self._group is not None:
+                    self._group.attach(self._bwrap.pid)  # bwrap, and all it will start
+                    gate.open()
             except OSError as exc:
                 raise SandboxError(f"could not start bwrap: {exc}") from exc
         finally:
             for fd in own:
                 os.close(fd)
+            if gate is not None:
+                gate.close()
         self._exit_pidfd = os.pidfd_open(self._bwrap.pid)
         self._control.setblocking(False)
         os.set_blocking(info_r, False)
@@ -220,8 +233,6 @@ class Sandbox:
             if info is not None:
                 pid = int(info["child-pid"])
                 self._init_pidfd = os.pidfd_open(pid)
-                if self._group is not None:
-                    self._group.attach(pid)
                 confined = True
                 if ready:
                     await self._ready_or_exit()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.sandbox import agent, attach, mountns, seccomp
+from baponi_core.sandbox import agent, attach, gate, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroups
 from baponi_core.sandbox.handle import Host, Sandbox, SandboxError
 from baponi_core.sandbox.libc import call
@@ -84,6 +84,7 @@ class SandboxRuntime:
                     bwrap=found,
                     uid=uid,
                     cgroups=cgroups,
+                    gate=gate.install(base) if cgroups is not None else None,
                     spawner=spawner,
                     janitor=janitor,
                     etc=etc,

@@ -1,8 +1,10 @@
-"""The seccomp deny-list, compiled once to a BPF program that bwrap loads just before exec.
+"""The seccomp filter, compiled once to a BPF program that bwrap loads just before exec.
 
-The default action is ALLOW: the list names what no sandboxed program needs and what
+The default action is ALLOW: a deny-list names what no sandboxed program needs and what
 opens the kernel up (tracing, mounting, namespaces, key rings, BPF, module loading...).
 Syscalls that runtimes probe for get an errno instead of a kill, so they fall back cleanly.
+Socket families are the exception, an allowlist: the few a sandbox may open, whatever
+families the kernel has or will have.
 """
 
 from __future__ import annotations
@@ -39,15 +41,23 @@ CLONE_NAMESPACE_FLAGS = (
     0x00000080,  # CLONE_NEWTIME
 )
 
-# Not covered by the network namespace (vsock reaches the VM host) or not needed.
-DENIED_FAMILIES = (
-    40,  # AF_VSOCK
-    socket.AF_PACKET,
-    15,  # AF_KEY
-    38,  # AF_ALG
-    5,  # AF_APPLETALK
-)
+# The only socket families a sandbox may open: everything else, whether or not the kernel
+# has it (AF_VSOCK reaches the VM's host, which network namespaces do not cover; RDS, TIPC,
+# SCTP, DCCP, CAN, AF_ALG, AF_KEY...), is EAFNOSUPPORT, as from a kernel without it.
 AF_NETLINK = 16
+ALLOWED_FAMILIES = (
+    socket.AF_UNIX,
+    socket.AF_INET,
+    socket.AF_INET6,
+    # NETLINK_ROUTE only (protocol 0), on the sandbox's own network namespace (just lo):
+    # glibc's getifaddrs and if_nameindex use it, so os.networkInterfaces() in node and
+    # socket.if_nameindex() in Python work.
+    AF_NETLINK,
+)
+FAMILY_CALLS = ("socket", "socketpair")
+# Raw and SOCK_PACKET sockets of the IP families need CAP_NET_RAW, which the sandbox has
+# not; refused here too, whatever a kernel would allow.
+SOCK_TYPE_MASK, SOCK_RAW, SOCK_PACKET = 0xF, 3, 10
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 ADDR_NO_RANDOMIZE = 0x0040000
 LOW32 = 0xFFFFFFFF
@@ -63,12 +73,8 @@ def program() -> bytes:
         _add(f, sc.ERRNO(errno.ENOSYS), name)
     for flag in CLONE_NAMESPACE_FLAGS:
         f.add_rule(sc.KILL_PROCESS, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    for family in DENIED_FAMILIES:
-        f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.EQ, family))
-    # NETLINK_ROUTE (protocol 0) stays: glibc's getaddrinfo and getifaddrs use it.
-    f.add_rule(
-        sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.NE, 0)
-    )
+    for call in FAMILY_CALLS:
+        _families(f, call)
     for request in (TIOCSTI, TIOCLINUX):
         f.add_rule(sc.KILL_PROCESS, "ioctl", sc.Arg(1, sc.MASKED_EQ, LOW32, request))
     f.add_rule(
@@ -84,6 +90,28 @@ def program() -> bytes:
         return _read_all(fd)
     finally:
         os.close(fd)
+
+
+def _families(f: sc.SyscallFilter, call: str) -> None:
+    """``call`` refuses every family but the allowed ones. libseccomp compares one argument
+    once per rule, so the refused values are listed one by one below the highest allowed
+    family, and as a range above it (full 64-bit compares: upper bits cannot sneak an
+    allowed value past)."""
+    refused = sc.ERRNO(errno.EAFNOSUPPORT)
+    top = max(ALLOWED_FAMILIES)
+    for family in range(top):
+        if family not in ALLOWED_FAMILIES:
+            f.add_rule(refused, call, sc.Arg(0, sc.EQ, family))
+    f.add_rule(refused, call, sc.Arg(0, sc.GT, top))
+    f.add_rule(refused, call, sc.Arg(0, sc.EQ, AF_NETLINK), sc.Arg(2, sc.NE, 0))
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for kind in (SOCK_RAW, SOCK_PACKET):
+            f.add_rule(
+                sc.ERRNO(errno.EPERM),
+                call,
+                sc.Arg(0, sc.EQ, family),
+                sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, kind),
+            )
 
 
 def _add(f: sc.SyscallFilter, action: int, name: str) -> None:

@@ -17,13 +17,14 @@ Stream = Literal["stdout", "stderr"]  # the output streams of a process
 
 @dataclass(frozen=True)
 class Limits:
-    """What one sandbox may use, all its processes together. Memory includes /tmp and an
-    ephemeral home (tmpfs)."""
+    """What one sandbox may use, all its processes together. Memory includes /tmp, /dev/shm
+    and an ephemeral home (tmpfs)."""
 
     memory_bytes: int = 1024 * MiB
     cpus: float = 1.0
     pids: int = 256
     tmp_bytes: int = 256 * MiB
+    shm_bytes: int = 64 * MiB  # /dev/shm
     home_bytes: int = 512 * MiB  # size of the ephemeral home when no thread home is attached
     file_size_bytes: int = 1024 * MiB
     open_files: int = 1024

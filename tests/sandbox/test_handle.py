@@ -138,8 +138,10 @@ def test_prepared_sandbox_runs_nothing_until_a_process_is_started(sandboxes: San
     sandbox = sandboxes.call(sandboxes.runtime.prepare, Shape())
     try:
         groups = cgroups_of(sandbox)
-        assert groups  # confined already, in its own cgroup: one process, its init
-        assert len((groups[0] / "cgroup.procs").read_text().split()) == 1
+        assert groups  # confined already, in its own cgroup: bwrap and its child, the init
+        pids = (groups[0] / "cgroup.procs").read_text().split()
+        names = sorted(Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids)
+        assert names == ["bwrap", "init"]
         sandboxes.call(sandbox.attach, None, ())
         status, out, _ = run(sandboxes, sandbox, shell("ps -e -o pid=,args="))
         assert status == 0
