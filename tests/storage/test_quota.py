@@ -305,3 +305,12 @@ def test_quotas_are_for_managed_volumes(small: Server) -> None:
             timeout=60,
         )
         assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_an_idle_home_is_unmounted_and_comes_back(small: Server, api: httpx.Client) -> None:
+    assert run(api, "open('kept', 'w').write('still here')", "idle")["success"] is True
+    mounts = Path(f"/proc/{small.process.pid}/mountinfo")
+    assert "/idle " in mounts.read_text()
+    wait_until(lambda: "/idle " not in mounts.read_text(), within=60, what="the idle unmount")
+    assert run(api, "print(open('kept').read())", "idle")["stdout"] == "still here\n"
