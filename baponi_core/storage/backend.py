@@ -42,6 +42,12 @@ class Backend(Protocol):
         """The directory sandboxes bind for ``key``, made on first use."""
         ...
 
+    def renewed(self, key: Key) -> None:
+        """The workspace was made anew, empty: forget what was synced into the old one
+        (so that the next pull brings everything in, and no push takes the emptiness for
+        deletions)."""
+        ...
+
     async def pull(self, key: Key) -> None:
         """Bring the workspace up to date with the stored root."""
         ...

@@ -36,6 +36,8 @@ MARKER = RESERVED + "root"  # an empty object that makes a root without files ex
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+MANIFEST_SUFFIX = ".manifest.json"  # beside each workspace: what its last sync left
+
 
 class CloudBackend:
     """Roots below ``base`` ("bucket/prefix") of ``fs``; workspaces below ``cache``, at
@@ -77,9 +79,13 @@ class CloudBackend:
     def workspace(self, key: Key) -> Path:
         return make_workspace(self.cache, self.cache_prefix + key, self.owner)
 
+    def renewed(self, key: Key) -> None:
+        space = self.workspace(key)
+        space.with_name(space.name + MANIFEST_SUFFIX).unlink(missing_ok=True)
+
     def _manifest(self, key: Key) -> Manifest:
         space, made = ensure_workspace(self.cache, self.cache_prefix + key, self.owner)
-        manifest = space.with_name(space.name + ".manifest.json")
+        manifest = space.with_name(space.name + MANIFEST_SUFFIX)
         if made:  # a manifest without its workspace would make the push delete everything
             manifest.unlink(missing_ok=True)
         return Manifest(manifest)

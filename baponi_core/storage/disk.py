@@ -34,6 +34,9 @@ class DiskBackend:
     def workspace(self, key: Key) -> Path:
         return make_workspace(self.base, key, self.owner)
 
+    def renewed(self, key: Key) -> None:
+        """Nothing to forget: the workspace is the root."""
+
     async def pull(self, key: Key) -> None:
         await anyio.to_thread.run_sync(self.workspace, key)
 

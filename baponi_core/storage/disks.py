@@ -84,20 +84,22 @@ class Disks:
         return None
 
     @contextlib.asynccontextmanager
-    async def hold(self, mountpoint: Path, size: int) -> AsyncIterator[None]:
+    async def hold(self, mountpoint: Path, size: int) -> AsyncIterator[bool]:
         """Keep the filesystem of ``mountpoint`` (a home's directory, made already)
-        mounted there while the block runs; made with ``size`` bytes on first use."""
+        mounted there while the block runs; made with ``size`` bytes on first use. Gives
+        whether it was made just now, empty (not with a directory's files copied in)."""
         disk = self._disks.get(mountpoint)
         if disk is None:
             disk = self._disks[mountpoint] = _Disk(mountpoint)
+        fresh = False
         async with disk.lock:
             if not disk.mounted:
                 await self._make_room()
-                await _mount(disk, size, self.owner)
+                fresh = await _mount(disk, size, self.owner)
                 disk.mounted = True
             disk.users += 1
         try:
-            yield
+            yield fresh
         finally:
             disk.users -= 1
             disk.idle_since = time.monotonic()
@@ -143,16 +145,18 @@ class Disks:
                 self._disks.pop(path, None)
 
 
-async def _mount(disk: _Disk, size: int, owner: int) -> None:
+async def _mount(disk: _Disk, size: int, owner: int) -> bool:
+    """Mount the image (made when missing); whether it was made just now, empty."""
     image = disk.image
     if not image.exists():
-        await _create(disk, size, owner)
-        return
+        return await _create(disk, size, owner)
     if image.stat().st_size < image_size(size):
         await _grow(image, size)
-    if _mounted_else_cleared(disk.mountpoint):
-        return
-    await _tool("mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(image), str(disk.mountpoint))
+    if not _mounted_else_cleared(disk.mountpoint):
+        await _tool(
+            "mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(image), str(disk.mountpoint)
+        )
+    return False
 
 
 def image_size(size: int) -> int:
@@ -168,7 +172,7 @@ def _inodes(size: int) -> int:
     return max(size // BYTES_PER_INODE, 16)
 
 
-async def _create(disk: _Disk, size: int, owner: int) -> None:
+async def _create(disk: _Disk, size: int, owner: int) -> bool:
     """Make the image and mount it, with what the home's directory held so far copied in
     (homes from before filesystems of their own); the image takes its name last, so
     that a crash on the way leaves no half-made one."""
@@ -189,7 +193,7 @@ async def _create(disk: _Disk, size: int, owner: int) -> None:
     if not any(os.scandir(disk.mountpoint)):
         await _mount_new(new, disk.mountpoint, size)
         os.rename(new, disk.image)
-        return
+        return True
     staging = disk.mountpoint.with_name(f".{disk.mountpoint.name}.new")
     staging.mkdir(mode=0o700, exist_ok=True)
     await _mount_new(new, staging, size)
@@ -205,6 +209,7 @@ async def _create(disk: _Disk, size: int, owner: int) -> None:
     await _tool(
         "mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(disk.image), str(disk.mountpoint)
     )
+    return False
 
 
 async def _mount_new(image: Path, mountpoint: Path, size: int) -> None:

@@ -95,7 +95,9 @@ class Storage:
             yield
             return
         workspace = await anyio.to_thread.run_sync(place.backend.workspace, place.key)
-        async with self.disks.hold(workspace, place.size):  # DiskError when it cannot
+        async with self.disks.hold(workspace, place.size) as fresh:  # or a DiskError
+            if fresh:  # a copy lost with its image: nothing of it was synced
+                await anyio.to_thread.run_sync(place.backend.renewed, place.key)
             yield
 
     def full(self, place: Place) -> bool:

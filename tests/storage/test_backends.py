@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -49,16 +50,15 @@ def cloud(
     emulator: Emulator = request.getfixturevalue(request.param)
     url = emulator.fresh_url()
     home = tmp_path_factory.mktemp(emulator.protocol) / "home"
-    server = start_server(
-        home,
-        "--storage",
-        url,
-        "--storage-options",
-        json.dumps(emulator.options),
-        env={**os.environ, **emulator.env},
-    )
-    yield Cloud(emulator, url, server)
-    stop_server(server)
+    cloud = Cloud(emulator, url, serve(home, emulator, url))
+    yield cloud
+    stop_server(cloud.server)
+
+
+def serve(home: Path, emulator: Emulator, url: str) -> Server:
+    options = json.dumps(emulator.options)
+    environ = {**os.environ, **emulator.env}
+    return start_server(home, "--storage", url, "--storage-options", options, env=environ)
 
 
 def org_id(cloud: Cloud) -> str:
@@ -179,12 +179,16 @@ def test_a_thread_survives_a_lost_cache(cloud: Cloud) -> None:
         thread_id="cache",
     )
     cache = cloud.server.home / "cache"
-    homes = list(cache.glob("server/threads/*/cache"))
-    assert len(homes) == 1
-    shutil.rmtree(homes[0])  # its manifest stays: it must not be read as "all deleted"
-    assert (homes[0].parent / "cache.manifest.json").exists()
-    result = sdk.execute("print(open('deep/er/f.txt').read())", thread_id="cache")
+    (image,) = cache.glob("server/threads/*/cache.img")  # the local copy's filesystem
+    stop_server(cloud.server)
+    image.unlink()  # its manifest stays: it must not be read as "all deleted"
+    assert (image.parent / "cache.manifest.json").exists()
+    cloud.server = serve(cloud.server.home, cloud.emulator, cloud.url)
+    result = cloud.server.sdk().execute("print(open('deep/er/f.txt').read())", thread_id="cache")
     assert result.stdout == "kept\n"
+    # That run's push took nothing for deleted: the bucket still has it.
+    stored = cloud.stored(org_id(cloud), "cache", "deep/er/f.txt")
+    assert cloud.fs().cat_file(stored) == b"kept"
 
 
 MANY = (
