@@ -99,6 +99,8 @@ class UrlSigner:
 
     def verify(self, token: str, method: str) -> Grant:
         """The grant of ``token`` if it is intact, unexpired and for ``method``."""
+        if not token.isascii():  # never one of ours; compare_digest takes ASCII text only
+            raise Forbidden("signature does not match")
         kid, _, rest = token.partition(".")
         body, _, mac = rest.partition(".")
         key = dict(self.keys).get(kid)
