@@ -162,11 +162,15 @@ async def signed_upload(request: Request) -> Response:
     return Response(status_code=200)
 
 
-# The signed-file routes need no key: the token is the authorisation.
-SIGNED_ROUTES = [
-    Route("/v1/files/signed/{token}", signed_download, methods=["GET"]),
-    Route("/v1/files/signed/{token}", signed_upload, methods=["PUT"]),
-]
+async def signed_file(request: Request) -> Response:
+    if request.method == "PUT":
+        return await signed_upload(request)
+    return await signed_download(request)
+
+
+# The signed-file routes need no key: the token is the authorisation. One route for both
+# methods, so that a 405 names both in its Allow header.
+SIGNED_ROUTES = [Route("/v1/files/signed/{token}", signed_file, methods=["GET", "PUT"])]
 
 
 async def health(request: Request) -> Response:
