@@ -64,8 +64,9 @@ class Auth(Enum):
 
 @dataclass(frozen=True)
 class Answer:
-    """A success response: its description and its body by media type (a schema, or a
-    model whose schema it is)."""
+    """A response of the operation's own (a success, or one that is not the standard error
+    body): its description and its body by media type, as a model, a schema, or a whole
+    media type object (one with a ``schema``)."""
 
     description: str
     content: dict[str, type[BaseModel] | dict[str, Any]] = field(default_factory=dict)
