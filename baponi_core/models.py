@@ -9,16 +9,34 @@ from __future__ import annotations
 import time
 import urllib.parse
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from baponi_core import limits
 from baponi_core.errors import ValidationError
 from baponi_core.net.addresses import literal
 from baponi_core.net.names import normal_name
 from baponi_core.records import DeliveryMode, Execution, ExecutionStatus, WebhookStatus
+from baponi_core.storage.paths import MAX_PATH_BYTES
+
+
+def _schema(**facts: Any) -> Any:
+    """Facts for the JSON schema only (the OpenAPI document's). The validators enforce them,
+    with the SDK's messages, so pydantic must not check them itself."""
+    return Field(json_schema_extra=facts)
+
+
+ThreadName = Annotated[
+    StrictStr,
+    _schema(
+        pattern=limits.THREAD_ID_PATTERN.pattern,
+        minLength=1,
+        maxLength=limits.MAX_THREAD_ID_LENGTH,
+    ),
+]
+_ENV_CONTROL = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f]*$"  # TAB, LF, CR allowed
 
 
 def _utf8(value: str, what: str) -> str:
@@ -38,14 +56,87 @@ class ExecuteRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    code: StrictStr
-    language: StrictStr = "python"
-    timeout: StrictInt = limits.DEFAULT_TIMEOUT
-    thread_id: StrictStr | None = None
-    metadata: dict[StrictStr, Any] | None = None
-    env_vars: dict[StrictStr, Any] | None = None
-    sub_paths: list[Any] | None = None
-    webhook_url: StrictStr | None = None
+    code: Annotated[
+        StrictStr,
+        _schema(minLength=1, maxLength=limits.MAX_CODE_BYTES, description="At most 1 MiB."),
+    ]
+    language: Annotated[StrictStr, _schema(enum=list(limits.LANGUAGES))] = "python"
+    timeout: Annotated[
+        StrictInt,
+        _schema(
+            minimum=limits.MIN_TIMEOUT,
+            maximum=limits.MAX_TIMEOUT,
+            description="Seconds; above the key's plan limit it is a 429.",
+        ),
+    ] = limits.DEFAULT_TIMEOUT
+    thread_id: ThreadName | None = None
+    metadata: (
+        Annotated[
+            dict[StrictStr, Any],
+            _schema(
+                maxProperties=limits.MAX_METADATA_KEYS,
+                propertyNames={
+                    "pattern": limits.METADATA_KEY_PATTERN.pattern,
+                    "minLength": 1,
+                    "maxLength": limits.MAX_METADATA_KEY_LENGTH,
+                },
+                additionalProperties={
+                    "type": "string",
+                    "maxLength": limits.MAX_METADATA_VALUE_LENGTH,
+                },
+            ),
+        ]
+        | None
+    ) = None
+    env_vars: (
+        Annotated[
+            dict[StrictStr, Any],
+            _schema(
+                maxProperties=limits.MAX_ENV_VARS,
+                propertyNames={
+                    "pattern": limits.ENV_KEY_PATTERN.pattern,
+                    "maxLength": limits.MAX_ENV_KEY_LENGTH,
+                    "not": {"enum": sorted(limits.RESERVED_ENV_NAMES)},
+                },
+                additionalProperties={
+                    "type": "string",
+                    "maxLength": limits.MAX_ENV_VALUE_LENGTH,
+                    "pattern": _ENV_CONTROL,
+                },
+                description="Names with a reserved prefix ("
+                + ", ".join(limits.RESERVED_ENV_PREFIXES)
+                + ") are refused too; 64 KiB in all.",
+            ),
+        ]
+        | None
+    ) = None
+    sub_paths: (
+        Annotated[
+            list[Any],
+            _schema(
+                maxItems=limits.MAX_SUB_PATHS,
+                items={
+                    "type": "string",
+                    "pattern": "^/data/",
+                    "maxLength": limits.MAX_SUB_PATH_LENGTH,
+                    "description": "No '..', '%2e', '%2f', '%5c', '%00', '%25', '%c0', '%c1', "
+                    "NUL or backslash.",
+                },
+            ),
+        ]
+        | None
+    ) = None
+    webhook_url: (
+        Annotated[
+            StrictStr,
+            _schema(
+                pattern="^https://",
+                maxLength=limits.MAX_WEBHOOK_URL_LENGTH,
+                description="Only with the header Prefer: respond-async.",
+            ),
+        ]
+        | None
+    ) = None
 
     @field_validator("code")
     @classmethod
@@ -312,11 +403,25 @@ class FileRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    source: StrictStr = "thread"
-    id: StrictStr
-    path: StrictStr | None = None
-    content_length: StrictInt | None = None
-    content_type: StrictStr | None = None
+    source: Annotated[StrictStr, _schema(enum=["thread", "volume"])] = "thread"
+    id: Annotated[ThreadName, _schema(description="The thread id, or the volume's slug.")]
+    path: (
+        Annotated[
+            StrictStr,
+            _schema(
+                maxLength=MAX_PATH_BYTES,
+                description="Relative to the thread's home or the volume's root: no leading "
+                "'/', no '..' segment, NUL, backslash or control character.",
+            ),
+        ]
+        | None
+    ) = None
+    content_length: (
+        Annotated[StrictInt, _schema(minimum=0, maximum=limits.MAX_FILE_BYTES)] | None
+    ) = None
+    content_type: (
+        Annotated[StrictStr, _schema(pattern="^[\\x20-\\x7e]*$", maxLength=255)] | None
+    ) = None
 
     @field_validator("source")
     @classmethod
@@ -366,3 +471,58 @@ class SignedUrl(BaseModel):
     method: Literal["GET", "PUT"]
     headers: list[dict[str, str]]  # [{"name", "value"}]: the SDK's shape
     expires_at: str
+
+
+# Constant fields of an answer are in every answer: required in its schema too.
+ANSWER = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class FileList(BaseModel):
+    """Body of ``POST /v1/files/list``."""
+
+    files: list[FileEntry]
+
+
+class Deleted(BaseModel):
+    """Body of ``DELETE /v1/files``."""
+
+    model_config = ANSWER
+
+    deleted: Literal[True] = True
+
+
+class Queued(BaseModel):
+    """What the webhook mode answers (202), before the code runs."""
+
+    model_config = ANSWER
+
+    trace_id: str
+    status: Literal[ExecutionStatus.QUEUED] = ExecutionStatus.QUEUED
+
+
+class Cancelling(BaseModel):
+    """Body of ``POST /v1/executions/{trace_id}/cancel``."""
+
+    model_config = ANSWER
+
+    trace_id: str
+    status: Literal["cancelling"] = "cancelling"
+
+
+class ErrorBody(BaseModel):
+    """Every error: a stable code (one per HTTP status) and a message for people."""
+
+    error: str
+    message: str
+
+
+class Health(BaseModel):
+    model_config = ANSWER
+
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    model_config = ANSWER
+
+    status: Literal["ready"] = "ready"

@@ -16,9 +16,20 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import ValidationError
 from baponi_core.limits import MAX_REQUEST_BYTES
-from baponi_core.models import ExecuteRequest, FileRequest, decimal, parse
-from baponi_core.records import DeliveryMode, ExecutionStatus, Principal
+from baponi_core.models import (
+    Deleted,
+    ExecuteRequest,
+    FileList,
+    FileRequest,
+    Health,
+    Queued,
+    Ready,
+    decimal,
+    parse,
+)
+from baponi_core.records import DeliveryMode, Principal
 from baponi_http.errors import HANDLERS, error_response
+from baponi_http.openapi import OPERATIONS, Operation, document
 
 NDJSON = "application/x-ndjson"
 
@@ -68,8 +79,7 @@ async def execute(request: Request) -> Response:
     mode = delivery_mode(request)
     submission = await core_of(request).executions.submit(principal, body, mode)
     if mode is DeliveryMode.WEBHOOK:
-        queued = {"trace_id": submission.trace_id, "status": ExecutionStatus.QUEUED}
-        return JSONResponse(queued, status_code=202)
+        return JSONResponse(Queued(trace_id=submission.trace_id).model_dump(), status_code=202)
     if mode is DeliveryMode.STREAMING:
         return ndjson(submission.lines())
     result = await submission.result()
@@ -96,7 +106,7 @@ async def execution_output(request: Request) -> Response:
 async def cancel_execution(request: Request) -> Response:
     principal = await principal_of(request)
     answer = await core_of(request).executions.cancel(principal, request.path_params["trace_id"])
-    return JSONResponse(answer)
+    return JSONResponse(answer.model_dump())
 
 
 def public_url(request: Request) -> str:
@@ -111,7 +121,7 @@ async def file_request(request: Request) -> tuple[Principal, FileRequest]:
 async def files_list(request: Request) -> Response:
     principal, body = await file_request(request)
     entries = await core_of(request).files.list_files(principal, body)
-    return JSONResponse({"files": [e.model_dump() for e in entries]})
+    return JSONResponse(FileList(files=entries).model_dump())
 
 
 async def files_upload_url(request: Request) -> Response:
@@ -129,7 +139,7 @@ async def files_download_url(request: Request) -> Response:
 async def files_delete(request: Request) -> Response:
     principal, body = await file_request(request)
     await core_of(request).files.delete(principal, body)
-    return JSONResponse({"deleted": True})
+    return JSONResponse(Deleted().model_dump())
 
 
 async def signed_download(request: Request) -> Response:
@@ -153,15 +163,19 @@ async def signed_upload(request: Request) -> Response:
     return Response(status_code=200)
 
 
-# The signed-file routes need no key: the token is the authorisation.
-SIGNED_ROUTES = [
-    Route("/v1/files/signed/{token}", signed_download, methods=["GET"]),
-    Route("/v1/files/signed/{token}", signed_upload, methods=["PUT"]),
-]
+async def signed_file(request: Request) -> Response:
+    if request.method == "PUT":
+        return await signed_upload(request)
+    return await signed_download(request)
+
+
+# The signed-file routes need no key: the token is the authorisation. One route for both
+# methods, so that a 405 names both in its Allow header.
+SIGNED_ROUTES = [Route("/v1/files/signed/{token}", signed_file, methods=["GET", "PUT"])]
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(Health().model_dump())
 
 
 async def ready(request: Request) -> Response:
@@ -169,15 +183,27 @@ async def ready(request: Request) -> Response:
     if problems:
         detail = ", ".join(f"{part}: {why}" for part, why in problems.items())
         return error_response(503, "service_unavailable", f"not ready ({detail})")
-    return JSONResponse({"status": "ready"})
+    return JSONResponse(Ready().model_dump())
 
 
 class Extension(Protocol):
     """More routes on the app (the MCP endpoint, say), with something that runs while the
-    app does. Handlers reach the core as ``request.app.state.core``."""
+    app does, and the operations of those routes for the OpenAPI document. Handlers reach
+    the core as ``request.app.state.core``."""
 
     def routes(self) -> Sequence[BaseRoute]: ...
+    def operations(self) -> Sequence[Operation]: ...
     def running(self) -> AbstractAsyncContextManager[None]: ...
+
+
+def openapi_route(operations: Sequence[Operation]) -> Route:
+    """``GET /openapi.json``: the document of ``operations``, made once."""
+    body = JSONResponse(document(operations)).body
+
+    async def openapi(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", openapi, methods=["GET"])
 
 
 def create_app(settings: Settings, extensions: Sequence[Extension] = ()) -> Starlette:
@@ -204,6 +230,7 @@ def create_app(settings: Settings, extensions: Sequence[Extension] = ()) -> Star
         *SIGNED_ROUTES,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        openapi_route([*OPERATIONS, *(o for e in extensions for o in e.operations())]),
         *(route for extension in extensions for route in extension.routes()),
     ]
     return _starlette(routes, lifespan=lifespan)

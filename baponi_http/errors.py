@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from baponi_core.errors import BaponiError, RateLimited
+from baponi_core.models import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ HTTP_CODES = {
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+    body = ErrorBody(error=code, message=message).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def error_for(exc: BaponiError) -> JSONResponse:

@@ -24,13 +24,31 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, Unauthorized
 from baponi_core.limits import MAX_REQUEST_BYTES
-from baponi_http import error_for
+from baponi_http import Answer, Operation, error_for
 from baponi_mcp.errors import refusal
 from baponi_mcp.server import Caller, build_server
 
 PATH = "/mcp"
 PRINCIPAL = "baponi.principal"  # ASGI scope key the authenticated principal travels under
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+OPERATION = Operation(
+    "post",
+    PATH,
+    "MCP over streamable HTTP, stateless: one JSON-RPC message a request (tools/list, "
+    "tools/call of sandbox_execute and files_download); see docs/mcp.md.",
+    {
+        200: Answer(
+            "The JSON-RPC response: server-sent events (progress notifications first), or JSON.",
+            {"text/event-stream": {"type": "string"}, "application/json": {"type": "object"}},
+        ),
+        202: Answer("A notification or a response, accepted."),
+        400: Answer("Not a JSON-RPC message: a JSON-RPC error, or a plain reason."),
+        403: Answer("An Origin that is not this server's."),
+        406: Answer("Accept must name application/json and text/event-stream."),
+        421: Answer("A Host that is not this server's."),
+    },
+    body={"application/json": {"schema": {"type": ["object", "array"]}}},
+)
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -79,7 +97,12 @@ class McpEndpoint:
         )
 
     def routes(self) -> list[BaseRoute]:
-        return [Route(PATH, self)]
+        # POST only: stateless, there is no session to end (DELETE) and nothing a GET stream
+        # could ever carry, and the SDK would hold such a stream open for good.
+        return [Route(PATH, self, methods=["POST"])]
+
+    def operations(self) -> list[Operation]:
+        return [OPERATION]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from baponi_core.errors import ValidationError
 from baponi_core.models import ExecuteRequest, parse
+from tests.core.strategies import any_json as json_values
 from tests.harness import assert_error
 
 EXECUTE = "/v1/sandbox/execute"
@@ -25,20 +26,6 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 # Valid-looking values for each field, mixed with anything at all.
 field_values: dict[str, st.SearchStrategy[Any]] = {
     "code": st.sampled_from(["print(1)", "", "exit 3"]) | json_values,

@@ -345,6 +345,22 @@ def test_tampered_token_is_refused(
     assert download(sdk, thread, "f.txt") == b"original"
 
 
+@pytest.mark.parametrize("mac", ["%C3%A9", "a%E2%80%AEb", "%F0%9F%98%80" * 10])
+def test_non_ascii_signature_is_refused(
+    server: Server, sdk: Any, stored: tuple[str, str], mac: str
+) -> None:
+    """A real key id with a MAC that is not ASCII: a 403, not the 500 that comparing
+    it in constant time used to raise."""
+    thread, get_url = stored
+    kid, body, _ = token_of(get_url).split(".")
+    forged = url_with(server, f"{kid}.{body}.{mac}")
+    assert_error(httpx.get(forged, timeout=10), 403, message="signature does not match")
+    assert_error(
+        httpx.put(forged, content=b"bad", timeout=10), 403, message="signature does not match"
+    )
+    assert download(sdk, thread, "f.txt") == b"original"
+
+
 @pytest.mark.parametrize(
     "changes",
     [

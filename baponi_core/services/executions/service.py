@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 
 from baponi_core.errors import Conflict, NotFound, Unavailable, ValidationError
 from baponi_core.limits import TRACE_ID_PATTERN
-from baponi_core.models import ExecuteRequest, ExecutionView
+from baponi_core.models import Cancelling, ExecuteRequest, ExecutionView
 from baponi_core.records import DeliveryMode, Execution, Principal
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.services.concurrency import ConcurrencyLimiter
@@ -99,13 +99,13 @@ class Executions:
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
         return ExecutionView.of(await self._record(principal, trace_id))
 
-    async def cancel(self, principal: Principal, trace_id: str) -> dict[str, str]:
+    async def cancel(self, principal: Principal, trace_id: str) -> Cancelling:
         record = await self._record(principal, trace_id)
         run = self._live.get(trace_id)
         if run is None or run.result is not None:
             raise Conflict(f"execution {trace_id} has already ended ({record.status})")
         run.request_stop(StopReason.CANCEL)
-        return {"trace_id": trace_id, "status": "cancelling"}
+        return Cancelling(trace_id=trace_id)
 
     async def events(
         self, principal: Principal, trace_id: str, after_seq: int = 0
