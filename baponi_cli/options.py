@@ -71,6 +71,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> int:
+    """Whole seconds, at least one (what uvicorn's timeouts take)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 86400:
+        raise argparse.ArgumentTypeError(f"expected whole seconds 1..86400, got {text!r}")
+    return int(text)
+
+
 def delays(text: str) -> tuple[float, ...]:
     return tuple(seconds(part) for part in text.split(","))
 

@@ -8,6 +8,14 @@ one mapping of core errors to responses), and the uvicorn servers of
 
 from baponi_http.app import Extension, create_app, create_files_app
 from baponi_http.errors import error_for
-from baponi_http.server import DrainingServer, serving
+from baponi_http.server import DrainingServer, IdleTimeoutH11, serving
 
-__all__ = ["DrainingServer", "Extension", "create_app", "create_files_app", "error_for", "serving"]
+__all__ = [
+    "DrainingServer",
+    "Extension",
+    "IdleTimeoutH11",
+    "create_app",
+    "create_files_app",
+    "error_for",
+    "serving",
+]

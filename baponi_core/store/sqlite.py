@@ -3,6 +3,10 @@
 Several processes may share the file (the server and the operator CLI): WAL lets readers
 run beside the writer, ``busy_timeout`` makes writers queue, and every write transaction
 starts with ``BEGIN IMMEDIATE`` so it never has to upgrade a read lock half-way.
+
+SQLite's refusals become core errors (:func:`refusals`): a database locked longer than the
+busy timeout, a full disk, a damaged file. Opening a file that cannot serve as the
+database raises :class:`CannotStart`, naming it, for the operator.
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from baponi_core.errors import CannotStart, NoSpace, Unavailable
 from baponi_core.ids import new_id
 from baponi_core.records import (
     ApiKey,
@@ -30,6 +36,10 @@ from baponi_core.records import (
     Volume,
     WebhookStatus,
 )
+
+BUSY_RETRY_S = 2  # what a client is told to wait when another process holds the lock
+BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -149,17 +159,35 @@ class SqliteStore:
         return self._db
 
     async def open(self) -> None:
+        """Open (and migrate) the database; a file that cannot be it raises CannotStart.
+        On any failure the connection is closed: its thread would keep the process alive."""
+        try:
+            await self._open()
+        except BaseException as exc:
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
+            if isinstance(exc, sqlite3.DatabaseError | Unavailable | OSError):
+                raise CannotStart(f"database {self.path}: {_reason(exc)}") from None
+            raise
+
+    async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise CannotStart(f"database {self.path} is a directory, not a file")
         fresh = not self.path.exists()
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         if fresh:
             os.chmod(self.path, 0o600)
-        for pragma in PRAGMAS:
-            await self.db.execute(pragma)
+        with refusals():
+            for pragma in PRAGMAS:
+                await self.db.execute(pragma)
         async with self._write() as db:
             version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"database schema {version} is newer than this server")
+                raise CannotStart(
+                    f"database {self.path}: schema {version} is newer than this server's"
+                )
             for script in MIGRATIONS[version:]:
                 for statement in filter(str.strip, script.split(";")):
                     await db.execute(statement)
@@ -172,31 +200,36 @@ class SqliteStore:
             self._db = None
 
     async def ping(self) -> None:
-        await self.db.execute("SELECT 1")
+        with refusals():
+            await self.db.execute("SELECT 1")
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        with refusals():
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def _one(self, sql: str, args: Iterable[Any]) -> aiosqlite.Row | None:
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return await cursor.fetchone()
+        with refusals():
+            async with self.db.execute(sql, tuple(args)) as cursor:
+                return await cursor.fetchone()
 
     async def _all(self, sql: str, args: Iterable[Any]) -> list[Any]:
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return list(await cursor.fetchall())
+        with refusals():
+            async with self.db.execute(sql, tuple(args)) as cursor:
+                return list(await cursor.fetchall())
 
     async def _change(self, sql: str, args: Iterable[Any]) -> int:
         """One write statement, in autocommit: atomic on its own, and one round trip
         to the database thread instead of three for BEGIN/statement/COMMIT."""
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return cursor.rowcount
+        with refusals():
+            async with self.db.execute(sql, tuple(args)) as cursor:
+                return cursor.rowcount
 
     async def _insert(self, table: str, values: dict[str, Any]) -> None:
         names = ", ".join(values)
@@ -445,6 +478,48 @@ class SqliteStore:
 
     async def purge_events(self, now: float) -> int:
         return await self._change("DELETE FROM execution_events WHERE expires_at <= ?", [now])
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """SQLite's refusals as core errors: 503, with Retry-After when it should pass."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        primary = _primary(exc)
+        if primary in BUSY:
+            raise Unavailable(
+                "the database is busy (locked by another process); try again",
+                retry_after=BUSY_RETRY_S,
+            ) from exc
+        if primary == sqlite3.SQLITE_FULL:
+            raise NoSpace() from exc
+        raise _unavailable(exc) from exc
+    except sqlite3.DatabaseError as exc:  # damaged (SQLITE_CORRUPT, SQLITE_NOTADB), or worse
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: sqlite3.DatabaseError) -> Unavailable:
+    """SQLite's own words say what failed, never where (the error keeps it as its cause)."""
+    damaged = _primary(exc) in DAMAGED
+    return Unavailable(f"the database is {'damaged' if damaged else 'unavailable'} ({exc})")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why the database could not be opened, in SQLite's or the system's words."""
+    cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    damaged = isinstance(cause, sqlite3.DatabaseError) and _primary(cause) in DAMAGED
+    hint = "; restore it from a backup" if damaged else ""
+    return f"{cause}{hint}"
+
+
+def _primary(exc: sqlite3.DatabaseError) -> int:
+    """SQLite's primary result code of the error (0 when it carries none)."""
+    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
 
 
 def _volume(row: Any) -> Volume:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
+from baponi_core.errors import BaponiError
 from baponi_core.events import OutputEvent, ResultEvent, decode, encode
 from baponi_core.records import Execution
 from baponi_core.services.executions.run import Run
@@ -50,12 +51,16 @@ class ExecutionLog:
         await self.store.update_execution(record)
 
     async def keep(self, run: Run) -> None:
-        """Store the run's new events every PERSIST_EVERY_S, until cancelled."""
+        """Store the run's new events every PERSIST_EVERY_S, until cancelled. A store that
+        refuses (locked, full) only delays them: the next round, or the settle, stores them."""
         if not await run.recorded():
             return
         while True:
             await anyio.sleep(PERSIST_EVERY_S)
-            await self.persist(run)
+            try:
+                await self.persist(run)
+            except BaponiError as exc:
+                log.warning("could not store the events of %s yet: %s", run.trace_id, exc.message)
 
     async def persist(self, run: Run) -> None:
         events = run.journal.events[run.persisted :]
