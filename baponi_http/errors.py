@@ -41,7 +41,7 @@ def error_for(exc: BaponiError) -> JSONResponse:
 async def baponi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BaponiError)
     if exc.status >= 500 and exc.__cause__ is not None:  # what the client is not told
-        log.error("%s %s: %s (%r)", request.method, request.url.path, exc.message, exc.__cause__)
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc.message, exc.__cause__)
     return error_for(exc)
 
 

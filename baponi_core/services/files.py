@@ -17,17 +17,21 @@ from baponi_core.storage.disk import DiskBackend
 from baponi_core.storage.paths import parts
 from baponi_core.storage.places import Place, Storage
 from baponi_core.storage.signing import Grant, Method, UrlSigner
+from baponi_core.storage.space import Space, refused_when_full
 from baponi_core.store import Store
 
 QUOTA_RETRY_S = 60
 
 
 class Files:
-    def __init__(self, store: Store, storage: Storage, signer: UrlSigner, quota: int) -> None:
+    def __init__(
+        self, store: Store, storage: Storage, signer: UrlSigner, quota: int, space: Space
+    ) -> None:
         self.store = store
         self.storage = storage
         self.signer = signer
         self.quota = quota  # bytes a thread may hold
+        self.space = space  # the server's disks: a full one refuses uploads it would take
 
     @property
     def serves_urls(self) -> bool:
@@ -77,6 +81,8 @@ class Files:
         names = parts(request.path)
         if request.content_length is None:
             raise ValidationError("content_length is required")
+        if self.serves_urls:  # the bytes would come to this server's disk
+            self.space.check()
         place = await self._place(principal, request, write=True, create=True)
         if request.source == "thread":
             await self._check_quota(place, request.content_length)
@@ -150,7 +156,9 @@ class Files:
 
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Local storage, and cloud stores whose own URLs cannot bind a size (Azure)."""
+        self.space.check()
         if grant.root[0] == "threads":  # grants made before other uploads filled the thread
             assert grant.size is not None
             await self._check_quota(self.storage.thread(*grant.root[1:]), grant.size)
-        await self.storage.main.upload(grant, chunks)
+        with refused_when_full():  # filled meanwhile: nothing of it is left (disk.py)
+            await self.storage.main.upload(grant, chunks)

@@ -4,6 +4,10 @@ Several processes may share the file (the server and the operator CLI): WAL lets
 run beside the writer, ``busy_timeout`` makes writers queue, and every write transaction
 starts with ``BEGIN IMMEDIATE`` so it never has to upgrade a read lock half-way.
 
+Reads go through a connection of their own: aiosqlite runs one statement at a time per
+connection, so a write waiting for another process's lock would otherwise hold up every
+read (each request's key lookup among them) behind it.
+
 SQLite's refusals become core errors (:func:`refusals`): a database locked longer than the
 busy timeout, a full disk, a damaged file. Opening a file that cannot serve as the
 database raises :class:`CannotStart`, naming it, for the operator.
@@ -11,13 +15,14 @@ database raises :class:`CannotStart`, naming it, for the operator.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +156,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -158,15 +164,19 @@ class SqliteStore:
             raise RuntimeError("store is not open")
         return self._db
 
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        return self._reader
+
     async def open(self) -> None:
         """Open (and migrate) the database; a file that cannot be it raises CannotStart.
         On any failure the connection is closed: its thread would keep the process alive."""
         try:
             await self._open()
         except BaseException as exc:
-            if self._db is not None:
-                await self._db.close()
-                self._db = None
+            await self._disconnect()
             if isinstance(exc, sqlite3.DatabaseError | Unavailable | OSError):
                 raise CannotStart(f"database {self.path}: {_reason(exc)}") from None
             raise
@@ -182,26 +192,41 @@ class SqliteStore:
         with refusals():
             for pragma in PRAGMAS:
                 await self.db.execute(pragma)
-        async with self._write() as db:
-            version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
-            if version > SCHEMA_VERSION:
-                raise CannotStart(
-                    f"database {self.path}: schema {version} is newer than this server's"
-                )
-            for script in MIGRATIONS[version:]:
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if await self._version() != SCHEMA_VERSION:  # no write lock taken when current
+            async with self._write() as db:
+                version = await self._version()
+                for script in MIGRATIONS[version:]:
+                    for statement in filter(str.strip, script.split(";")):
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        with refusals():
+            for pragma in (*PRAGMAS, "PRAGMA query_only=ON"):
+                await self.reader.execute(pragma)
+
+    async def _version(self) -> int:
+        with refusals():
+            async with self.db.execute("PRAGMA user_version") as cursor:
+                version = int((await cursor.fetchone() or (0,))[0])
+        if version > SCHEMA_VERSION:
+            raise CannotStart(f"database {self.path}: schema {version} is newer than this server's")
+        return version
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.execute("PRAGMA optimize")
-            await self._db.close()
-            self._db = None
+            with contextlib.suppress(sqlite3.Error):  # a locked or full database
+                await self._db.execute("PRAGMA optimize")
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        for connection in (self._reader, self._db):
+            if connection is not None:
+                await connection.close()
+        self._db = self._reader = None
 
     async def ping(self) -> None:
         with refusals():
-            await self.db.execute("SELECT 1")
+            await self.reader.execute("SELECT 1")
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -216,12 +241,13 @@ class SqliteStore:
 
     async def _one(self, sql: str, args: Iterable[Any]) -> aiosqlite.Row | None:
         with refusals():
-            async with self.db.execute(sql, tuple(args)) as cursor:
+            async with self.reader.execute(sql, tuple(args)) as cursor:
                 return await cursor.fetchone()
 
-    async def _all(self, sql: str, args: Iterable[Any]) -> list[Any]:
+    async def _all(self, sql: str, args: Iterable[Any], write: bool = False) -> list[Any]:
+        """Every row of a read (of a write with RETURNING, when ``write``)."""
         with refusals():
-            async with self.db.execute(sql, tuple(args)) as cursor:
+            async with (self.db if write else self.reader).execute(sql, tuple(args)) as cursor:
                 return list(await cursor.fetchall())
 
     async def _change(self, sql: str, args: Iterable[Any]) -> int:
@@ -424,6 +450,7 @@ class SqliteStore:
             "webhook_next_at = CASE WHEN webhook_delivery_status = 'pending' THEN ? END "
             "WHERE completed_at IS NULL RETURNING org_id, trace_id",
             (error, when, when, when),
+            write=True,
         )
         return [(row[0], row[1]) for row in rows]
 
@@ -480,7 +507,7 @@ class SqliteStore:
         return await self._change("DELETE FROM execution_events WHERE expires_at <= ?", [now])
 
 
-@contextmanager
+@contextlib.contextmanager
 def refusals() -> Iterator[None]:
     """SQLite's refusals as core errors: 503, with Retry-After when it should pass."""
     try:

@@ -167,12 +167,8 @@ class Lifecycle:
                 quota.cancel()
 
     async def _store_end(self, run: Run) -> None:
-        try:
-            if await run.recorded():
-                await self.store.update_execution(run.record)
-                run.stored_end = True
-        except Exception:  # the settle tries again
-            log.exception("could not record the end of %s", run.trace_id)
+        if await run.recorded():
+            await self._record_end(run, events=False)  # if it fails, the settle tries again
 
     async def _watch_quota(self, run: Run, workspace: Path, scope: anyio.CancelScope) -> None:
         """Sample the home's size while code runs (until ``scope`` is cancelled); growing
@@ -225,13 +221,14 @@ class Lifecycle:
         if run.record.webhook_delivery_status is WebhookStatus.PENDING:
             self.webhooks.wake()
 
-    async def _record_end(self, run: Run) -> bool:
-        """Store the completed record and the last events; whether both are in."""
+    async def _record_end(self, run: Run, events: bool = True) -> bool:
+        """Store the completed record and (with ``events``) the last events; whether all
+        of it is in."""
         try:
             if not run.stored_end:
                 await self.store.update_execution(run.record)
                 run.stored_end = True
-            if run.kept:
+            if events and run.kept:
                 await self.log.persist(run)
         except BaponiError as exc:
             log.warning("could not record the end of %s yet: %s", run.trace_id, exc.message)

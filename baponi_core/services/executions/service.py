@@ -29,6 +29,7 @@ from baponi_core.services.journal import Journal
 from baponi_core.services.threads import ThreadClaims
 from baponi_core.services.webhooks import Webhooks
 from baponi_core.storage.places import Storage
+from baponi_core.storage.space import Space
 from baponi_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,10 @@ class Executions:
         limiter: ConcurrencyLimiter,
         webhooks: Webhooks,
         quota: int,
+        space: Space,
     ) -> None:
         self.store = store
+        self.space = space
         self.limiter = limiter
         self.threads = ThreadClaims()
         self.webhooks = webhooks
@@ -71,6 +74,7 @@ class Executions:
         """Admit ``request`` and start it; refusals (plan, limits, busy thread) raise."""
         if not self.accepting or self._tasks is None:
             raise Unavailable("the server is shutting down; try again shortly")
+        self.space.check()  # its record, its output, its thread home: nowhere to go
         admission.check(principal, request, mode, self.webhooks)
         with admission.hold(self.limiter, self.threads, principal, request) as held:
             record = admission.record_for(principal, request, mode)
@@ -97,7 +101,11 @@ class Executions:
         return Submission(run)
 
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
-        return ExecutionView.of(await self._record(principal, trace_id))
+        record = await self._record(principal, trace_id)
+        run = self._live.get(trace_id)
+        if run is not None and run.result is not None:  # ended, its record maybe not stored yet
+            record = run.record
+        return ExecutionView.of(record)
 
     async def cancel(self, principal: Principal, trace_id: str) -> dict[str, str]:
         record = await self._record(principal, trace_id)
