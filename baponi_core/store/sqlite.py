@@ -495,11 +495,13 @@ class SqliteStore:
                 [v for seq, event in chunk for v in (trace_id, seq, event, expires_at)],
             )
 
-    async def get_events(self, trace_id: str, after_seq: int, now: float) -> list[str]:
+    async def get_events(
+        self, trace_id: str, after_seq: int, now: float, limit: int | None = None
+    ) -> list[str]:
         rows = await self._all(
             "SELECT event FROM execution_events WHERE trace_id = ? AND seq > ? AND expires_at > ? "
-            "ORDER BY seq",
-            (trace_id, after_seq, now),
+            "ORDER BY seq LIMIT ?",
+            (trace_id, after_seq, now, -1 if limit is None else limit),
         )
         return [row[0] for row in rows]
 

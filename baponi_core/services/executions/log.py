@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 import anyio
 
 from baponi_core.errors import BaponiError
-from baponi_core.events import OutputEvent, ResultEvent, decode, encode
+from baponi_core.events import Event, OutputEvent, ResultEvent, decode, encode, pieces
 from baponi_core.records import Execution
 from baponi_core.services.executions.run import Run
 from baponi_core.services.executions.status import SERVER_STOPPED, result_event
+from baponi_core.services.journal import Backlog
 from baponi_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 RETENTION_S = 300  # output is kept for timeout + this, after the start
 PERSIST_EVERY_S = 0.5
 PURGE_EVERY_S = 60
+BACKLOG_PAGE = 8  # stored events a lagging reader holds at once: 8 x MAX_OUTPUT_CHARS
 
 
 class ExecutionLog:
@@ -63,13 +65,23 @@ class ExecutionLog:
                 log.warning("could not store the events of %s yet: %s", run.trace_id, exc.message)
 
     async def persist(self, run: Run) -> None:
-        events = run.journal.events[run.persisted :]
-        if not events:
-            return
-        await self.store.add_events(
-            run.trace_id, [(e.seq, encode(e)) for e in events], _expiry(run.record)
-        )
-        run.persisted += len(events)
+        """Store the events not stored yet; the journal may then let them go from memory."""
+        events = run.journal.after(run.persisted)
+        if events:
+            await self.store.add_events(
+                run.trace_id, [(e.seq, encode(e)) for e in events], _expiry(run.record)
+            )
+            run.persisted = events[-1].seq
+        run.journal.stored(run.persisted)
+
+    def backlog(self, trace_id: str) -> Backlog:
+        """How a journal reads back the events it let go: a page at a time."""
+
+        async def page(after_seq: int) -> list[Event]:
+            lines = await self.store.get_events(trace_id, after_seq, time.time(), BACKLOG_PAGE)
+            return [decode(line) for line in lines]
+
+        return page
 
     async def purge(self) -> None:
         """Delete expired events, every PURGE_EVERY_S, forever."""
@@ -81,15 +93,23 @@ class ExecutionLog:
             await anyio.sleep(PURGE_EVERY_S)
 
     async def replay(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
-        """The stored NDJSON lines after ``after_seq`` of an execution no longer live."""
-        stored = await self.store.get_events(record.trace_id, 0, time.time())
-        for line in stored[after_seq:]:
-            yield line + "\n"
+        """The stored NDJSON of an execution no longer live after ``after_seq``, read a
+        page at a time and sent in pieces (see :meth:`Journal.lines`)."""
+        page = self.backlog(record.trace_id)
+        position = max(after_seq - 1, 0)  # the event at after_seq itself says if one is missing
+        last: Event | None = None
+        while events := await page(position):
+            for event in events:
+                position, last = event.seq, event
+                if event.seq > after_seq:
+                    for piece in pieces(event):
+                        yield piece
         # A server stop can leave stored output without its result event: end it properly.
-        if stored and not isinstance(decode(stored[-1]), ResultEvent) and len(stored) >= after_seq:
+        if last is not None and not isinstance(last, ResultEvent):
             event = result_event(record)
-            event.seq = len(stored) + 1
-            yield encode(event) + "\n"
+            event.seq = last.seq + 1
+            for piece in pieces(event):
+                yield piece
 
 
 def _expiry(record: Execution) -> float:

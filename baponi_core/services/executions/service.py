@@ -9,6 +9,7 @@ A client going away never stops an execution; a cancel or a shutdown does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -26,6 +27,7 @@ from baponi_core.services.executions.lifecycle import Lifecycle
 from baponi_core.services.executions.log import ExecutionLog
 from baponi_core.services.executions.run import Run, StopReason, Submission
 from baponi_core.services.journal import Journal
+from baponi_core.services.streams import Counted, OpenStreams
 from baponi_core.services.threads import ThreadClaims
 from baponi_core.services.webhooks import Webhooks
 from baponi_core.storage.places import Storage
@@ -55,6 +57,7 @@ class Executions:
         self.webhooks = webhooks
         self.log = ExecutionLog(store)
         self.accepting = True
+        self.streams = OpenStreams()
         self._live: dict[str, Run] = {}
         self._lifecycle = Lifecycle(store, runtime, storage, self.log, webhooks, quota, self._live)
         self._tasks: TaskGroup | None = None
@@ -76,16 +79,24 @@ class Executions:
             raise Unavailable("the server is shutting down; try again shortly")
         self.space.check()  # its record, its output, its thread home: nowhere to go
         admission.check(principal, request, mode, self.webhooks)
-        with admission.hold(self.limiter, self.threads, principal, request) as held:
-            record = admission.record_for(principal, request, mode)
-            run = Run(
-                record,
-                request,
-                principal.profile,
-                principal.volumes,
-                held.pop_all(),
-                Journal(record.trace_id),
-            )
+        with contextlib.ExitStack() as stream:
+            if mode is DeliveryMode.STREAMING:
+                stream.enter_context(self.streams.claim(principal.org))
+            with admission.hold(self.limiter, self.threads, principal, request) as held:
+                record = admission.record_for(principal, request, mode)
+                kept = mode is not DeliveryMode.INLINE  # its events go to the store
+                journal = Journal(
+                    record.trace_id, self.log.backlog(record.trace_id) if kept else None
+                )
+                run = Run(
+                    record,
+                    request,
+                    principal.profile,
+                    principal.volumes,
+                    held.pop_all(),
+                    journal,
+                )
+            claim = stream.pop_all()
         # It starts at once, its sandbox being set up while the record is inserted; the
         # caller has its trace id only once the record is there.
         self._live[record.trace_id] = run
@@ -95,10 +106,11 @@ class Executions:
         except BaseException:
             run.insert_failed = True
             run.request_stop(StopReason.SHUTDOWN)
+            claim.close()
             raise
         finally:
             run.inserted.set()
-        return Submission(run)
+        return Submission(run, claim)
 
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
         record = await self._record(principal, trace_id)
@@ -118,9 +130,10 @@ class Executions:
     async def events(
         self, principal: Principal, trace_id: str, after_seq: int = 0
     ) -> AsyncIterator[str]:
-        """NDJSON lines after ``after_seq``: live while running, then from the store."""
+        """NDJSON lines after ``after_seq``: live while running, then from the store; an
+        open stream of the caller's organisation until read to the end or closed."""
         record = await self._record(principal, trace_id)
-        return self._events(record, after_seq)
+        return Counted(self.streams.claim(principal.org), self._events(record, after_seq))
 
     async def _events(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
         run = self._live.get(record.trace_id)
