@@ -5,22 +5,47 @@ connection, so that every reader sees the same numbering and can resume after an
 
 Memory is bounded whatever the readers do: once events are in the store (:meth:`stored`),
 the journal keeps only the last WINDOW_BYTES of them, and a reader behind that window
-reads the rest from the store (the ``backlog``) in pages before following live again.
+reads the rest from the store (its :class:`Spill`) in pages before following live again.
+Once the execution's end is recorded too (:meth:`release`), it keeps nothing: readers
+still open read the rest from the store, the result's output a piece at a time from the
+record, so that a reader that never reads holds a page, not the execution's output.
 """
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import anyio
 
-from baponi_core.events import Event, KeepaliveEvent, OutputEvent, ResultEvent, pieces, size
+from baponi_core.events import (
+    Event,
+    KeepaliveEvent,
+    OutputEvent,
+    ResultEvent,
+    pieces,
+    size,
+    stored_result_pieces,
+)
 from baponi_core.sandbox.spec import Stream
 
-# The stored events after a seq, a page at a time (empty when there are no more).
-Backlog = Callable[[int], Awaitable[list[Event]]]
+STREAMS: tuple[Stream, Stream] = ("stdout", "stderr")
+
+
+class Spill(Protocol):
+    """Where a journal's events are once stored: what it reads back instead of keeping."""
+
+    async def events(self, after_seq: int) -> list[Event]:
+        """The stored events after ``after_seq``, a page of them (none: no more)."""
+        ...
+
+    async def output(self, stream: Stream, offset: int) -> str:
+        """A piece of the recorded output of ``stream`` from ``offset`` ("" at its end);
+        stored results leave it out, the record holds it."""
+        ...
+
 
 KEEPALIVE_S = 5.0
 COALESCE_S = 0.025  # at most one output event per stream in this window, so tiny writes
@@ -30,12 +55,13 @@ WINDOW_BYTES = 256 << 10  # stored events still kept in memory, for readers clos
 
 
 class Journal:
-    def __init__(self, trace_id: str, backlog: Backlog | None = None) -> None:
+    def __init__(self, trace_id: str, spill: Spill | None = None) -> None:
         self.trace_id = trace_id
         self.events: list[Event] = []  # in memory: seq ``first`` onwards
         self.first = 1
         self.closed = False
-        self._backlog = backlog  # where evicted events are; without one nothing is evicted
+        self._spill = spill  # where evicted events are; without one nothing is evicted
+        self._stored = 0  # events up to this seq are in the store
         self._held = 0  # bytes of the events in memory
         self._next = 1
         self._changed = anyio.Event()
@@ -66,8 +92,9 @@ class Journal:
     def stored(self, seq: int) -> None:
         """Events up to ``seq`` are in the store: keep at most WINDOW_BYTES of them, and
         the last event (the result, which every reader ends with)."""
-        if self._backlog is None:
+        if self._spill is None:
             return
+        self._stored = seq
         drop = 0
         while (
             drop < len(self.events) - 1
@@ -78,6 +105,11 @@ class Journal:
             drop += 1
         del self.events[:drop]
         self.first += drop
+
+    def release(self) -> None:
+        """The end is recorded and every event stored: let all of them go."""
+        if self._spill is not None and self.closed and self._stored == self._next - 1:
+            self.first, self.events, self._held = self._next, [], 0
 
     def close(self, result: ResultEvent) -> None:
         """Append the final ``result`` event (after any output still waiting)."""
@@ -124,13 +156,31 @@ class Journal:
                 await self._changed.wait()
 
     async def follow(self, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Events with ``seq > after_seq``, live until the result event (whole)."""
+        async for event in self._follow(after_seq):
+            if isinstance(event, ResultEvent) and event.seq not in range(self.first, self._next):
+                event = await self._whole(event)
+            yield event
+
+    async def _whole(self, stored: ResultEvent) -> ResultEvent:
+        """A result read back from the store, with its output from the record."""
+        assert self._spill is not None
+        output: dict[str, str] = {}
+        for stream in STREAMS:
+            output[stream] = ""
+            while text := await self._spill.output(stream, len(output[stream])):
+                output[stream] += text
+        result = stored.result.model_copy(update=output)
+        return stored.model_copy(update={"result": result})
+
+    async def _follow(self, after_seq: int) -> AsyncIterator[Event]:
         """Events with ``seq > after_seq``, live until the result event; those evicted
-        from memory are read from the store first."""
+        from memory are read from the store first (a result from there without output)."""
         position = max(after_seq, 0)
         while True:
             changed = self._changed
-            if position + 1 < self.first and self._backlog is not None:
-                stored = await self._backlog(position)
+            if position + 1 < self.first and self._spill is not None:
+                stored = await self._spill.events(position)
                 page = _consecutive([e for e in stored if e.seq < self.first], position)
                 for event in page:
                     position = event.seq
@@ -152,9 +202,14 @@ class Journal:
         """:meth:`follow` as NDJSON, as streams and reconnects send it: each line in
         pieces of bounded size (a result repeats all the output), the last one ending
         with its newline."""
-        async for event in self.follow(after_seq):
-            for piece in pieces(event):
-                yield piece
+        async for event in self._follow(after_seq):
+            if isinstance(event, ResultEvent) and event.seq < self.first:
+                assert self._spill is not None
+                async for piece in stored_result_pieces(event, self._spill.output):
+                    yield piece
+            else:
+                for piece in pieces(event):
+                    yield piece
 
 
 def _consecutive(events: list[Event], after: int) -> list[Event]:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from baponi_core.errors import RateLimited
 from baponi_core.records import Org
 
-STREAMS_PER_SLOT = 2  # open streams an organisation may have per concurrent execution
+SPARE_STREAMS = 4  # open streams beyond one per concurrent execution: reconnects
 RETRY_S = 5
 
 
@@ -26,7 +26,7 @@ class OpenStreams:
 
     def claim(self, org: Org) -> contextlib.ExitStack:
         """Count one more open stream of ``org`` (429 past its limit) until the stack closes."""
-        limit = org.max_concurrency * STREAMS_PER_SLOT
+        limit = org.max_concurrency + SPARE_STREAMS
         if self._open[org.id] >= limit:
             raise RateLimited(
                 f"open stream limit reached ({self._open[org.id]}/{limit}); "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from baponi_core.records import ApiKey, Execution, Org, Principal, Profile, Volume
+from baponi_core.sandbox.spec import Stream
 
 
 class Store(Protocol):
@@ -70,3 +71,7 @@ class Store(Protocol):
         ...
 
     async def purge_events(self, now: float) -> int: ...
+    async def get_output(self, trace_id: str, stream: Stream, offset: int, size: int) -> str:
+        """At most ``size`` characters of the recorded output of ``stream`` from
+        ``offset`` ("" past its end, or without a record)."""
+        ...

@@ -41,6 +41,7 @@ from baponi_core.records import (
     Volume,
     WebhookStatus,
 )
+from baponi_core.sandbox.spec import Stream
 
 BUSY_RETRY_S = 2  # what a client is told to wait when another process holds the lock
 BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -186,7 +187,9 @@ class SqliteStore:
         if self.path.is_dir():
             raise CannotStart(f"database {self.path} is a directory, not a file")
         fresh = not self.path.exists()
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        # No statement cache: a cached statement keeps its last bound values, and the
+        # writer binds events and outputs of megabytes (one multi-row INSERT per row count).
+        self._db = await aiosqlite.connect(self.path, isolation_level=None, cached_statements=0)
         if fresh:
             os.chmod(self.path, 0o600)
         with refusals():
@@ -504,6 +507,14 @@ class SqliteStore:
             (trace_id, after_seq, now, -1 if limit is None else limit),
         )
         return [row[0] for row in rows]
+
+    async def get_output(self, trace_id: str, stream: Stream, offset: int, size: int) -> str:
+        column = {"stdout": "stdout", "stderr": "stderr"}[stream]  # never text from outside
+        row = await self._one(
+            f"SELECT substr({column}, ?, ?) FROM executions WHERE trace_id = ?",
+            (offset + 1, size, trace_id),
+        )
+        return str(row[0] or "") if row else ""
 
     async def purge_events(self, now: float) -> int:
         return await self._change("DELETE FROM execution_events WHERE expires_at <= ?", [now])

@@ -215,8 +215,10 @@ class Lifecycle:
                 return
 
     def _release(self, run: Run) -> None:
-        """The run leaves the live set; its waiters and its webhook go."""
+        """The run leaves the live set; its waiters and its webhook go; its journal keeps
+        nothing more in memory (readers still open read the store)."""
         self.live.pop(run.trace_id, None)
+        run.journal.release()
         run.done.set()
         if run.record.webhook_delivery_status is WebhookStatus.PENDING:
             self.webhooks.wake()

@@ -11,11 +11,20 @@ from collections.abc import AsyncIterator
 import anyio
 
 from baponi_core.errors import BaponiError
-from baponi_core.events import Event, OutputEvent, ResultEvent, decode, encode, pieces
+from baponi_core.events import (
+    PIECE_CHARS,
+    Event,
+    OutputEvent,
+    ResultEvent,
+    decode,
+    encode,
+    pieces,
+    stored_result_pieces,
+)
 from baponi_core.records import Execution
+from baponi_core.sandbox.spec import Stream
 from baponi_core.services.executions.run import Run
 from baponi_core.services.executions.status import SERVER_STOPPED, result_event
-from baponi_core.services.journal import Backlog
 from baponi_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -23,7 +32,8 @@ log = logging.getLogger(__name__)
 RETENTION_S = 300  # output is kept for timeout + this, after the start
 PERSIST_EVERY_S = 0.5
 PURGE_EVERY_S = 60
-BACKLOG_PAGE = 8  # stored events a lagging reader holds at once: 8 x MAX_OUTPUT_CHARS
+STORE_BATCH_BYTES = 1 << 20
+BACKLOG_PAGE = 4  # stored events a lagging reader holds at once: 4 x MAX_OUTPUT_CHARS
 
 
 class ExecutionLog:
@@ -65,23 +75,28 @@ class ExecutionLog:
                 log.warning("could not store the events of %s yet: %s", run.trace_id, exc.message)
 
     async def persist(self, run: Run) -> None:
-        """Store the events not stored yet; the journal may then let them go from memory."""
-        events = run.journal.after(run.persisted)
-        if events:
-            await self.store.add_events(
-                run.trace_id, [(e.seq, encode(e)) for e in events], _expiry(run.record)
-            )
-            run.persisted = events[-1].seq
+        """Store the events not stored yet, about STORE_BATCH_BYTES at a time (no write
+        of megabytes at once); the journal may then let them go from memory."""
+        batch: list[tuple[int, str]] = []
+        held = 0
+        for event in run.journal.after(run.persisted):
+            line = encode(_hollow(event))
+            batch.append((event.seq, line))
+            held += len(line)
+            if held >= STORE_BATCH_BYTES:
+                await self._store(run, batch)
+                batch, held = [], 0
+        if batch:
+            await self._store(run, batch)
         run.journal.stored(run.persisted)
 
-    def backlog(self, trace_id: str) -> Backlog:
-        """How a journal reads back the events it let go: a page at a time."""
+    async def _store(self, run: Run, batch: list[tuple[int, str]]) -> None:
+        await self.store.add_events(run.trace_id, batch, _expiry(run.record))
+        run.persisted = batch[-1][0]
 
-        async def page(after_seq: int) -> list[Event]:
-            lines = await self.store.get_events(trace_id, after_seq, time.time(), BACKLOG_PAGE)
-            return [decode(line) for line in lines]
-
-        return page
+    def spill(self, trace_id: str) -> StoredEvents:
+        """Where the journal of ``trace_id`` reads back what it let go."""
+        return StoredEvents(self.store, trace_id)
 
     async def purge(self) -> None:
         """Delete expired events, every PURGE_EVERY_S, forever."""
@@ -95,13 +110,18 @@ class ExecutionLog:
     async def replay(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
         """The stored NDJSON of an execution no longer live after ``after_seq``, read a
         page at a time and sent in pieces (see :meth:`Journal.lines`)."""
-        page = self.backlog(record.trace_id)
+        spill = self.spill(record.trace_id)
         position = max(after_seq - 1, 0)  # the event at after_seq itself says if one is missing
         last: Event | None = None
-        while events := await page(position):
+        while events := await spill.events(position):
             for event in events:
                 position, last = event.seq, event
-                if event.seq > after_seq:
+                if event.seq <= after_seq:
+                    continue
+                if isinstance(event, ResultEvent):  # stored without the output: the record has it
+                    async for piece in stored_result_pieces(event, spill.output):
+                        yield piece
+                else:
                     for piece in pieces(event):
                         yield piece
         # A server stop can leave stored output without its result event: end it properly.
@@ -110,6 +130,29 @@ class ExecutionLog:
             event.seq = last.seq + 1
             for piece in pieces(event):
                 yield piece
+
+
+class StoredEvents:
+    """The stored events of one execution, and its recorded output (a journal's Spill)."""
+
+    def __init__(self, store: Store, trace_id: str) -> None:
+        self.store = store
+        self.trace_id = trace_id
+
+    async def events(self, after_seq: int) -> list[Event]:
+        lines = await self.store.get_events(self.trace_id, after_seq, time.time(), BACKLOG_PAGE)
+        return [decode(line) for line in lines]
+
+    async def output(self, stream: Stream, offset: int) -> str:
+        return await self.store.get_output(self.trace_id, stream, offset, PIECE_CHARS)
+
+
+def _hollow(event: Event) -> Event:
+    """The event as stored: a result without the output it repeats (the record holds it)."""
+    if not isinstance(event, ResultEvent):
+        return event
+    result = event.result.model_copy(update={"stdout": "", "stderr": ""})
+    return event.model_copy(update={"result": result})
 
 
 def _expiry(record: Execution) -> float:

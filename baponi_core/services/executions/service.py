@@ -85,9 +85,8 @@ class Executions:
             with admission.hold(self.limiter, self.threads, principal, request) as held:
                 record = admission.record_for(principal, request, mode)
                 kept = mode is not DeliveryMode.INLINE  # its events go to the store
-                journal = Journal(
-                    record.trace_id, self.log.backlog(record.trace_id) if kept else None
-                )
+                spill = self.log.spill(record.trace_id) if kept else None
+                journal = Journal(record.trace_id, spill)
                 run = Run(
                     record,
                     request,
