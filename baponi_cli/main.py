@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from baponi_cli import logs, manage, serve
 from baponi_core.config import Settings
-from baponi_core.errors import BaponiError
-from baponi_core.homelock import HomeInUse
+from baponi_core.errors import BaponiError, CannotStart
 
 DESCRIPTION = """\
 Baponi, self-hosted: a sandbox for AI agents' code that speaks Baponi's API.
@@ -35,8 +35,16 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, which says a bad command line in one line (argparse prints the
+    usage first); ``--help`` still shows it all."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = Parser(
         prog="baponi",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -57,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaponiError as exc:
         print(f"baponi: {exc.message}", file=sys.stderr)
         return 1
-    except HomeInUse as exc:
-        print(f"baponi: {exc}", file=sys.stderr)
+    except CannotStart as exc:
+        print(f"baponi: cannot start: {exc}", file=sys.stderr)
         return 1
     return code
 

@@ -26,8 +26,7 @@ from baponi_cli.options import (
 )
 from baponi_core.app import Core
 from baponi_core.config import Settings
-from baponi_core.errors import BaponiError
-from baponi_core.homelock import HomeInUse
+from baponi_core.errors import BaponiError, CannotStart
 from baponi_core.sandbox import SandboxError
 from baponi_core.services.admin import check_limits
 from baponi_mcp import serve_stdio
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaponiError as exc:
         print(f"baponi-mcp: {exc.message}", file=sys.stderr)
         return 1
-    except (OSError, SandboxError, HomeInUse) as exc:  # e.g. no bubblewrap, home in use
+    except (OSError, SandboxError, CannotStart) as exc:  # no bubblewrap, home in use, bad db
         print(f"baponi-mcp: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -95,6 +95,13 @@ def retention_text(days: int | None) -> str:
     return "unlimited" if days is None else f"{days}d"
 
 
+def positive_seconds(text: str) -> int:
+    """Whole seconds, at least one (what uvicorn's timeouts take)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 86400:
+        raise argparse.ArgumentTypeError(f"expected whole seconds 1..86400, got {text!r}")
+    return int(text)
+
+
 def delays(text: str) -> tuple[float, ...]:
     return tuple(seconds(part) for part in text.split(","))
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,17 @@ from baponi_cli.options import (
     flag_from_env,
     interval,
     port_number,
+    positive_seconds,
     seconds,
     storage_settings,
 )
+from baponi_cli.startup import claim_home, known_failures, listen
+from baponi_core.app import Core
 from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
-from baponi_core.homelock import lock_home
 from baponi_core.services.admin import DEFAULT_ORG
 
 DEFAULTS = Settings(home=Path())
+IDLE_TIMEOUT_S = 30  # a client that holds a connection without a request, dropped after
 
 
 def add_command(commands: Any) -> None:
@@ -53,6 +57,14 @@ def add_command(commands: Any) -> None:
         "on SIGTERM, how long running executions may finish before they are killed",
         default=f"{DEFAULTS.shutdown_grace_s:g}",
         type=seconds,
+        metavar="SECONDS",
+    )
+    env_option(
+        serve,
+        "--idle-timeout",
+        "close a connection that sends no complete request for this long",
+        default=f"{IDLE_TIMEOUT_S}",
+        type=positive_seconds,
         metavar="SECONDS",
     )
     serve.add_argument(
@@ -94,11 +106,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the other commands start without the web stack.
     import uvicorn
 
-    from baponi_http import DrainingServer, create_app
+    from baponi_http import DrainingServer, IdleTimeoutH11, create_app
     from baponi_mcp import McpEndpoint
 
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(lock_home(settings.home))  # say so now, before the port is taken
     settings = dataclasses.replace(
         settings,
         **storage_settings(args),
@@ -109,22 +119,35 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         public_url=args.public_url,
         retention_sweep_s=args.retention_sweep_interval,
     )
-    first_key = with_admin(settings, lambda admin: admin.first_start())
+    claim_home(settings.home)  # say so now, before the port is taken
+    sock = listen(args.host, args.port)
+    with known_failures(settings.home):
+        first_key = with_admin(settings, lambda admin: admin.first_start())
     if first_key:
         print(f"First start: created organisation '{DEFAULT_ORG}' and its first API key:\n")
         print(f"    {first_key}\n")
         print("Keep it: it is shown only once. More with: baponi keys create\n", flush=True)
-    print(f"Baponi listening on http://{args.host}:{args.port} (home: {settings.home})", flush=True)
     logging.getLogger().setLevel(args.log_level.upper())  # ours follow --log-level too
-    app = create_app(settings, [McpEndpoint(settings)])
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,
-    )
-    DrainingServer(config, app).run()
-    return 0
+
+    async def serve() -> bool:
+        async with contextlib.AsyncExitStack() as stack:
+            with known_failures(settings.home):
+                core = await stack.enter_async_context(Core(settings))
+            where = f"http://{args.host}:{args.port} (home: {settings.home})"
+            print(f"Baponi listening on {where}", flush=True)
+            app = create_app(settings, [McpEndpoint(settings)], core=core)
+            config = uvicorn.Config(
+                app,
+                http=IdleTimeoutH11,
+                log_level=args.log_level,
+                access_log=args.access_log,
+                server_header=False,
+                timeout_keep_alive=args.idle_timeout,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 15,
+            )
+            server = DrainingServer(config, app)
+            await server.serve([sock])
+            return server.started
+
+    started = asyncio.run(serve())
+    return 0 if started else 1

@@ -23,6 +23,7 @@ from baponi_core.services.webhooks import Webhooks
 from baponi_core.storage.disks import Disks
 from baponi_core.storage.places import Storage
 from baponi_core.storage.signing import UrlSigner
+from baponi_core.storage.space import Space
 from baponi_core.store import store_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Core:
         self._runtime: SandboxRuntime | None = None
         self._executions: Executions | None = None
         self._files: Files | None = None
+        self._space: Space | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -97,9 +99,16 @@ class Core:
             )
             stack.push_async_callback(self.webhooks.close)
             quota = self.settings.thread_quota_bytes
-            self._files = Files(self.store, storage, signer, quota)
+            self._space = Space(self.settings.home, *([storage.disk.base] if storage.disk else []))
+            self._files = Files(self.store, storage, signer, quota, self._space)
             self._executions = Executions(
-                self.store, self._runtime, storage, ConcurrencyLimiter(), self.webhooks, quota
+                self.store,
+                self._runtime,
+                storage,
+                ConcurrencyLimiter(),
+                self.webhooks,
+                quota,
+                self._space,
             )
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops
@@ -138,7 +147,7 @@ class Core:
             await self.store.ping()
         except Exception as exc:
             found["database"] = type(exc).__name__
-        if not shutil.disk_usage(self.settings.home).free:
+        if self._space is not None and self._space.full:
             found["storage"] = "no free space"
         if shutil.which(self.runtime.bwrap_path) is None:
             found["sandbox"] = "bwrap not found"

@@ -8,6 +8,7 @@ class BaponiError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    retry_after: int | None = None  # seconds after which trying again is worth it
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -54,7 +55,25 @@ class RateLimited(BaponiError):
 
 
 class Unavailable(BaponiError):
-    status, code = (
-        503,
-        "service_unavailable",
-    )  # the server cannot serve it now; not the caller's fault
+    """The server cannot serve it now; not the caller's fault. With ``retry_after`` when
+    the condition is expected to pass (a database locked by another process)."""
+
+    status, code = 503, "service_unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoSpace(Unavailable):
+    """The server's disk is full: nothing new can be written until space is freed."""
+
+    RETRY_S = 30
+
+    def __init__(self) -> None:
+        super().__init__("storage: no free space", retry_after=self.RETRY_S)
+
+
+class CannotStart(Exception):
+    """A known reason the server cannot start (a damaged database, a port in use...), for
+    the operator: one line, which may name host paths, never a client's to see."""

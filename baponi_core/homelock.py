@@ -11,8 +11,10 @@ import fcntl
 import os
 from pathlib import Path
 
+from baponi_core.errors import CannotStart
 
-class HomeInUse(RuntimeError):
+
+class HomeInUse(CannotStart):
     pass
 
 

@@ -9,12 +9,13 @@ mapping of core errors to responses), and the uvicorn servers of :mod:`baponi_ht
 from baponi_http.app import Extension, create_app, create_files_app
 from baponi_http.errors import error_for
 from baponi_http.openapi import Answer, Operation
-from baponi_http.server import DrainingServer, serving
+from baponi_http.server import DrainingServer, IdleTimeoutH11, serving
 
 __all__ = [
     "Answer",
     "DrainingServer",
     "Extension",
+    "IdleTimeoutH11",
     "Operation",
     "create_app",
     "create_files_app",

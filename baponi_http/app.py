@@ -206,16 +206,20 @@ def openapi_route(operations: Sequence[Operation]) -> Route:
     return Route("/openapi.json", openapi, methods=["GET"])
 
 
-def create_app(settings: Settings, extensions: Sequence[Extension] = ()) -> Starlette:
-    """The REST API over a core of ``settings``, opened and drained with the app."""
+def create_app(
+    settings: Settings, extensions: Sequence[Extension] = (), core: Core | None = None
+) -> Starlette:
+    """The REST API over a core of ``settings``, opened and drained with the app; or over
+    ``core``, already open (its start-up failures said before any serving), which the
+    caller closes."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Extensions close first: their calls in flight end before the core drains.
-        async with Core(settings) as core, AsyncExitStack() as running:
+        async with AsyncExitStack() as running:
+            app.state.core = core or await running.enter_async_context(Core(settings))
             for extension in extensions:
                 await running.enter_async_context(extension.running())
-            app.state.core = core
             yield
 
     routes = [

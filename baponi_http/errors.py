@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from baponi_core.errors import BaponiError, RateLimited
+from baponi_core.errors import BaponiError
 from baponi_core.models import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def error_response(
 
 def error_for(exc: BaponiError) -> JSONResponse:
     """The response for a core error."""
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     if exc.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.status, exc.code, exc.message, headers)
@@ -42,6 +42,8 @@ def error_for(exc: BaponiError) -> JSONResponse:
 
 async def baponi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BaponiError)
+    if exc.status >= 500 and exc.__cause__ is not None:  # what the client is not told
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc.message, exc.__cause__)
     return error_for(exc)
 
 

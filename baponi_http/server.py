@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
+import h11
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 EMBEDDED_GRACE_S = 5  # for downloads in flight when the embedding program stops
 
@@ -34,6 +36,46 @@ class DrainingServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             await drain
+
+
+class IdleTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, which closes a connection that has not sent a whole
+    request head within ``timeout_keep_alive`` seconds of opening, or of its last
+    response. uvicorn's own keep-alive timer stops at the first byte, so a client that
+    connects and sends nothing, or a few bytes at a time, would hold the connection (and
+    its memory) forever."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._head_timer.cancel()  # a whole request head is in
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 class EmbeddedServer(uvicorn.Server):

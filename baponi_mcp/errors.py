@@ -15,7 +15,7 @@ from mcp import MCPError
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import INTERNAL_ERROR
 
-from baponi_core.errors import BaponiError, Conflict, NotFound, RateLimited, ValidationError
+from baponi_core.errors import BaponiError, Conflict, NotFound, ValidationError
 
 MODEL_CAN_FIX = (ValidationError, NotFound, Conflict)
 
@@ -32,7 +32,7 @@ CODES = {
 def refusal(exc: BaponiError) -> MCPError:
     """The JSON-RPC error for a refused request; its message never carries host details."""
     data: dict[str, object] = {"error": exc.code}
-    if isinstance(exc, RateLimited):
+    if exc.retry_after is not None:
         data["retry_after"] = exc.retry_after
     return MCPError(code=CODES.get(exc.code, INTERNAL_ERROR), message=exc.message, data=data)
 

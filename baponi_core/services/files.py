@@ -15,21 +15,25 @@ from baponi_core.errors import Forbidden, NotFound, RateLimited, Unavailable, Va
 from baponi_core.models import FileEntry, FileRequest, SignedUrl, iso
 from baponi_core.records import Principal
 from baponi_core.storage.disk import DiskBackend
-from baponi_core.storage.disks import DISK_FULL, DiskError
+from baponi_core.storage.disks import DiskError
 from baponi_core.storage.paths import parts
 from baponi_core.storage.places import Place, Storage
 from baponi_core.storage.signing import Grant, Method, UrlSigner
+from baponi_core.storage.space import FULL, Space, refused_when_full
 from baponi_core.store import Store
 
 QUOTA_RETRY_S = 60
 
 
 class Files:
-    def __init__(self, store: Store, storage: Storage, signer: UrlSigner, quota: int) -> None:
+    def __init__(
+        self, store: Store, storage: Storage, signer: UrlSigner, quota: int, space: Space
+    ) -> None:
         self.store = store
         self.storage = storage
         self.signer = signer
         self.quota = quota  # bytes a thread may hold
+        self.space = space  # the server's disks: a full one refuses uploads it would take
 
     @property
     def serves_urls(self) -> bool:
@@ -81,6 +85,8 @@ class Files:
         names = parts(request.path)
         if request.content_length is None:
             raise ValidationError("content_length is required")
+        if self.serves_urls:  # the bytes would come to this server's disk
+            self.space.check()
         place = await self._place(principal, request, write=True, create=True)
         async with self._reached(place):
             await self._check_quota(place, request.content_length)
@@ -187,16 +193,18 @@ class Files:
 
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Local storage, and cloud stores whose own URLs cannot bind a size (Azure)."""
+        self.space.check()
         place = await self._granted(grant)
         async with self._reached(place):
             assert grant.size is not None  # grants made before other uploads filled it
             await self._check_quota(place, grant.size)
-            try:
-                await self.storage.main.upload(grant, chunks)
-            except OSError as exc:
-                if exc.errno not in DISK_FULL or place.size is None:
-                    raise
-                raise _quota_exceeded(f"upload of {grant.size} bytes", place) from exc
+            with refused_when_full():  # the disk filled meanwhile: nothing of it is left
+                try:
+                    await self.storage.main.upload(grant, chunks)
+                except OSError as exc:
+                    if exc.errno not in FULL or place.size is None:
+                        raise  # its own filesystem full: the quota, not the disk
+                    raise _quota_exceeded(f"upload of {grant.size} bytes", place) from exc
 
     async def _granted(self, grant: Grant) -> Place:
         """The place a grant names; a volume deleted since is not found."""

@@ -21,7 +21,7 @@ import anyio
 import httpcore2
 
 from baponi_core.config import RETRY_DELAYS_S
-from baponi_core.errors import ValidationError
+from baponi_core.errors import CannotStart, ValidationError
 from baponi_core.models import ExecutionView
 from baponi_core.net.addresses import GuardedBackend, RefusedTarget, reachable
 from baponi_core.records import Execution, WebhookStatus
@@ -72,7 +72,10 @@ class Webhooks:
         self.retry_delays = tuple(retry_delays)
         context = ssl.create_default_context()
         if ca_file is not None:
-            context.load_verify_locations(cafile=ca_file)
+            try:
+                context.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:  # SSLError: not PEM certificates
+                raise CannotStart(f"webhook CA file {ca_file}: {exc.strerror or exc}") from None
         self._pool = httpcore2.AsyncConnectionPool(
             ssl_context=context,
             max_connections=PARALLEL,

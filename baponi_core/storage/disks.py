@@ -20,7 +20,6 @@ whose size the server samples (see ``docs/security.md``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -43,7 +42,6 @@ JOURNAL_FROM = 64 << 20  # smaller filesystems cannot spare the 4 MiB a journal 
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"  # noinit_itable: no zeroing the
 # inode tables behind the server's back, which would fill the sparse image on the host
 MAX_MOUNTED = 512  # loop devices and superblocks held at once, at most
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskError(OSError):

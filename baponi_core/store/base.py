@@ -15,6 +15,7 @@ from baponi_core.records import (
     Profile,
     Volume,
 )
+from baponi_core.sandbox.spec import Stream
 
 
 class Store(Protocol):
@@ -81,5 +82,14 @@ class Store(Protocol):
     async def add_events(
         self, trace_id: str, events: list[tuple[int, str]], expires_at: float
     ) -> None: ...
-    async def get_events(self, trace_id: str, after_seq: int, now: float) -> list[str]: ...
+    async def get_events(
+        self, trace_id: str, after_seq: int, now: float, limit: int | None = None
+    ) -> list[str]:
+        """The unexpired events after ``after_seq``, in order; at most ``limit``."""
+        ...
+
     async def purge_events(self, now: float) -> int: ...
+    async def get_output(self, trace_id: str, stream: Stream, offset: int, size: int) -> str:
+        """At most ``size`` characters of the recorded output of ``stream`` from
+        ``offset`` ("" past its end, or without a record)."""
+        ...

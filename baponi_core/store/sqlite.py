@@ -3,21 +3,32 @@
 Several processes may share the file (the server and the operator CLI): WAL lets readers
 run beside the writer, ``busy_timeout`` makes writers queue, and every write transaction
 starts with ``BEGIN IMMEDIATE`` so it never has to upgrade a read lock half-way.
+
+Reads go through a connection of their own: aiosqlite runs one statement at a time per
+connection, so a write waiting for another process's lock would otherwise hold up every
+read (each request's key lookup among them) behind it.
+
+SQLite's refusals become core errors (:func:`refusals`): a database locked longer than the
+busy timeout, a full disk, a damaged file. Opening a file that cannot serve as the
+database raises :class:`CannotStart`, naming it, for the operator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from baponi_core.errors import CannotStart, NoSpace, Unavailable
 from baponi_core.ids import new_id
 from baponi_core.records import (
     DEFAULT_RETENTION_DAYS,
@@ -31,6 +42,11 @@ from baponi_core.records import (
     Volume,
     WebhookStatus,
 )
+from baponi_core.sandbox.spec import Stream
+
+BUSY_RETRY_S = 2  # what a client is told to wait when another process holds the lock
+BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -152,6 +168,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -159,55 +176,100 @@ class SqliteStore:
             raise RuntimeError("store is not open")
         return self._db
 
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        return self._reader
+
     async def open(self) -> None:
+        """Open (and migrate) the database; a file that cannot be it raises CannotStart.
+        On any failure the connection is closed: its thread would keep the process alive."""
+        try:
+            await self._open()
+        except BaseException as exc:
+            await self._disconnect()
+            if isinstance(exc, sqlite3.DatabaseError | Unavailable | OSError):
+                raise CannotStart(f"database {self.path}: {_reason(exc)}") from None
+            raise
+
+    async def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise CannotStart(f"database {self.path} is a directory, not a file")
         fresh = not self.path.exists()
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        # No statement cache: a cached statement keeps its last bound values, and the
+        # writer binds events and outputs of megabytes (one multi-row INSERT per row count).
+        self._db = await aiosqlite.connect(self.path, isolation_level=None, cached_statements=0)
         if fresh:
             os.chmod(self.path, 0o600)
-        for pragma in PRAGMAS:
-            await self.db.execute(pragma)
-        async with self._write() as db:
-            version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"database schema {version} is newer than this server")
-            for script in MIGRATIONS[version:]:
-                for statement in filter(str.strip, script.split(";")):
-                    await db.execute(statement)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        with refusals():
+            for pragma in PRAGMAS:
+                await self.db.execute(pragma)
+        if await self._version() != SCHEMA_VERSION:  # no write lock taken when current
+            async with self._write() as db:
+                version = await self._version()
+                for script in MIGRATIONS[version:]:
+                    for statement in filter(str.strip, script.split(";")):
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        with refusals():
+            for pragma in (*PRAGMAS, "PRAGMA query_only=ON"):
+                await self.reader.execute(pragma)
+
+    async def _version(self) -> int:
+        with refusals():
+            async with self.db.execute("PRAGMA user_version") as cursor:
+                version = int((await cursor.fetchone() or (0,))[0])
+        if version > SCHEMA_VERSION:
+            raise CannotStart(f"database {self.path}: schema {version} is newer than this server's")
+        return version
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.execute("PRAGMA optimize")
-            await self._db.close()
-            self._db = None
+            with contextlib.suppress(sqlite3.Error):  # a locked or full database
+                await self._db.execute("PRAGMA optimize")
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        for connection in (self._reader, self._db):
+            if connection is not None:
+                await connection.close()
+        self._db = self._reader = None
 
     async def ping(self) -> None:
-        await self.db.execute("SELECT 1")
+        with refusals():
+            await self.reader.execute("SELECT 1")
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        with refusals():
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def _one(self, sql: str, args: Iterable[Any]) -> aiosqlite.Row | None:
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return await cursor.fetchone()
+        with refusals():
+            async with self.reader.execute(sql, tuple(args)) as cursor:
+                return await cursor.fetchone()
 
-    async def _all(self, sql: str, args: Iterable[Any]) -> list[Any]:
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return list(await cursor.fetchall())
+    async def _all(self, sql: str, args: Iterable[Any], write: bool = False) -> list[Any]:
+        """Every row of a read (of a write with RETURNING, when ``write``)."""
+        with refusals():
+            async with (self.db if write else self.reader).execute(sql, tuple(args)) as cursor:
+                return list(await cursor.fetchall())
 
     async def _change(self, sql: str, args: Iterable[Any]) -> int:
         """One write statement, in autocommit: atomic on its own, and one round trip
         to the database thread instead of three for BEGIN/statement/COMMIT."""
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return cursor.rowcount
+        with refusals():
+            async with self.db.execute(sql, tuple(args)) as cursor:
+                return cursor.rowcount
 
     async def _insert(self, table: str, values: dict[str, Any]) -> None:
         names = ", ".join(values)
@@ -433,6 +495,7 @@ class SqliteStore:
             "webhook_next_at = CASE WHEN webhook_delivery_status = 'pending' THEN ? END "
             "WHERE completed_at IS NULL RETURNING org_id, trace_id",
             (error, when, when, when),
+            write=True,
         )
         return [(row[0], row[1]) for row in rows]
 
@@ -477,16 +540,68 @@ class SqliteStore:
                 [v for seq, event in chunk for v in (trace_id, seq, event, expires_at)],
             )
 
-    async def get_events(self, trace_id: str, after_seq: int, now: float) -> list[str]:
+    async def get_events(
+        self, trace_id: str, after_seq: int, now: float, limit: int | None = None
+    ) -> list[str]:
         rows = await self._all(
             "SELECT event FROM execution_events WHERE trace_id = ? AND seq > ? AND expires_at > ? "
-            "ORDER BY seq",
-            (trace_id, after_seq, now),
+            "ORDER BY seq LIMIT ?",
+            (trace_id, after_seq, now, -1 if limit is None else limit),
         )
         return [row[0] for row in rows]
 
+    async def get_output(self, trace_id: str, stream: Stream, offset: int, size: int) -> str:
+        column = {"stdout": "stdout", "stderr": "stderr"}[stream]  # never text from outside
+        row = await self._one(
+            f"SELECT substr({column}, ?, ?) FROM executions WHERE trace_id = ?",
+            (offset + 1, size, trace_id),
+        )
+        return str(row[0] or "") if row else ""
+
     async def purge_events(self, now: float) -> int:
         return await self._change("DELETE FROM execution_events WHERE expires_at <= ?", [now])
+
+
+@contextlib.contextmanager
+def refusals() -> Iterator[None]:
+    """SQLite's refusals as core errors: 503, with Retry-After when it should pass."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        primary = _primary(exc)
+        if primary in BUSY:
+            raise Unavailable(
+                "the database is busy (locked by another process); try again",
+                retry_after=BUSY_RETRY_S,
+            ) from exc
+        if primary == sqlite3.SQLITE_FULL:
+            raise NoSpace() from exc
+        raise _unavailable(exc) from exc
+    except sqlite3.DatabaseError as exc:  # damaged (SQLITE_CORRUPT, SQLITE_NOTADB), or worse
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: sqlite3.DatabaseError) -> Unavailable:
+    """SQLite's own words say what failed, never where (the error keeps it as its cause)."""
+    damaged = _primary(exc) in DAMAGED
+    return Unavailable(f"the database is {'damaged' if damaged else 'unavailable'} ({exc})")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why the database could not be opened, in SQLite's or the system's words."""
+    cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    damaged = isinstance(cause, sqlite3.DatabaseError) and _primary(cause) in DAMAGED
+    hint = "; restore it from a backup" if damaged else ""
+    return f"{cause}{hint}"
+
+
+def _primary(exc: sqlite3.DatabaseError) -> int:
+    """SQLite's primary result code of the error (0 when it carries none)."""
+    return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
 
 
 def _volume(row: Any) -> Volume:

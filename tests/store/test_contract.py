@@ -59,6 +59,17 @@ async def test_execution_round_trip(store: Store) -> None:
     assert await store.get_execution(org.id, record.trace_id) == finished
 
 
+async def test_recorded_output_is_read_in_pieces(store: Store) -> None:
+    org = await store.create_org("acme", 4)
+    record = dataclasses.replace(execution(org.id), stdout="é✓" * 5 + "end", stderr=None)
+    await store.insert_execution(record)
+    pieces = [await store.get_output(record.trace_id, "stdout", at, 4) for at in (0, 4, 8, 12)]
+    assert pieces == ["é✓é✓", "é✓é✓", "é✓en", "d"]  # characters, not bytes
+    assert await store.get_output(record.trace_id, "stdout", 13, 4) == ""  # past the end
+    assert await store.get_output(record.trace_id, "stderr", 0, 4) == ""  # none recorded
+    assert await store.get_output("trc_none", "stdout", 0, 4) == ""  # no such record
+
+
 async def test_execution_of_another_org_is_none(store: Store) -> None:
     mine = await store.create_org("mine", 1)
     theirs = await store.create_org("theirs", 1)
@@ -105,6 +116,8 @@ async def test_events_are_kept_until_they_expire(store: Store) -> None:
     stored = await store.get_events("trc_a", 1200, now)
     assert stored == ['{"seq":1201}', '{"seq":1202}']
     assert len(await store.get_events("trc_a", 0, now)) == 1202
+    paged = await store.get_events("trc_a", 10, now, limit=3)  # how a lagging reader reads
+    assert paged == ['{"seq":11}', '{"seq":12}', '{"seq":13}']
     assert await store.get_events("trc_b", 0, now) == []  # expired: no longer served
     assert await store.purge_events(now) == 2
     assert await store.purge_events(now + 11) == 1202

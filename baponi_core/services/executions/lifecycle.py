@@ -4,6 +4,7 @@ its own under the thread quota, storage written back, the end recorded."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from baponi_core.store import Store
 log = logging.getLogger(__name__)
 
 QUOTA_SAMPLE_S = 0.1  # at least this long between two measures of a thread home
+RECORD_RETRY_S = (0.5, 1.0, 2.0, 5.0)  # between tries to record an end, the last repeated
 
 
 class Lifecycle:
@@ -72,13 +74,21 @@ class Lifecycle:
             log.exception("execution %s failed", run.trace_id)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._settle(run)
+                recorded = await self._settle(run)
+            try:
+                if not recorded:
+                    await self._retry(run)
+            finally:
+                self._release(run)
 
     async def _run(self, run: Run) -> None:
         record, request = run.record, run.request
         if record.status is ExecutionStatus.QUEUED and await run.recorded():
             record.status = ExecutionStatus.RUNNING
-            await self.store.update_execution(record)
+            try:  # only a step on the way: the end is what must be recorded
+                await self.store.update_execution(record)
+            except BaponiError as exc:
+                log.warning("could not record %s as running: %s", run.trace_id, exc.message)
         run.journal.append(StatusEvent(trace_id=record.trace_id, status=ExecutionStatus.RUNNING))
         if run.stop.is_set():  # cancelled before it started
             status.stopped(run)
@@ -181,12 +191,8 @@ class Lifecycle:
                 quota.cancel()
 
     async def _store_end(self, run: Run) -> None:
-        try:
-            if await run.recorded():
-                await self.store.update_execution(run.record)
-                run.stored_end = True
-        except Exception:  # the settle tries again
-            log.exception("could not record the end of %s", run.trace_id)
+        if await run.recorded():
+            await self._record_end(run, events=False)  # if it fails, the settle tries again
 
     async def _watch_quota(self, run: Run, workspace: Path, scope: anyio.CancelScope) -> None:
         """Sample the home's size while code runs (until ``scope`` is cancelled); growing
@@ -215,23 +221,51 @@ class Lifecycle:
                 return
             await anyio.sleep(max(QUOTA_SAMPLE_S, 20 * (time.monotonic() - started)))
 
-    async def _settle(self, run: Run) -> None:
-        """Record the end, whatever happened; then let waiters and the webhook go."""
+    async def _settle(self, run: Run) -> bool:
+        """Close the journal with the result and try once to record the end, whatever
+        happened; whether it is recorded (or never will be: the submission was refused)."""
         if run.result is None:  # crashed: never leave a record running
             status.finish(run, ExecutionStatus.FAILED, "internal_error", exit_code=-1)
         status.close_journal(run)
-        try:
-            recorded = await run.recorded()
-            if recorded and not run.stored_end:
-                await self.store.update_execution(run.record)
-            if recorded and run.kept:
-                await self.log.persist(run)
-        except Exception:
-            log.exception("could not record the end of %s", run.trace_id)
+        return not await run.recorded() or await self._record_end(run)
+
+    async def _retry(self, run: Run) -> None:
+        """Try again until the end is recorded: a store that refuses (locked by another
+        process, disk full) must not leave the record running. Waiters are woken
+        meanwhile; the run stays live (its journal is what readers follow). A shutdown
+        cancels the tries, and the next start settles the record (ExecutionLog.recover)."""
+        run.done.set()
+        for attempt in itertools.count():
+            await anyio.sleep(RECORD_RETRY_S[min(attempt, len(RECORD_RETRY_S) - 1)])
+            if await self._record_end(run):
+                log.info("recorded the end of %s after %d retries", run.trace_id, attempt + 1)
+                return
+
+    def _release(self, run: Run) -> None:
+        """The run leaves the live set; its waiters and its webhook go; its journal keeps
+        nothing more in memory (readers still open read the store)."""
         self.live.pop(run.trace_id, None)
+        run.journal.release()
         run.done.set()
         if run.record.webhook_delivery_status is WebhookStatus.PENDING:
             self.webhooks.wake()
+
+    async def _record_end(self, run: Run, events: bool = True) -> bool:
+        """Store the completed record and (with ``events``) the last events; whether all
+        of it is in."""
+        try:
+            if not run.stored_end:
+                await self.store.update_execution(run.record)
+                run.stored_end = True
+            if events and run.kept:
+                await self.log.persist(run)
+        except BaponiError as exc:
+            log.warning("could not record the end of %s yet: %s", run.trace_id, exc.message)
+            return False
+        except Exception:
+            log.exception("could not record the end of %s", run.trace_id)
+            return False
+        return True
 
 
 def limits_for(profile: Profile) -> Limits:

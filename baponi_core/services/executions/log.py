@@ -10,8 +10,19 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-from baponi_core.events import OutputEvent, ResultEvent, decode, encode
+from baponi_core.errors import BaponiError
+from baponi_core.events import (
+    PIECE_CHARS,
+    Event,
+    OutputEvent,
+    ResultEvent,
+    decode,
+    encode,
+    pieces,
+    stored_result_pieces,
+)
 from baponi_core.records import Execution
+from baponi_core.sandbox.spec import Stream
 from baponi_core.services.executions.run import Run
 from baponi_core.services.executions.status import SERVER_STOPPED, result_event
 from baponi_core.store import Store
@@ -21,6 +32,8 @@ log = logging.getLogger(__name__)
 RETENTION_S = 300  # output is kept for timeout + this, after the start
 PERSIST_EVERY_S = 0.5
 PURGE_EVERY_S = 60
+STORE_BATCH_BYTES = 1 << 20
+BACKLOG_PAGE = 4  # stored events a lagging reader holds at once: 4 x MAX_OUTPUT_CHARS
 
 
 class ExecutionLog:
@@ -50,21 +63,40 @@ class ExecutionLog:
         await self.store.update_execution(record)
 
     async def keep(self, run: Run) -> None:
-        """Store the run's new events every PERSIST_EVERY_S, until cancelled."""
+        """Store the run's new events every PERSIST_EVERY_S, until cancelled. A store that
+        refuses (locked, full) only delays them: the next round, or the settle, stores them."""
         if not await run.recorded():
             return
         while True:
             await anyio.sleep(PERSIST_EVERY_S)
-            await self.persist(run)
+            try:
+                await self.persist(run)
+            except BaponiError as exc:
+                log.warning("could not store the events of %s yet: %s", run.trace_id, exc.message)
 
     async def persist(self, run: Run) -> None:
-        events = run.journal.events[run.persisted :]
-        if not events:
-            return
-        await self.store.add_events(
-            run.trace_id, [(e.seq, encode(e)) for e in events], _expiry(run.record)
-        )
-        run.persisted += len(events)
+        """Store the events not stored yet, about STORE_BATCH_BYTES at a time (no write
+        of megabytes at once); the journal may then let them go from memory."""
+        batch: list[tuple[int, str]] = []
+        held = 0
+        for event in run.journal.after(run.persisted):
+            line = encode(_hollow(event))
+            batch.append((event.seq, line))
+            held += len(line)
+            if held >= STORE_BATCH_BYTES:
+                await self._store(run, batch)
+                batch, held = [], 0
+        if batch:
+            await self._store(run, batch)
+        run.journal.stored(run.persisted)
+
+    async def _store(self, run: Run, batch: list[tuple[int, str]]) -> None:
+        await self.store.add_events(run.trace_id, batch, _expiry(run.record))
+        run.persisted = batch[-1][0]
+
+    def spill(self, trace_id: str) -> StoredEvents:
+        """Where the journal of ``trace_id`` reads back what it let go."""
+        return StoredEvents(self.store, trace_id)
 
     async def purge(self) -> None:
         """Delete expired events, every PURGE_EVERY_S, forever."""
@@ -76,15 +108,51 @@ class ExecutionLog:
             await anyio.sleep(PURGE_EVERY_S)
 
     async def replay(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
-        """The stored NDJSON lines after ``after_seq`` of an execution no longer live."""
-        stored = await self.store.get_events(record.trace_id, 0, time.time())
-        for line in stored[after_seq:]:
-            yield line + "\n"
+        """The stored NDJSON of an execution no longer live after ``after_seq``, read a
+        page at a time and sent in pieces (see :meth:`Journal.lines`)."""
+        spill = self.spill(record.trace_id)
+        position = max(after_seq - 1, 0)  # the event at after_seq itself says if one is missing
+        last: Event | None = None
+        while events := await spill.events(position):
+            for event in events:
+                position, last = event.seq, event
+                if event.seq <= after_seq:
+                    continue
+                if isinstance(event, ResultEvent):  # stored without the output: the record has it
+                    async for piece in stored_result_pieces(event, spill.output):
+                        yield piece
+                else:
+                    for piece in pieces(event):
+                        yield piece
         # A server stop can leave stored output without its result event: end it properly.
-        if stored and not isinstance(decode(stored[-1]), ResultEvent) and len(stored) >= after_seq:
+        if last is not None and not isinstance(last, ResultEvent):
             event = result_event(record)
-            event.seq = len(stored) + 1
-            yield encode(event) + "\n"
+            event.seq = last.seq + 1
+            for piece in pieces(event):
+                yield piece
+
+
+class StoredEvents:
+    """The stored events of one execution, and its recorded output (a journal's Spill)."""
+
+    def __init__(self, store: Store, trace_id: str) -> None:
+        self.store = store
+        self.trace_id = trace_id
+
+    async def events(self, after_seq: int) -> list[Event]:
+        lines = await self.store.get_events(self.trace_id, after_seq, time.time(), BACKLOG_PAGE)
+        return [decode(line) for line in lines]
+
+    async def output(self, stream: Stream, offset: int) -> str:
+        return await self.store.get_output(self.trace_id, stream, offset, PIECE_CHARS)
+
+
+def _hollow(event: Event) -> Event:
+    """The event as stored: a result without the output it repeats (the record holds it)."""
+    if not isinstance(event, ResultEvent):
+        return event
+    result = event.result.model_copy(update={"stdout": "", "stderr": ""})
+    return event.model_copy(update={"result": result})
 
 
 def _expiry(record: Execution) -> float:

@@ -15,6 +15,7 @@ from baponi_core.events import Event
 from baponi_core.models import ExecuteRequest, SandboxResult
 from baponi_core.records import DeliveryMode, Execution, Profile, Volume
 from baponi_core.services.journal import Journal
+from baponi_core.services.streams import Counted
 
 
 class StopReason(Enum):
@@ -72,8 +73,9 @@ class Submission:
     """An admitted execution, as its submitter sees it: its id, its events while it runs,
     its result. Whatever the submitter does, the execution runs to its end."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, stream: contextlib.ExitStack | None = None) -> None:
         self._run = run
+        self._stream = stream or contextlib.ExitStack()  # an open stream counted, if streaming
 
     @property
     def trace_id(self) -> str:
@@ -101,5 +103,6 @@ class Submission:
         return self._run.journal.follow(after_seq)
 
     def lines(self, after_seq: int = 0) -> AsyncIterator[str]:
-        """:meth:`events` as NDJSON lines."""
-        return self._run.journal.lines(after_seq)
+        """:meth:`events` as NDJSON (lines in pieces); a streaming submission's stream is
+        counted as open until these are read to the end or dropped."""
+        return Counted(self._stream, self._run.journal.lines(after_seq))

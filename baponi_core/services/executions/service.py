@@ -9,6 +9,7 @@ A client going away never stops an execution; a cancel or a shutdown does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -26,9 +27,11 @@ from baponi_core.services.executions.lifecycle import Lifecycle
 from baponi_core.services.executions.log import ExecutionLog
 from baponi_core.services.executions.run import Run, StopReason, Submission
 from baponi_core.services.journal import Journal
+from baponi_core.services.streams import Counted, OpenStreams
 from baponi_core.services.threads import ThreadClaims
 from baponi_core.services.webhooks import Webhooks
 from baponi_core.storage.places import Storage
+from baponi_core.storage.space import Space
 from baponi_core.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,13 +48,16 @@ class Executions:
         limiter: ConcurrencyLimiter,
         webhooks: Webhooks,
         quota: int,
+        space: Space,
     ) -> None:
         self.store = store
+        self.space = space
         self.limiter = limiter
         self.threads = ThreadClaims()
         self.webhooks = webhooks
         self.log = ExecutionLog(store)
         self.accepting = True
+        self.streams = OpenStreams()
         self._live: dict[str, Run] = {}
         self._lifecycle = Lifecycle(store, runtime, storage, self.log, webhooks, quota, self._live)
         self._tasks: TaskGroup | None = None
@@ -71,17 +77,25 @@ class Executions:
         """Admit ``request`` and start it; refusals (plan, limits, busy thread) raise."""
         if not self.accepting or self._tasks is None:
             raise Unavailable("the server is shutting down; try again shortly")
+        self.space.check()  # its record, its output, its thread home: nowhere to go
         admission.check(principal, request, mode, self.webhooks)
-        with admission.hold(self.limiter, self.threads, principal, request) as held:
-            record = admission.record_for(principal, request, mode)
-            run = Run(
-                record,
-                request,
-                principal.profile,
-                principal.volumes,
-                held.pop_all(),
-                Journal(record.trace_id),
-            )
+        with contextlib.ExitStack() as stream:
+            if mode is DeliveryMode.STREAMING:
+                stream.enter_context(self.streams.claim(principal.org))
+            with admission.hold(self.limiter, self.threads, principal, request) as held:
+                record = admission.record_for(principal, request, mode)
+                kept = mode is not DeliveryMode.INLINE  # its events go to the store
+                spill = self.log.spill(record.trace_id) if kept else None
+                journal = Journal(record.trace_id, spill)
+                run = Run(
+                    record,
+                    request,
+                    principal.profile,
+                    principal.volumes,
+                    held.pop_all(),
+                    journal,
+                )
+            claim = stream.pop_all()
         # It starts at once, its sandbox being set up while the record is inserted; the
         # caller has its trace id only once the record is there.
         self._live[record.trace_id] = run
@@ -91,13 +105,18 @@ class Executions:
         except BaseException:
             run.insert_failed = True
             run.request_stop(StopReason.SHUTDOWN)
+            claim.close()
             raise
         finally:
             run.inserted.set()
-        return Submission(run)
+        return Submission(run, claim)
 
     async def get(self, principal: Principal, trace_id: str) -> ExecutionView:
-        return ExecutionView.of(await self._record(principal, trace_id))
+        record = await self._record(principal, trace_id)
+        run = self._live.get(trace_id)
+        if run is not None and run.result is not None:  # ended, its record maybe not stored yet
+            record = run.record
+        return ExecutionView.of(record)
 
     async def cancel(self, principal: Principal, trace_id: str) -> Cancelling:
         record = await self._record(principal, trace_id)
@@ -110,9 +129,10 @@ class Executions:
     async def events(
         self, principal: Principal, trace_id: str, after_seq: int = 0
     ) -> AsyncIterator[str]:
-        """NDJSON lines after ``after_seq``: live while running, then from the store."""
+        """NDJSON lines after ``after_seq``: live while running, then from the store; an
+        open stream of the caller's organisation until read to the end or closed."""
         record = await self._record(principal, trace_id)
-        return self._events(record, after_seq)
+        return Counted(self.streams.claim(principal.org), self._events(record, after_seq))
 
     async def _events(self, record: Execution, after_seq: int) -> AsyncIterator[str]:
         run = self._live.get(record.trace_id)
