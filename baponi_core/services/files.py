@@ -202,8 +202,9 @@ class Files:
                 try:
                     await self.storage.main.upload(grant, chunks)
                 except OSError as exc:
-                    if exc.errno not in FULL or place.size is None:
-                        raise  # its own filesystem full: the quota, not the disk
+                    if exc.errno not in FULL or place.size is None or self.space.full:
+                        raise
+                    # Its own filesystem full, not the disk: the quota.
                     raise _quota_exceeded(f"upload of {grant.size} bytes", place) from exc
 
     async def _granted(self, grant: Grant) -> Place:

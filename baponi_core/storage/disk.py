@@ -107,6 +107,9 @@ class DiskBackend:
             async with aclosing(sized(chunks, grant.size)) as body:
                 async for chunk in body:
                     await anyio.to_thread.run_sync(write, upload, chunk)
+            # On disk before it has a name: an answered upload is never lost, and one that
+            # cannot be written (a full disk under a home's image) is refused, not half-kept.
+            await anyio.to_thread.run_sync(os.fsync, upload.fd)
             await anyio.to_thread.run_sync(self.tree.commit, upload)
         finally:
             upload.close()  # an unlinked O_TMPFILE: what was not committed disappears
