@@ -37,7 +37,7 @@ from baponi_core.sandbox import (
 )
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.mountns import PRIVATE_BASE
-from baponi_core.sandbox.rootfs import BASE_ENV, HOST_UID
+from baponi_core.sandbox.rootfs import BASE_ENV, STORAGE_UID
 from tests.harness import (
     ROOT,
     marker_processes,
@@ -77,7 +77,7 @@ class Sandboxes:
         """A directory the sandbox may mount, owned by the sandbox uid."""
         path = self.shared / name
         path.mkdir()
-        os.chown(path, HOST_UID, HOST_UID)
+        os.chown(path, STORAGE_UID, STORAGE_UID)
         return path
 
 
@@ -384,7 +384,7 @@ def test_attach_mounts_a_home_and_volumes_once(sandboxes: Sandboxes) -> None:
         assert (status, out) == (0, "from the hostdata")
         assert "Read-only file system" in err
         assert (home / "made.txt").read_text() == "new\n"
-        assert (home / "made.txt").stat().st_uid == HOST_UID
+        assert (home / "made.txt").stat().st_uid == STORAGE_UID
     finally:
         sandboxes.call(sandbox.close)
     assert (home / "kept.txt").exists()  # closing unmounts; it never removes what was mounted
