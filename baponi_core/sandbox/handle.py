@@ -13,8 +13,9 @@ Contract::
     await process.wait()                     # each with its own stdin, stdout, stderr
     sandbox.kill()                           # ends every process of the sandbox at once
     await sandbox.close()                    # always: kills, waits until no process of
-                                             # it runs, frees the cgroup, the mounts and
-                                             # the slot (wait=False: in the background)
+                                             # it runs, frees the cgroup, the mounts, the
+                                             # slot and its host uid (wait=False: in the
+                                             # background)
 
 A sandbox is never given back: whoever prepared it closes it, and no state of one user
 can reach another. Processes are killed with the sandbox; a process's own end is
@@ -22,6 +23,8 @@ reported by :meth:`Process.wait`, as a shell reports it (the exit code, or 128 +
 signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made raises
 :class:`MountError`; neither is ever the fault of code run in the sandbox.
 
+As root each sandbox runs as a host uid of its own (:mod:`uids`), taken at prepare and
+given back once nothing of it is left; its home and volumes are id-mapped to that uid.
 As root the server prepares the whole sandbox ahead and mounts the request's home and
 volumes into it at :meth:`Sandbox.attach` (:mod:`attach`). ``prepare(shape, ahead=False)``
 leaves the launch to ``attach`` instead, with the mounts bound as bwrap sets it up: for a

@@ -138,7 +138,10 @@ class SandboxRuntime:
         self._host.live.add(sandbox)
         try:
             if uids is not None and uid is not None and not uids.mapped(uid):
-                await anyio.to_thread.run_sync(uids.idmap, uid)  # once per uid: it is kept
+                try:  # once per uid: it is kept
+                    await anyio.to_thread.run_sync(uids.idmap, uid)
+                except OSError as exc:
+                    raise SandboxError(f"no id-mapping for uid {uid}: {exc}") from None
             if ahead and self._host.root:
                 await sandbox._launch(None, ready=True)
         except BaseException:

@@ -87,6 +87,9 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
+_CLAIM_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class Uids:
     """Hands out the uids of one range, lowest free first, to one server's sandboxes.
     Thread-safe. Root only."""
@@ -109,7 +112,7 @@ class Uids:
         raise OSError(f"no sandbox uid of {self.range} is free")
 
     def _claim(self, uid: int) -> bool:
-        fd = os.open(self._claims / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self._claims / str(uid), _CLAIM_FLAGS, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another server's sandbox has it
