@@ -52,7 +52,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from baponi_core.sandbox import agent, attach, bwrap
+from baponi_core.sandbox import agent, attach, bwrap, uids
 from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.pipes import PipeReader, PipeWriter
@@ -524,6 +524,8 @@ class Sandbox:
             with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
                 os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)
             os.close(self._init_pidfd)
+        elif self._bwrap is not None and self.uid is not None:  # bwrap's child never known
+            gone = not uids.running_as(self.uid)
         for point in reversed(self._mounted):
             try:
                 attach.detach(point)

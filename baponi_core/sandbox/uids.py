@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,33 @@ class UidRange:
 
 
 DEFAULT_UIDS = UidRange(100_000, 165_535)
+
+
+def running_as(uid: int, within_s: float = 1.0) -> bool:
+    """Whether a process of real uid ``uid`` still runs after ``within_s``: the check for
+    a sandbox whose init was never known (its set-up failed), so that nothing proves its
+    pid namespace is gone. Each process's status says its real uid (the owner of
+    its ``/proc`` files is root when it is not dumpable, as a sandbox's init is)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        if not any(_real_uid(entry) == uid for entry in os.scandir("/proc")):
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.01)
+
+
+def _real_uid(entry: os.DirEntry[str]) -> int | None:
+    if not entry.name.isdigit():
+        return None
+    try:
+        with open(f"{entry.path}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):  # it ended while we looked
+        pass
+    return None
 
 
 def _lines(path: Path) -> list[str]:

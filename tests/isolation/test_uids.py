@@ -189,10 +189,13 @@ def claimed(uid: int) -> bool:
 
 
 def uid_processes(uid: int) -> list[str]:
+    """Processes of real uid ``uid``, by their status (the files of a non-dumpable
+    process, such as a sandbox's init, belong to root)."""
     found = []
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+            if f"\nUid:\t{uid}\t" in status:
                 found.append(entry.name)
     return found
 

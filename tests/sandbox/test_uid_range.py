@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
+from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange, running_as
 from tests.harness import run_cli
 
 
@@ -63,3 +65,21 @@ def test_serve_refuses_a_bad_range(tmp_path: Path) -> None:
     assert "must not include 64000" in done.stderr
     from_env = run_cli(tmp_path / "home", "serve", env={"BAPONI_SANDBOX_UIDS": "9-3"})
     assert from_env.returncode == 2 and "--sandbox-uids" in from_env.stderr
+
+
+def test_running_as_sees_processes_by_their_real_uid() -> None:
+    """Even a non-dumpable one, whose /proc files belong to root."""
+    uid = 4_242_424
+    assert not running_as(uid, within_s=0)
+    code = "import ctypes, time; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); print(flush=True); "
+    code += "time.sleep(30)"
+    become = ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups"]
+    process = subprocess.Popen([*become, sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"\n"
+        assert Path(f"/proc/{process.pid}/status").stat().st_uid == 0  # PR_SET_DUMPABLE 0
+        assert running_as(uid, within_s=0)
+    finally:
+        process.kill()
+        process.wait()
+    assert not running_as(uid, within_s=0)
