@@ -14,6 +14,7 @@ from typing import Any
 
 from baponi_core.config import DEFAULT_THREAD_QUOTA
 from baponi_core.models import decimal
+from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
 
 SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -163,8 +164,16 @@ def add_home(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", help="state directory (default: $BAPONI_HOME or ~/.baponi)")
 
 
+def uid_range(text: str) -> UidRange:
+    try:
+        return UidRange.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where thread homes and volumes live; shared by ``baponi serve`` and ``baponi-mcp``."""
+    """Where thread homes and volumes live, and who sandboxes reach them as; shared by
+    ``baponi serve`` and ``baponi-mcp``."""
     env_option(
         parser,
         "--storage",
@@ -198,6 +207,16 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
         "(a run growing one past the quota is stopped): what a server that is not root, or "
         "has no loop devices, does anyway",
     )
+    env_option(
+        parser,
+        "--sandbox-uids",
+        "host uids for sandboxes when the server is root, FIRST-LAST: each running sandbox "
+        "gets one of its own, so per-user kernel limits are not shared; no host account or "
+        "subordinate id range may use them, nor another server's range",
+        default=str(DEFAULT_UIDS),
+        type=uid_range,
+        metavar="RANGE",
+    )
 
 
 def storage_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,6 +225,7 @@ def storage_settings(args: argparse.Namespace) -> dict[str, Any]:
         "storage_options": args.storage_options,
         "thread_quota_bytes": args.thread_quota,
         "sampled_quota": args.sampled_quota,
+        "sandbox_uids": args.sandbox_uids,
     }
 
 

@@ -13,6 +13,7 @@ import anyio
 from baponi_core.config import Settings
 from baponi_core.homelock import lock_home
 from baponi_core.sandbox import SandboxRuntime
+from baponi_core.sandbox.rootfs import STORAGE_UID
 from baponi_core.services.admin import Admin
 from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
@@ -76,8 +77,9 @@ class Core:
             stack.callback(os.close, lock_home(self.settings.home))
             await self.store.open()
             stack.push_async_callback(self.store.close)
-            # Sandboxes run as an unprivileged uid when we are root, else as ourselves.
-            owner = self.settings.sandbox_uid if os.geteuid() == 0 else None
+            # Stored files have one unprivileged owner when we are root (each sandbox sees
+            # them as its own through an id-mapped mount), else they are ours.
+            owner = STORAGE_UID if os.geteuid() == 0 else None
             signer = UrlSigner.load(self.settings.signing_keys)
             disks = None if self.settings.sampled_quota else _disks(owner)
             storage = Storage(
@@ -94,7 +96,7 @@ class Core:
                 stack.push_async_callback(disks.close)
             self._runtime = await stack.enter_async_context(
                 SandboxRuntime.open(
-                    self.settings.runtime, storage.shared, uid=self.settings.sandbox_uid
+                    self.settings.runtime, storage.shared, uids=self.settings.sandbox_uids
                 )
             )
             stack.push_async_callback(self.webhooks.close)

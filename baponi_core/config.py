@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baponi_core.sandbox.rootfs import HOST_UID
+from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
 
 DEFAULT_PORT = 8080
 DEFAULT_THREAD_QUOTA = 10 << 30  # 10 GiB: one file of the largest size an upload may have
@@ -23,7 +23,7 @@ class Settings:
     """Everything lives under ``home``: the SQLite database, thread homes, runtime files."""
 
     home: Path
-    sandbox_uid: int = HOST_UID  # the unprivileged host uid sandboxes run as when we are root
+    sandbox_uids: UidRange = DEFAULT_UIDS  # host uids for sandboxes, one each, when we are root
     allow_private_webhooks: bool = False  # let webhooks reach private/loopback addresses
     webhook_ca_file: Path | None = None  # extra CAs trusted for webhook targets
     webhook_retry_delays: tuple[float, ...] = RETRY_DELAYS_S

@@ -9,7 +9,10 @@ propagated mounts, so sandboxed code can neither unmount nor remount them.
 
 A mount is cloned from a descriptor the server opened (``open_tree``), never from a path,
 so a link planted by sandboxed code is never followed; it gets ``nosuid`` and ``nodev``
-(and ``ro``) before it is moved into place, so the sandbox never sees it otherwise.
+(and ``ro``) before it is moved into place, so the sandbox never sees it otherwise. A
+thread home or a volume is also *id-mapped* (``idmap``, a user namespace from
+:mod:`idmap`): stored files belong to one owner, and each sandbox, running as a host uid
+of its own, sees them as its own through the mount, and stores what it makes as theirs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
 OPEN_TREE_CLONE, AT_EMPTY_PATH, AT_FDCWD = 0x1, 0x1000, -100
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+MOUNT_ATTR_IDMAP = 0x100000
 MNT_DETACH = 2
 
 
@@ -38,27 +42,11 @@ class _MountAttr(ctypes.Structure):
     )
 
 
-def bind(fd: int, target: Path, read_only: bool) -> None:
-    """Mount the directory open as ``fd`` (only it, none of its submounts) at ``target``."""
-    tree = syscall(
-        SYS_OPEN_TREE,
-        fd,
-        b"",
-        OPEN_TREE_CLONE | AT_EMPTY_PATH | os.O_CLOEXEC,
-        what=f"open_tree for {target}",
-    )
+def bind(fd: int, target: Path, read_only: bool, idmap: int | None = None) -> None:
+    """Mount the directory open as ``fd`` (only it, none of its submounts) at ``target``,
+    id-mapped by the user namespace ``idmap`` when given."""
+    tree = _clone(fd, read_only, idmap, str(target))
     try:
-        wanted = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if read_only else 0)
-        attr = _MountAttr(wanted, 0, 0, 0)
-        syscall(
-            SYS_MOUNT_SETATTR,
-            tree,
-            b"",
-            AT_EMPTY_PATH,
-            ctypes.byref(attr),
-            ctypes.sizeof(attr),
-            what=f"mount_setattr for {target}",
-        )
         syscall(
             SYS_MOVE_MOUNT,
             tree,
@@ -70,6 +58,45 @@ def bind(fd: int, target: Path, read_only: bool) -> None:
         )
     finally:
         os.close(tree)
+
+
+def check_idmap(directory: Path, idmap: int) -> None:
+    """Raise OSError unless ``directory``'s filesystem can be id-mapped: the mount is
+    made, detached, and dropped."""
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(_clone(fd, True, idmap, str(directory)))
+    finally:
+        os.close(fd)
+
+
+def _clone(fd: int, read_only: bool, idmap: int | None, what: str) -> int:
+    """A detached copy of the mount of ``fd``, with its attributes set."""
+    tree = syscall(
+        SYS_OPEN_TREE,
+        fd,
+        b"",
+        OPEN_TREE_CLONE | AT_EMPTY_PATH | os.O_CLOEXEC,
+        what=f"open_tree for {what}",
+    )
+    try:
+        wanted = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if read_only else 0)
+        if idmap is not None:
+            wanted |= MOUNT_ATTR_IDMAP
+        attr = _MountAttr(wanted, 0, 0, 0 if idmap is None else idmap)
+        syscall(
+            SYS_MOUNT_SETATTR,
+            tree,
+            b"",
+            AT_EMPTY_PATH,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+            what=f"mount_setattr for {what}",
+        )
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
 
 
 def tmpfs(target: Path, size: int, owner: int, mode: int) -> None:

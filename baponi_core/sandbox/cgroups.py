@@ -75,12 +75,14 @@ class Cgroup:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def remove(self, deadline_s: float = 5.0) -> None:
-        """Kill what is left, wait for the group to empty, then delete it."""
+    def remove(self, deadline_s: float = 5.0) -> bool:
+        """Kill what is left, wait for the group to empty, then delete it; whether it is
+        gone (the kernel refuses to delete a group that still holds a process)."""
         end = time.monotonic() + deadline_s
         while self.pids() and time.monotonic() < end:
             self.kill()
             time.sleep(0.002)
+        removed = True
         for d in reversed(self.dirs):
             try:
                 d.rmdir()
@@ -88,6 +90,8 @@ class Cgroup:
                 pass
             except OSError as exc:
                 log.warning("cgroup %s not removed: %s", d.name, exc.strerror)
+                removed = False
+        return removed
 
 
 class Cgroups:

@@ -13,8 +13,9 @@ Contract::
     await process.wait()                     # each with its own stdin, stdout, stderr
     sandbox.kill()                           # ends every process of the sandbox at once
     await sandbox.close()                    # always: kills, waits until no process of
-                                             # it runs, frees the cgroup, the mounts and
-                                             # the slot (wait=False: in the background)
+                                             # it runs, frees the cgroup, the mounts, the
+                                             # slot and its host uid (wait=False: in the
+                                             # background)
 
 A sandbox is never given back: whoever prepared it closes it, and no state of one user
 can reach another. Processes are killed with the sandbox; a process's own end is
@@ -22,6 +23,8 @@ reported by :meth:`Process.wait`, as a shell reports it (the exit code, or 128 +
 signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made raises
 :class:`MountError`; neither is ever the fault of code run in the sandbox.
 
+As root each sandbox runs as a host uid of its own (:mod:`uids`), taken at prepare and
+given back once nothing of it is left; its home and volumes are id-mapped to that uid.
 As root the server prepares the whole sandbox ahead and mounts the request's home and
 volumes into it at :meth:`Sandbox.attach` (:mod:`attach`). ``prepare(shape, ahead=False)``
 leaves the launch to ``attach`` instead, with the mounts bound as bwrap sets it up: for a
@@ -49,7 +52,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from baponi_core.sandbox import agent, attach, bwrap
+from baponi_core.sandbox import agent, attach, bwrap, uids
 from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.gate import Gate
@@ -57,7 +60,8 @@ from baponi_core.sandbox.pipes import PipeReader, PipeWriter
 from baponi_core.sandbox.rootfs import HOME
 from baponi_core.sandbox.slots import Slot, Slots
 from baponi_core.sandbox.spec import Command, Mount, Shape
-from baponi_core.sandbox.workers import Worker
+from baponi_core.sandbox.uids import Uids
+from baponi_core.sandbox.workers import Spawner, Worker
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +84,10 @@ class Host:
     """What every sandbox of one runtime is made with."""
 
     bwrap: str
-    uid: int | None  # the host uid sandboxes run as; None: the server's own
+    uids: Uids | None  # the host uids sandboxes run as, one each; None: the server's own
     cgroups: Cgroups | None
     gate: Path | None  # bwrap is started through it when there are cgroups (:mod:`gate`)
-    spawner: Worker  # starts bwrap, as the sandbox uid
+    spawner: Spawner  # starts bwrap, as the sandbox's uid
     janitor: Worker  # frees what ended sandboxes held
     etc: Path
     etc_binds: list[str]
@@ -97,7 +101,7 @@ class Host:
     def root(self) -> bool:
         """Whether the server is root: it can then mount, into a sandbox already running
         or into a slot before bwrap binds it."""
-        return self.uid is not None
+        return self.uids is not None
 
 
 class Process:
@@ -145,9 +149,10 @@ class Process:
 class Sandbox:
     """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
 
-    def __init__(self, host: Host, id: str, shape: Shape, slot: Slot) -> None:
+    def __init__(self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None) -> None:
         self.id = id
         self.shape = shape
+        self.uid = uid  # its own host uid, until it is freed; None: the server's
         self._host = host
         self._slot = slot
         self._bwrap: subprocess.Popen[bytes] | None = None
@@ -205,7 +210,7 @@ class Sandbox:
                 argv = gate.wrap(host.gate, argv)
                 passed.append(gate.held)
             try:
-                self._bwrap = await host.spawner.call(_popen, argv, errors_w, passed)
+                self._bwrap = await host.spawner.call(self.uid, _popen, argv, errors_w, passed)
                 if gate is not None and self._group is not None:
                     self._group.attach(self._bwrap.pid)  # bwrap, and all it will start
                     gate.open()
@@ -296,8 +301,8 @@ class Sandbox:
         if self._gone.is_set():
             raise SandboxError("the sandbox has ended")
         if home_fd is None:
-            assert self._host.uid is not None
-            attach.tmpfs(self._slot.home, self.shape.limits.home_bytes, self._host.uid, 0o700)
+            assert self.uid is not None
+            attach.tmpfs(self._slot.home, self.shape.limits.home_bytes, self.uid, 0o700)
             self._mounted.append(self._slot.home)
         self._mount_in_slot(home_fd, mounts, fds)
 
@@ -317,14 +322,16 @@ class Sandbox:
         self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]
     ) -> list[Path]:
         """The home (if any) at the slot's ``home/``, each mount at its place under
-        ``data/``; the mount points."""
+        ``data/``; the mount points. Each is id-mapped to the sandbox's uid."""
+        assert self._host.uids is not None and self.uid is not None
+        idmap = self._host.uids.idmap(self.uid)
         if home_fd is not None:
-            attach.bind(home_fd, self._slot.home, read_only=False)
+            attach.bind(home_fd, self._slot.home, read_only=False, idmap=idmap)
             self._mounted.append(self._slot.home)
         points = []
         for mount, fd in zip(mounts, fds, strict=True):
             points.append(self._slot.mount_point(mount.target))
-            attach.bind(fd, points[-1], mount.read_only)
+            attach.bind(fd, points[-1], mount.read_only, idmap)
             self._mounted.append(points[-1])
         return points
 
@@ -517,22 +524,34 @@ class Sandbox:
                 self._freed.set()
 
     def _release(self) -> None:
-        """Reap the init, unmount, remove the cgroup and the slot: blocking, on the
-        janitor's thread (in the server's mount namespace, where the mounts are)."""
+        """Reap the init, unmount, remove the cgroup and the slot, and give the uid back
+        if all that went: blocking, on the janitor's thread (in the server's mount
+        namespace, where the mounts are)."""
+        gone = True
         if self._init_pidfd is not None:
-            select.select([self._init_pidfd], [], [], 5)  # readable once the init has exited
+            # Readable once the init has exited, which the kernel lets it do only after
+            # every other process of its pid namespace has been reaped.
+            gone = bool(select.select([self._init_pidfd], [], [], 5)[0])
             with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
                 os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)
             os.close(self._init_pidfd)
+        elif self._bwrap is not None and self.uid is not None:  # bwrap's child never known
+            gone = not uids.running_as(self.uid)
         for point in reversed(self._mounted):
             try:
                 attach.detach(point)
             except OSError as exc:
                 log.error("sandbox %s: %s", self.id, exc)
+                gone = False
         self._mounted.clear()
         if self._group is not None:
-            self._group.remove()
+            gone = self._group.remove() and gone
         self._slot.remove()
+        if self.uid is not None and self._host.uids is not None:
+            if gone:
+                self._host.uids.give(self.uid)
+            else:  # something of it may live on: no other sandbox ever gets its uid
+                log.error("sandbox %s: uid %d kept out of use", self.id, self.uid)
 
 
 def _shell_status(status: int) -> int:

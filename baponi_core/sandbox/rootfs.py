@@ -10,8 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-HOST_UID = 64000  # the unprivileged host uid sandboxes run as when the server is root
-SANDBOX_UID = 1000  # the same user as seen inside the sandbox
+# The owner of every stored file sandboxes reach (thread homes, volumes) when the server
+# is root. No sandbox runs as it: each has a host uid of its own (:mod:`uids`) and sees
+# these files as its own through an id-mapped mount (:mod:`idmap`).
+STORAGE_UID = 64000
+SANDBOX_UID = 1000  # the sandbox user as seen inside the sandbox
 SANDBOX_USER = "baponi"
 HOME = "/home/baponi"
 

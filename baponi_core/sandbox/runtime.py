@@ -17,10 +17,11 @@ from baponi_core.sandbox import agent, attach, gate, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroups
 from baponi_core.sandbox.handle import Host, Sandbox, SandboxError
 from baponi_core.sandbox.libc import call
-from baponi_core.sandbox.rootfs import HOST_UID, build_etc
+from baponi_core.sandbox.rootfs import STORAGE_UID, build_etc
 from baponi_core.sandbox.slots import Slots
 from baponi_core.sandbox.spec import Shape
-from baponi_core.sandbox.workers import Worker
+from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange, Uids
+from baponi_core.sandbox.workers import Spawner, Worker
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ class SandboxRuntime:
         self._host = host
 
     @property
-    def uid(self) -> int | None:
-        """The host uid sandboxes run as (None: the server's own)."""
-        return self._host.uid
+    def owner(self) -> int | None:
+        """The uid that owns the files shared with sandboxes (None: the server's own)."""
+        return STORAGE_UID if self._host.root else None
 
     @property
     def bwrap_path(self) -> str:
@@ -50,13 +51,14 @@ class SandboxRuntime:
         workdir: Path,
         shared: Iterable[Path],
         *,
-        uid: int | None = HOST_UID,
+        uids: UidRange = DEFAULT_UIDS,
         bwrap_path: str | None = None,
     ) -> AsyncIterator[SandboxRuntime]:
         """A runtime; ``workdir`` holds its files when it cannot keep them in a private
         mount namespace (when the server is not root). ``shared`` are the host directories
         whose contents sandboxes may get (thread homes, volumes, caches): every home or
-        mount source must lie below one of them. As root, sandboxes run as ``uid``."""
+        mount source must lie below one of them. As root, each sandbox runs as a uid of
+        ``uids`` of its own; otherwise all run as ourselves."""
         found = bwrap_path or shutil.which("bwrap")
         if found is None:
             raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
@@ -65,24 +67,32 @@ class SandboxRuntime:
         # it is reparented to the host's pid 1 and lingers as a zombie (forever when the
         # server itself is pid 1 in a container). Sandbox.close reaps it.
         _set_child_subreaper()
-        if os.geteuid() == 0:
+        root = os.geteuid() == 0
+        if root:
+            conflicts = uids.host_conflicts()
+            if conflicts:
+                raise SandboxError(f"the sandbox uids {uids} are in use: {', '.join(conflicts)}")
             base, cgroups = mountns.private_base(), Cgroups.detect()
         else:  # sandboxes run as ourselves: our own directories are reachable
-            base, cgroups, uid = workdir, None, None
+            base, cgroups = workdir, None
         etc = base / "etc"
         etc_binds, slots = build_etc(etc), Slots.open(base / "slots", init)
-        spawner = Worker("spawner", uid=uid, thread=False)  # a thread when it switches uid
+        spawner = Spawner(switch=root)
         # The janitor unmounts: its thread starts on first use, from this one, so it is in
         # our private mount namespace.
-        janitor = Worker("janitor", thread=uid is not None)
-        if uid is not None:  # one bind of /etc for bwrap to make, not one per directory
+        janitor = Worker("janitor", thread=root)
+        pool = Uids(uids) if root else None
+        if root:  # one bind of /etc for bwrap to make, not one per directory
             _bind_host_etc(etc, etc_binds)
             etc_binds = []
+        shared = tuple(shared)
         try:
+            if pool is not None:
+                _check_idmaps(pool, shared)
             async with anyio.create_task_group() as tasks:
                 host = Host(
                     bwrap=found,
-                    uid=uid,
+                    uids=pool,
                     cgroups=cgroups,
                     gate=gate.install(base) if cgroups is not None else None,
                     spawner=spawner,
@@ -91,7 +101,7 @@ class SandboxRuntime:
                     etc_binds=etc_binds,
                     seccomp=seccomp.program(),
                     slots=slots,
-                    shared=tuple(shared),
+                    shared=shared,
                     tasks=tasks,
                 )
                 runtime = cls(host)
@@ -104,6 +114,8 @@ class SandboxRuntime:
         finally:
             spawner.close()
             janitor.close()
+            if pool is not None:
+                pool.close()
             if cgroups is not None:
                 cgroups.close()
 
@@ -117,12 +129,22 @@ class SandboxRuntime:
         the sandbox shorter. Raises SandboxError when it cannot be set up (then nothing of
         it is left)."""
         id = f"sbx-{secrets.token_hex(6)}"
-        sandbox = Sandbox(self._host, id, shape, self._host.slots.new(id))
-        self._host.live.add(sandbox)
-        if not (ahead and self._host.root):
-            return sandbox
+        uids, slot = self._host.uids, self._host.slots.new(id)
         try:
-            await sandbox._launch(None, ready=True)
+            uid = uids.take() if uids is not None else None
+        except OSError as exc:
+            slot.remove()
+            raise SandboxError(str(exc)) from None
+        sandbox = Sandbox(self._host, id, shape, slot, uid)
+        self._host.live.add(sandbox)
+        try:
+            if uids is not None and uid is not None and not uids.mapped(uid):
+                try:  # once per uid: it is kept
+                    await anyio.to_thread.run_sync(uids.idmap, uid)
+                except OSError as exc:
+                    raise SandboxError(f"no id-mapping for uid {uid}: {exc}") from None
+            if ahead and self._host.root:
+                await sandbox._launch(None, ready=True)
         except BaseException:
             await sandbox.close()
             raise
@@ -131,6 +153,18 @@ class SandboxRuntime:
     async def _close(self) -> None:
         for sandbox in list(self._host.live):
             await sandbox.close()
+
+
+def _check_idmaps(uids: Uids, shared: tuple[Path, ...]) -> None:
+    """Refuse to start when a shared directory cannot be id-mapped into sandboxes."""
+    for directory in shared:
+        if directory.is_dir():
+            try:
+                attach.check_idmap(directory, uids.idmap(uids.range.first))
+            except OSError as exc:
+                raise SandboxError(
+                    f"{directory} cannot be mounted id-mapped into sandboxes: {exc.strerror}"
+                ) from None
 
 
 def _bind_host_etc(etc: Path, names: list[str]) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core.sandbox.rootfs import HOST_UID
+from baponi_core.sandbox.rootfs import STORAGE_UID
+from baponi_core.sandbox.uids import DEFAULT_UIDS
 from tests.harness import SERVER_SECRET, Server, unique, wait_until
 
 SECRET_NAME = "BAPONI_TEST_SECRET"
@@ -76,11 +77,11 @@ def _descends_from(pid: str, ancestor: int) -> bool:
 
 
 def sandbox_uid_processes(server: Server) -> list[str]:
-    """This server's processes running as the sandbox uid, zombies included.
+    """This server's processes running as a sandbox uid, zombies included.
 
-    Other test sessions on the machine may run their own servers with the same uid, so a
-    process counts as ours when it sits in this server's cgroups (which sandboxed code
-    cannot leave) or descends from the server process.
+    Other servers on the machine run sandboxes as uids of the same range, so a process
+    counts as ours when it sits in this server's cgroups (which sandboxed code cannot
+    leave) or descends from the server process.
     """
     found = []
     for entry in Path("/proc").iterdir():
@@ -91,7 +92,7 @@ def sandbox_uid_processes(server: Server) -> list[str]:
             cgroups = (entry / "cgroup").read_text()
         except OSError:
             continue  # exited while we looked
-        if str(HOST_UID) not in status.get("Uid", "").split():
+        if not any(int(uid) in DEFAULT_UIDS for uid in status.get("Uid", "").split()):
             continue
         if f"srv-{server.process.pid}" in cgroups or _descends_from(entry.name, server.process.pid):
             found.append(
@@ -625,8 +626,8 @@ def test_no_new_privs_seccomp_and_unprivileged_uid(server: Server, api: httpx.Cl
     su = run(api, "su -c id root </dev/null; id -u", language="bash", timeout=10)
     assert su["stdout"].strip().splitlines()[-1] == "1000", su
     created = thread_home(server, thread) / "owned.txt"
-    assert created.stat().st_uid == HOST_UID
-    assert created.parent.stat().st_uid == HOST_UID
+    assert created.stat().st_uid == STORAGE_UID
+    assert created.parent.stat().st_uid == STORAGE_UID
 
 
 def test_host_devices_absent(api: httpx.Client) -> None:

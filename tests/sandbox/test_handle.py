@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sysconfig
 import tempfile
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +38,8 @@ from baponi_core.sandbox import (
 )
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.mountns import PRIVATE_BASE
-from baponi_core.sandbox.rootfs import BASE_ENV, HOST_UID
+from baponi_core.sandbox.rootfs import BASE_ENV, STORAGE_UID
+from baponi_core.sandbox.uids import DEFAULT_UIDS
 from tests.harness import (
     ROOT,
     marker_processes,
@@ -77,7 +79,7 @@ class Sandboxes:
         """A directory the sandbox may mount, owned by the sandbox uid."""
         path = self.shared / name
         path.mkdir()
-        os.chown(path, HOST_UID, HOST_UID)
+        os.chown(path, STORAGE_UID, STORAGE_UID)
         return path
 
 
@@ -386,7 +388,7 @@ def test_attach_mounts_a_home_and_volumes_once(sandboxes: Sandboxes) -> None:
         assert (status, out) == (0, "from the hostdata")
         assert "Read-only file system" in err
         assert (home / "made.txt").read_text() == "new\n"
-        assert (home / "made.txt").stat().st_uid == HOST_UID
+        assert (home / "made.txt").stat().st_uid == STORAGE_UID
     finally:
         sandboxes.call(sandbox.close)
     assert (home / "kept.txt").exists()  # closing unmounts; it never removes what was mounted
@@ -407,6 +409,48 @@ def test_sandboxes_never_see_each_other(sandboxes: Sandboxes) -> None:
         sandboxes.inside(sleeper.close)
     finally:
         sandboxes.call(first.close)
+        sandboxes.call(second.close)
+
+
+def uids_of(marker: str) -> set[int]:
+    """The real host uids of the processes named ``marker``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(
+                marker.encode()
+            ):
+                status = (entry / "status").read_text()
+                found.add(int(status.split("Uid:")[1].split()[0]))
+    return found
+
+
+def test_each_live_sandbox_has_a_host_uid_of_its_own(sandboxes: Sandboxes) -> None:
+    """Concurrent sandboxes run as different uids of the range; a closed one's uid is the
+    next one handed out again (lowest free first), and a home made by one uid is the
+    next uid's own."""
+    home = sandboxes.directory("uid-home")
+    first, second = sandboxes.ready(home), sandboxes.ready()
+    markers = [f"handle-uid-{n}-{uuid.uuid4().hex[:8]}" for n in (1, 2)]
+    try:
+        for sandbox, marker in zip((first, second), markers, strict=True):
+            sandboxes.call(sandbox.start, shell(f"exec -a {marker} sleep 30"))
+        wait_until(lambda: all(map(sleepers, markers)), within=10, what="both to run")
+        assert [uids_of(m) for m in markers] == [{first.uid}, {second.uid}]
+        assert first.uid != second.uid
+        assert first.uid in DEFAULT_UIDS and second.uid in DEFAULT_UIDS
+        status, _, _ = run(sandboxes, first, shell("echo made > ~/by-first"))
+        assert status == 0
+    finally:
+        sandboxes.call(first.close)
+    again = sandboxes.ready(home)
+    try:
+        assert again.uid == first.uid  # given back once all of it was gone, and reused
+        status, out, _ = run(sandboxes, again, shell("cat ~/by-first; stat -c %u ~/by-first"))
+        assert (status, out) == (0, "made\n1000\n")
+        assert (home / "by-first").stat().st_uid == STORAGE_UID  # stored as the one owner
+    finally:
+        sandboxes.call(again.close)
         sandboxes.call(second.close)
 
 

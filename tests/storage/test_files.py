@@ -26,7 +26,7 @@ import httpx
 import pytest
 from baponi import APIValidationError, BaponiError
 
-from baponi_core.sandbox.rootfs import HOST_UID
+from baponi_core.sandbox.rootfs import STORAGE_UID
 from baponi_core.storage.local import MAX_DEPTH
 from baponi_core.storage.signing import Grant, UrlSigner
 from tests.harness import (
@@ -213,7 +213,7 @@ def test_complete_workflow(server: Server, sdk: Any, api: httpx.Client, org_id: 
     assert json.loads(response.content) == {"sum": 15, "count": 5}
 
     uploaded = (server.threads / org_id / thread / "input.json").stat()
-    assert (uploaded.st_uid, stat.S_IMODE(uploaded.st_mode)) == (HOST_UID, 0o600)
+    assert (uploaded.st_uid, stat.S_IMODE(uploaded.st_mode)) == (STORAGE_UID, 0o600)
 
     deleted = files_call(api, "delete", source="thread", id=thread, path="results/output.json")
     assert deleted.status_code == 200 and deleted.json() == {"deleted": True}
@@ -228,7 +228,7 @@ def test_upload_makes_directories_the_thread_can_use(server: Server, sdk: Any, o
     upload(sdk, thread, "./deep//er/./x.txt", b"from the client")
     home = server.threads / org_id / thread
     for made in (home, home / "deep", home / "deep/er", home / "deep/er/x.txt"):
-        assert made.lstat().st_uid == HOST_UID, made
+        assert made.lstat().st_uid == STORAGE_UID, made
     stdout = execute(
         sdk,
         thread,

@@ -26,7 +26,7 @@ from baponi_core.sandbox import (
     run_to_end,
     volume_mounts,
 )
-from baponi_core.sandbox.rootfs import HOST_UID
+from baponi_core.sandbox.rootfs import STORAGE_UID
 from tests.harness import ERRNO_PROBE, runtime_on_a_thread, unique
 
 # -- mounts: pure parts -----------------------------------------------------------------------
@@ -89,7 +89,7 @@ class Sandboxes:
             (path / name).write_text(text)
         if os.geteuid() == 0:
             for item in [path, *path.rglob("*")]:
-                os.chown(item, HOST_UID, HOST_UID, follow_symlinks=False)
+                os.chown(item, STORAGE_UID, STORAGE_UID, follow_symlinks=False)
         return path
 
     def run(self, code: str, *mounts: Mount) -> Outcome:
@@ -131,7 +131,7 @@ def test_writable_volume_persists_on_the_host(sandboxes: Sandboxes) -> None:
     written = host / "out" / "deep" / "result.txt"
     assert written.read_text() == "from sandbox"
     if os.geteuid() == 0:
-        assert written.stat().st_uid == HOST_UID
+        assert written.stat().st_uid == STORAGE_UID
     again = sandboxes.report(
         "import json; print(json.dumps(open('/data/work/out/deep/result.txt').read()))", mount
     )

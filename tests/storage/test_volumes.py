@@ -23,7 +23,7 @@ import pytest
 from baponi import APIValidationError, ForbiddenError
 
 from baponi_core.errors import NotFound
-from baponi_core.sandbox.rootfs import HOST_UID
+from baponi_core.sandbox.rootfs import STORAGE_UID
 from baponi_core.storage.local import LocalTree
 from tests.harness import (
     ERRNO_PROBE,
@@ -74,7 +74,7 @@ def seed(home: Path, org: str, vol: str, files: dict[str, str]) -> None:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     for item in [root, *root.rglob("*")]:
-        os.chown(item, HOST_UID, HOST_UID, follow_symlinks=False)
+        os.chown(item, STORAGE_UID, STORAGE_UID, follow_symlinks=False)
 
 
 def new_key(home: Path, *args: str) -> str:

@@ -153,7 +153,7 @@ class Lifecycle:
             return ()
         try:
             return await anyio.to_thread.run_sync(
-                _mounts, volumes, run.request.sub_paths, self.runtime.uid
+                _mounts, volumes, run.request.sub_paths, self.runtime.owner
             )
         except (BaponiError, OSError):
             log.exception("could not mount the volumes of %s", run.trace_id)
