@@ -316,6 +316,29 @@ def org_key(server: Server, name: str, *create: str) -> str:
     return server.new_key("--org", name)
 
 
+def run_in_thread(
+    api: httpx.Client, code: str, thread: str, timeout: int = 30
+) -> dict[str, object]:
+    """An inline execution of ``code`` in ``thread``, which must be answered (200)."""
+    response = api.post(
+        "/v1/sandbox/execute", json={"code": code, "thread_id": thread, "timeout": timeout}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``where`` with ``options`` (root only), unmounted afterwards."""
+    where.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
 def files_call(client: httpx.Client, action: str, **body: Any) -> httpx.Response:
     """One raw Files API request; ``action`` is list, upload_url, download_url or delete."""
     if action == "delete":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.harness import (
     files_call,
     start_server,
     stop_server,
+    tmpfs,
     unique,
     wait_until,
 )
@@ -36,13 +36,8 @@ MiB = 1 << 20
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 48 MiB tmpfs, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "size=48m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def fill(path: Path) -> None:

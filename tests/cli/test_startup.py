@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from baponi_core.config import Settings
-from tests.harness import BAPONI, cli, free_port
+from tests.harness import BAPONI, cli, free_port, tmpfs
 
 START_TIMEOUT_S = 60  # a process still there by then never exits on its own
 
@@ -95,13 +95,8 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs (root only), unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "ro"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def test_a_home_that_cannot_be_written(read_only_dir: Path) -> None:

@@ -40,7 +40,7 @@ async def main(base: Path) -> None:
         await process.wait()
         process.close()
         await sandbox.close()
-    print(json.dumps({"root": runtime.uid is not None, "filled": json.loads(out)}))
+    print(json.dumps({"root": runtime.owner is not None, "filled": json.loads(out)}))
 
 
 if __name__ == "__main__":

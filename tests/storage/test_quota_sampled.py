@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.harness import Server, start_server, stop_server
+from tests.harness import run_in_thread as run
 
 QUOTA = 1 << 20
 
@@ -34,15 +35,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def api(small: Server) -> Iterator[httpx.Client]:
     with small.client() as client:
         yield client
-
-
-def run(api: httpx.Client, code: str, thread: str, timeout: int = 30) -> dict[str, object]:
-    response = api.post(
-        "/v1/sandbox/execute", json={"code": code, "thread_id": thread, "timeout": timeout}
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
 
 
 def home_bytes(server: Server, thread: str) -> int:
