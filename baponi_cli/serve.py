@@ -149,5 +149,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             await server.serve([sock])
             return server.started
 
-    started = asyncio.run(serve())
+    # The event loop uvicorn would pick itself (uvloop where installed): the stdlib loop
+    # doubled the time of a whole execution here.
+    loop_factory = uvicorn.Config(app="").get_loop_factory()  # no app needed to know it
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        started = runner.run(serve())
     return 0 if started else 1
