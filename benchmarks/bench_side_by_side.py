@@ -4,7 +4,8 @@ On a shared machine the API latency of ``bench_latency.py`` drifts by more from 
 to the next than a small change costs. This starts one ``baponi serve`` from each tree
 (``--before`` and ``--after``, each run with its own tree first on ``PYTHONPATH``) and
 alternates requests between them, swapping which goes first every round, so drift hits
-both alike. Each request is ``echo 1`` in bash, without a thread and, with
+both alike. Each request is ``echo 1`` in bash (or, with ``--language``, the same in
+python or node), without a thread and, with
 ``--thread``, in one thread home.
 
 Run from the repository root, e.g. against the last commit::
@@ -59,6 +60,9 @@ def compare(servers: dict[str, Server], body: dict[str, Any], runs: int, warmup:
         )
 
 
+PROGRAMS = {"bash": "echo 1", "python": "print(1)", "node": "console.log(1)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="the tree before the change")
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=300, help="measured pairs (default 300)")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured pairs (default 20)")
     parser.add_argument("--thread", action="store_true", help="also measure in a thread home")
+    parser.add_argument(
+        "--language", choices=sorted(PROGRAMS), default="bash", help="what prints 1 (bash)"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be >= 1 and --warmup >= 0")
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 home = Path(homes) / name
                 servers[name] = start_server(home, env={"PYTHONPATH": str(tree)})
             print("| case | tree | p50 | p90 |\n|---|---|---:|---:|")
-            bodies = [{"code": "echo 1", "language": "bash"}]
+            bodies = [{"code": PROGRAMS[args.language], "language": args.language}]
             if args.thread:
                 bodies.append({**bodies[0], "thread_id": "bench-side-by-side"})
             for body in bodies:
