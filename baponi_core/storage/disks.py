@@ -86,21 +86,28 @@ class Disks:
         """Keep the filesystem of ``mountpoint`` (a home's directory, made already)
         mounted there while the block runs; made with ``size`` bytes on first use. Gives
         whether it was made just now, empty (not with a directory's files copied in)."""
-        disk = self._disks.get(mountpoint)
-        if disk is None:
-            disk = self._disks[mountpoint] = _Disk(mountpoint)
-        fresh = False
-        async with disk.lock:
-            if not disk.mounted:
-                await self._make_room()
-                fresh = await _mount(disk, size, self.owner)
-                disk.mounted = True
-            disk.users += 1
+        disk, fresh = await self._join(mountpoint, size)
         try:
             yield fresh
         finally:
             disk.users -= 1
             disk.idle_since = time.monotonic()
+
+    async def _join(self, mountpoint: Path, size: int) -> tuple[_Disk, bool]:
+        """The disk of ``mountpoint``, mounted, with one more user; whether it was made
+        just now. One retired while we waited for it is left for the one in its place."""
+        while True:
+            disk = self._disks.setdefault(mountpoint, _Disk(mountpoint))
+            async with disk.lock:
+                if self._disks.get(mountpoint) is not disk:
+                    continue
+                fresh = False
+                if not disk.mounted:
+                    await self._make_room()
+                    fresh = await _mount(disk, size, self.owner)
+                    disk.mounted = True
+                disk.users += 1
+                return disk, fresh
 
     def free(self, mountpoint: Path) -> int:
         """Bytes a held home can still take."""
@@ -136,11 +143,11 @@ class Disks:
         for path, disk in list(self._disks.items()):
             if disk.users or disk.idle_since > before or disk.lock.locked():
                 continue
-            async with disk.lock:
+            async with disk.lock:  # a holder waiting for it finds it gone (_join)
                 if disk.mounted and not disk.users:
                     disk.mounted = not await _unmount(path)
-            if not disk.mounted and not disk.users:
-                self._disks.pop(path, None)
+                if not disk.mounted and not disk.users:
+                    self._disks.pop(path, None)
 
 
 async def _mount(disk: _Disk, size: int, owner: int) -> bool:
