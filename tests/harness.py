@@ -25,6 +25,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 import warnings
@@ -314,6 +315,27 @@ def org_key(server: Server, name: str, *create: str) -> str:
     if name not in names:
         cli(server.home, "orgs", "create", name, *create)
     return server.new_key("--org", name)
+
+
+def run_probe(script: Path, base: Path, *become: str) -> Any:
+    """Run a sandbox probe ``script`` on ``base`` with this repository and its
+    dependencies, as the user ``become`` (a command prefix such as ``setpriv``) makes
+    it, or as ourselves; what it printed, as JSON."""
+    site = sysconfig.get_paths()["purelib"]  # this interpreter's, with the dependencies
+    done = subprocess.run(
+        [*become, "/usr/bin/python3", str(script), str(base)],
+        env={
+            "PYTHONPATH": f"{ROOT}:{site}",
+            "XDG_CACHE_HOME": str(base / "cache"),
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def run_in_thread(

@@ -158,9 +158,7 @@ async def _mount(disk: _Disk, size: int, owner: int) -> bool:
     if image.stat().st_size < image_size(size):
         await _grow(image, size)
     if not _mounted_else_cleared(disk.mountpoint):
-        await _tool(
-            "mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(image), str(disk.mountpoint)
-        )
+        await _mount_image(image, disk.mountpoint)
     return False
 
 
@@ -211,9 +209,7 @@ async def _create(disk: _Disk, size: int, owner: int) -> bool:
         staging.rmdir()
     os.rename(new, disk.image)
     _clear(disk.mountpoint)
-    await _tool(
-        "mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(disk.image), str(disk.mountpoint)
-    )
+    await _mount_image(disk.image, disk.mountpoint)
     return False
 
 
@@ -221,7 +217,7 @@ async def _mount_new(image: Path, mountpoint: Path, size: int) -> None:
     """Mount a new, empty image, grown first should ``size`` bytes not fit in it (had
     :func:`image_size` guessed short), and leave only the home's own directory in it."""
     for _ in range(3):
-        await _tool("mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(image), str(mountpoint))
+        await _mount_image(image, mountpoint)
         found = os.statvfs(mountpoint)
         short = size - found.f_bavail * found.f_frsize
         if short <= 0:
@@ -262,6 +258,12 @@ def _clear(directory: Path) -> None:
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
+
+
+async def _mount_image(image: Path, mountpoint: Path) -> None:
+    """Loop-mount ``image`` at ``mountpoint`` (mount(8) attaches the loop device, or reuses
+    the one the image already has)."""
+    await _tool("mount", "-t", "ext4", "-o", MOUNT_OPTIONS, "--", str(image), str(mountpoint))
 
 
 async def _unmount(path: Path) -> bool:

@@ -5,11 +5,8 @@ bound fails with ENOSPC inside the sandbox."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ from typing import Any
 import pytest
 
 from baponi_core.sandbox import agent, gate
-from tests.harness import ROOT
+from tests.harness import run_probe
 from tests.sandbox.fill import LIMITS
 
 NOBODY = 65534
@@ -25,21 +22,7 @@ SCRIPT = Path(__file__).with_name("fill.py")
 
 
 def fill(base: Path, *become: str) -> dict[str, Any]:
-    site = sysconfig.get_paths()["purelib"]  # this interpreter's, with the dependencies
-    done = subprocess.run(
-        [*become, "/usr/bin/python3", str(SCRIPT), str(base)],
-        env={
-            "PYTHONPATH": f"{ROOT}:{site}",
-            "XDG_CACHE_HOME": str(base / "cache"),
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
+    report: dict[str, Any] = run_probe(SCRIPT, base, *become)
     return report
 
 

@@ -9,12 +9,9 @@ mount namespace, which must not be pytest's.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sysconfig
 import tempfile
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -41,8 +38,8 @@ from baponi_core.sandbox.mountns import PRIVATE_BASE
 from baponi_core.sandbox.rootfs import BASE_ENV, STORAGE_UID
 from baponi_core.sandbox.uids import DEFAULT_UIDS
 from tests.harness import (
-    ROOT,
     marker_processes,
+    run_probe,
     runtime_on_a_thread,
     wait_until,
     wait_until_async,
@@ -521,22 +518,8 @@ def test_without_root_the_sandbox_is_launched_at_attach(request: pytest.FixtureR
     (base / "shared" / "vol" / "in.txt").write_text("vol\n")
     for path in [base, *base.rglob("*")]:
         os.chown(path, nobody, nobody)
-    site = sysconfig.get_paths()["purelib"]  # this interpreter's, with the dependencies
     become = ["setpriv", "--reuid", str(nobody), "--regid", str(nobody), "--clear-groups"]
-    done = subprocess.run(
-        [*become, "/usr/bin/python3", str(Path(__file__).with_name("unprivileged.py")), str(base)],
-        env={
-            "PYTHONPATH": f"{ROOT}:{site}",
-            "XDG_CACHE_HOME": str(base / "cache"),
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {
+    assert run_probe(Path(__file__).with_name("unprivileged.py"), base, *become) == {
         "launched_at_prepare": False,
         "status": 0,
         "out": "1000\nvol\n1\n",
