@@ -28,9 +28,9 @@ from baponi_cli.startup import claim_home, known_failures, listen
 from baponi_core.app import Core
 from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
 from baponi_core.services.admin import DEFAULT_ORG
+from baponi_http.server import IDLE_TIMEOUT_S
 
 DEFAULTS = Settings(home=Path())
-IDLE_TIMEOUT_S = 30  # a client that holds a connection without a request, dropped after
 
 
 def add_command(commands: Any) -> None:
@@ -62,7 +62,7 @@ def add_command(commands: Any) -> None:
     env_option(
         serve,
         "--idle-timeout",
-        "close a connection that sends no complete request for this long",
+        "close a connection that is idle, or stalls in the middle of a request, for this long",
         default=f"{IDLE_TIMEOUT_S}",
         type=positive_seconds,
         metavar="SECONDS",

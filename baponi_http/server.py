@@ -15,6 +15,8 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 EMBEDDED_GRACE_S = 5  # for downloads in flight when the embedding program stops
+# A connection idle, or stalled mid-request, for this long is closed (IdleTimeoutH11).
+IDLE_TIMEOUT_S = 30
 
 
 class DrainingServer(uvicorn.Server):
@@ -41,15 +43,21 @@ class DrainingServer(uvicorn.Server):
 class IdleTimeoutH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, which closes a connection that has not sent a whole
     request head within ``timeout_keep_alive`` seconds of opening, or of its last
-    response. uvicorn's own keep-alive timer stops at the first byte, so a client that
-    connects and sends nothing, or a few bytes at a time, would hold the connection (and
-    its memory) forever."""
+    response, or that sends no byte of a request body for as long while the server is
+    reading it. uvicorn's own keep-alive timer stops at the first byte, so a client that
+    connects and sends nothing, or a few bytes at a time, or a body that never ends,
+    would hold the connection (and its memory, and an upload's open file) forever."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_body()
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -63,8 +71,9 @@ class IdleTimeoutH11(H11Protocol):
             self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
 
     def _await_head(self) -> None:
@@ -77,6 +86,25 @@ class IdleTimeoutH11(H11Protocol):
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
+    def _watch_body(self) -> None:
+        """Restart the body's clock at each byte of it; stop it once the body is in."""
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(self.timeout_keep_alive, self._body_timeout)
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+            # The server is not reading (the application has not asked for more, or the
+            # client waits to be told to go on): the stall is ours, not the client's.
+            self._watch_body()
+            return
+        self.transport.close()
+
 
 class EmbeddedServer(uvicorn.Server):
     """A server inside a program that owns the signals (uvicorn would take SIGINT and
@@ -88,9 +116,12 @@ class EmbeddedServer(uvicorn.Server):
 
 
 @asynccontextmanager
-async def serving(app: Starlette, host: str, port: int) -> AsyncIterator[str]:
+async def serving(
+    app: Starlette, host: str, port: int, idle_timeout: int = IDLE_TIMEOUT_S
+) -> AsyncIterator[str]:
     """Serve ``app`` on ``host:port`` (0: any free port) while the block runs; gives the
-    server's base URL. The socket listens before the block starts, so the URL works at once."""
+    server's base URL. The socket listens before the block starts, so the URL works at once.
+    A connection idle, or stalled mid-request, for ``idle_timeout`` seconds is closed."""
     sock = socket.create_server((host, port))
     config = uvicorn.Config(
         app,
@@ -99,6 +130,8 @@ async def serving(app: Starlette, host: str, port: int) -> AsyncIterator[str]:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=EMBEDDED_GRACE_S,
+        http=IdleTimeoutH11,
+        timeout_keep_alive=idle_timeout,
     )
     server = EmbeddedServer(config)
     try:

@@ -185,3 +185,34 @@ def test_idle_and_half_open_connections_are_closed_after_the_idle_timeout(
         fresh.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         fresh.settimeout(5)
         assert fresh.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def execute_head(server: Server, length: int) -> bytes:
+    return (
+        "POST /v1/sandbox/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_request_body_that_stalls_is_closed_after_the_idle_timeout(server: Server) -> None:
+    body = json.dumps({"code": "print(1)"}).encode()
+    with connect(server) as stalled:
+        stalled.sendall(execute_head(server, len(body)) + body[:5])  # and never the rest
+        waited = closed_by_server(stalled, within=10)
+    assert 1.5 < waited < 8, waited
+
+
+def test_a_slow_body_that_keeps_coming_is_served(server: Server) -> None:
+    body = json.dumps({"code": "print(1)"}).encode()
+    chunks = [body[i : i + 5] for i in range(0, len(body), 5)]
+    with connect(server) as slow:
+        slow.sendall(execute_head(server, len(body)))
+        for chunk in chunks[:4]:  # 4 pauses of 1.2 s: longer in all than the 2 s timeout
+            time.sleep(1.2)
+            slow.sendall(chunk)
+        slow.sendall(b"".join(chunks[4:]))
+        slow.settimeout(30)
+        status, answer = read_response(slow)
+    assert status == 200, answer
+    assert json.loads(answer)["stdout"] == "1\n"

@@ -558,3 +558,16 @@ async def test_download_from_unknown_thread_is_an_error_result(local: MCPServer[
 )
 def test_image_types_by_signature(head: bytes, mime_type: str | None) -> None:
     assert image_type(head) == mime_type
+
+
+async def test_the_file_server_closes_stalled_connections(core: Core) -> None:
+    """``baponi-mcp``'s loopback file server drops a client that stops mid-request, as
+    ``baponi serve`` does (``IdleTimeoutH11``)."""
+    async with serving(create_files_app(core), "127.0.0.1", 0, idle_timeout=1) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            await stream.send(b"PUT /v1/files/signed/x HTTP/1.1\r\nHost: x\r\n")  # no end
+            started = anyio.current_time()
+            with anyio.fail_after(10), pytest.raises(anyio.EndOfStream):
+                await stream.receive()  # nothing is answered: the server just closes
+            assert anyio.current_time() - started > 0.5
