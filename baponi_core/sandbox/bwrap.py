@@ -15,15 +15,19 @@ from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
 from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
 
+DATA_TMPFS_BYTES = 1 << 20  # /data on an image runtime: room for mount points only
+
 
 @dataclass(frozen=True)
 class Fds:
     """Descriptors the server opened for bwrap (numbers as seen by the child)."""
 
-    etc: int
+    etc: int  # the generated /etc
     seccomp: int
     info: int
     control: int  # the agent's end of its socket
+    root: int | None = None  # an image runtime's root; None: the host runtime
+    hiding: tuple[tuple[str, int], ...] = ()  # generated files bound over an image's /etc
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,71 @@ def command(
         str(SANDBOX_UID),
         "--hostname",
         "sandbox",
+    ]
+    argv += _root(fds, etc_binds)
+    argv += ["--proc", "/proc", *procfs.masks()]
+    argv += [
+        # bwrap's /dev is a tmpfs of its own, unbounded and the sandbox user's: read-only
+        # once made, with /dev/shm (POSIX shared memory) a size-capped tmpfs of its own.
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.shm_bytes),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.tmp_bytes),
+        "--tmpfs",
+        "/tmp",
+    ]
+    if bound is None:
+        # Read-only and empty until the server mounts a home on it (and volumes below
+        # /data): those mounts reach the sandbox by propagation, with their own flags.
+        argv += ["--ro-bind", str(slot.home), HOME, "--ro-bind", str(slot.data), DATA]
+    else:
+        argv += _bound(bound, limits.home_bytes, image=fds.root is not None)
+    argv += [
+        "--ro-bind",
+        str(slot.run),
+        RUN_DIR,
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/",
+        "--clearenv",
+        "--seccomp",
+        str(fds.seccomp),
+        "--info-fd",
+        str(fds.info),
+        "--as-pid-1",
+        "--",
+        f"{RUN_DIR}/init",
+        str(fds.control),
+        # The limits the init lowers for every process of the sandbox: no core dumps,
+        # file size, open files, and (not V8-proof RLIMIT_AS) data as memory's stand-in.
+        "0",
+        str(limits.file_size_bytes),
+        str(limits.open_files),
+        str(limits.memory_bytes if memory_rlimit else 0),
+    ]
+    return argv
+
+
+def _root(fds: Fds, etc_binds: list[str]) -> list[str]:
+    """The read-only root: an image's own (its mount points made at import), or the host's
+    /usr with /usr/local hidden in bwrap's root tmpfs."""
+    if fds.root is not None:
+        argv = ["--ro-bind-fd", str(fds.root), "/"]
+        for name, fd in fds.hiding:  # the image's /etc, but for who and where we are
+            argv += ["--ro-bind-fd", str(fd), f"/etc/{name}"]
+        return argv
+    argv = [
         "--ro-bind",
         "/usr",
         "/usr",
@@ -100,69 +169,25 @@ def command(
     ]
     for name in etc_binds:
         argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    argv += ["--proc", "/proc", *procfs.masks()]
-    argv += [
-        # bwrap's /dev is a tmpfs of its own, unbounded and the sandbox user's: read-only
-        # once made, with /dev/shm (POSIX shared memory) a size-capped tmpfs of its own.
-        "--dev",
-        "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(limits.shm_bytes),
-        "--tmpfs",
-        "/dev/shm",
-        "--remount-ro",
-        "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(limits.tmp_bytes),
-        "--tmpfs",
-        "/tmp",
-    ]
-    if bound is None:
-        # Read-only and empty until the server mounts a home on it (and volumes below
-        # /data): those mounts reach the sandbox by propagation, with their own flags.
-        argv += ["--ro-bind", str(slot.home), HOME, "--ro-bind", str(slot.data), DATA]
-    else:
-        argv += _bound(bound, limits.home_bytes)
-    argv += [
-        "--ro-bind",
-        str(slot.run),
-        RUN_DIR,
-        "--remount-ro",
-        "/",
-        "--chdir",
-        "/",
-        "--clearenv",
-        "--seccomp",
-        str(fds.seccomp),
-        "--info-fd",
-        str(fds.info),
-        "--as-pid-1",
-        "--",
-        f"{RUN_DIR}/init",
-        str(fds.control),
-        # The limits the init lowers for every process of the sandbox: no core dumps,
-        # file size, open files, and (not V8-proof RLIMIT_AS) data as memory's stand-in.
-        "0",
-        str(limits.file_size_bytes),
-        str(limits.open_files),
-        str(limits.memory_bytes if memory_rlimit else 0),
-    ]
     return argv
 
 
-def _bound(bound: Bound, home_bytes: int) -> list[str]:
+def _bound(bound: Bound, home_bytes: int, image: bool) -> list[str]:
     by = "-fd" if bound.by_fd else ""
     if bound.home is None:
         argv = ["--perms", "0700", "--size", str(home_bytes), "--tmpfs", HOME]
     else:
         argv = [f"--bind{by}", bound.home, HOME]
     # Always there, so code can probe it. bwrap makes the parents of each target in the
-    # root tmpfs, read-only once / is (targets never lie inside one another).
-    argv += ["--perms", "0755", "--dir", DATA]
+    # root tmpfs, read-only once / is (targets never lie inside one another). An image's
+    # root is read-only from the start: /data is a small tmpfs of its own there, made
+    # read-only once the targets are in it.
+    if image:
+        argv += ["--perms", "0755", "--size", str(DATA_TMPFS_BYTES), "--tmpfs", DATA]
+    else:
+        argv += ["--perms", "0755", "--dir", DATA]
     for mount, source in bound.mounts:
         argv += [f"--ro-bind{by}" if mount.read_only else f"--bind{by}", source, mount.target]
+    if image:
+        argv += ["--remount-ro", DATA]
     return argv

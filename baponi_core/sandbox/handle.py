@@ -56,8 +56,9 @@ from baponi_core.sandbox import agent, attach, bwrap, uids
 from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.gate import Gate
+from baponi_core.sandbox.image import Hold
 from baponi_core.sandbox.pipes import PipeReader, PipeWriter
-from baponi_core.sandbox.rootfs import HOME
+from baponi_core.sandbox.rootfs import HIDING, HOME
 from baponi_core.sandbox.slots import Slot, Slots
 from baponi_core.sandbox.spec import Command, Mount, Shape
 from baponi_core.sandbox.uids import Uids
@@ -149,12 +150,15 @@ class Process:
 class Sandbox:
     """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
 
-    def __init__(self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None) -> None:
+    def __init__(
+        self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None, hold: Hold
+    ) -> None:
         self.id = id
         self.shape = shape
         self.uid = uid  # its own host uid, until it is freed; None: the server's
         self._host = host
         self._slot = slot
+        self._hold = hold  # on its runtime's generation, until it is freed
         self._bwrap: subprocess.Popen[bytes] | None = None
         self._exit_pidfd: int | None = None  # readable once bwrap has exited
         self._init_pidfd: int | None = None  # the agent, pid 1 of the sandbox
@@ -193,7 +197,14 @@ class Sandbox:
             self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             control = theirs.detach()
             own.append(control)
-            fds = bwrap.Fds(etc=etc, seccomp=seccomp, info=info_w, control=control)
+            root = self._hold.root()
+            hiding: list[tuple[str, int]] = []
+            if root is not None:
+                own.append(root)
+                for name in HIDING:
+                    hiding.append((name, os.open(host.etc / name, os.O_PATH | os.O_CLOEXEC)))
+                    own.append(hiding[-1][1])
+            fds = bwrap.Fds(etc, seccomp, info_w, control, root, tuple(hiding))
             self._group = host.cgroups.create(self.id, self.shape.limits) if host.cgroups else None
             argv = bwrap.command(
                 host.bwrap,
@@ -547,6 +558,8 @@ class Sandbox:
         if self._group is not None:
             gone = self._group.remove() and gone
         self._slot.remove()
+        if gone:  # else something of it may still read its root: the hold stays
+            self._hold.release()
         if self.uid is not None and self._host.uids is not None:
             if gone:
                 self._host.uids.give(self.uid)
