@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baponi_core.sandbox import procfs
-from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
+from baponi_core.sandbox.rootfs import HIDING, HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
 from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
 
@@ -26,8 +26,15 @@ class Fds:
     seccomp: int
     info: int
     control: int  # the agent's end of its socket
-    root: int | None = None  # an image runtime's root; None: the host runtime
-    hiding: tuple[tuple[str, int], ...] = ()  # generated files bound over an image's /etc
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """An image runtime's root, where bwrap (as the sandbox's uid) can reach it, and the
+    generated /etc whose :data:`HIDING` files are bound over the image's."""
+
+    root: str
+    etc: str
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,10 @@ def command(
     slot: Slot,
     bound: Bound | None,
     memory_rlimit: bool,
+    image: ImageRoot | None = None,
 ) -> list[str]:
     """``bound`` None: /home/baponi and /data are the slot's, for mounts made later (into
-    the running sandbox, by propagation).
+    the running sandbox, by propagation). ``image`` None: the host runtime.
     ``memory_rlimit``: bound memory with RLIMIT_DATA (when there is no cgroup to)."""
     limits = shape.limits
     argv = [
@@ -77,7 +85,7 @@ def command(
         "--hostname",
         "sandbox",
     ]
-    argv += _root(fds, etc_binds)
+    argv += _root(image, fds, etc_binds)
     argv += ["--proc", "/proc", *procfs.masks()]
     argv += [
         # bwrap's /dev is a tmpfs of its own, unbounded and the sandbox user's: read-only
@@ -104,7 +112,7 @@ def command(
         # /data): those mounts reach the sandbox by propagation, with their own flags.
         argv += ["--ro-bind", str(slot.home), HOME, "--ro-bind", str(slot.data), DATA]
     else:
-        argv += _bound(bound, limits.home_bytes, image=fds.root is not None)
+        argv += _bound(bound, limits.home_bytes, image=image is not None)
     argv += [
         "--ro-bind",
         str(slot.run),
@@ -132,13 +140,13 @@ def command(
     return argv
 
 
-def _root(fds: Fds, etc_binds: list[str]) -> list[str]:
+def _root(image: ImageRoot | None, fds: Fds, etc_binds: list[str]) -> list[str]:
     """The read-only root: an image's own (its mount points made at import), or the host's
     /usr with /usr/local hidden in bwrap's root tmpfs."""
-    if fds.root is not None:
-        argv = ["--ro-bind-fd", str(fds.root), "/"]
-        for name, fd in fds.hiding:  # the image's /etc, but for who and where we are
-            argv += ["--ro-bind-fd", str(fd), f"/etc/{name}"]
+    if image is not None:
+        argv = ["--ro-bind", image.root, "/"]
+        for name in HIDING:  # the image's /etc, but for who and where we are
+            argv += ["--ro-bind", f"{image.etc}/{name}", f"/etc/{name}"]
         return argv
     argv = [
         "--ro-bind",

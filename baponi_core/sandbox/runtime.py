@@ -19,6 +19,7 @@ from baponi_core.sandbox.handle import Host, Sandbox, SandboxError
 from baponi_core.sandbox.image import Hold
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.rootfs import STORAGE_UID, build_etc
+from baponi_core.sandbox.roots import Roots
 from baponi_core.sandbox.slots import Slots
 from baponi_core.sandbox.spec import Shape
 from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange, Uids
@@ -100,6 +101,7 @@ class SandboxRuntime:
                     janitor=janitor,
                     etc=etc,
                     etc_binds=etc_binds,
+                    roots=Roots(base / "roots") if root else None,
                     seccomp=seccomp.program(),
                     slots=slots,
                     shared=shared,
