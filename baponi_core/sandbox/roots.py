@@ -4,9 +4,10 @@ bwrap, running as the sandbox's uid, resolves what it binds by path, with that u
 permissions: a runtime's root below the server's private home (``0700``) is out of its
 reach, even given as a descriptor (bwrap turns one back into its path). So each image
 generation in use is bind-mounted, read-only, ``nosuid`` and ``nodev``, once, below the
-private ``/run/baponi`` (traversable, not listable), and unmounted when its last sandbox
-is freed. A server that is not root runs its sandboxes as itself: they reach the
-runtimes directory by its own path.
+private ``/run/baponi`` (traversable, not listable), and kept there while it is current:
+once a replace or a delete has made it stale, it is unmounted with its last sandbox. A
+server that is not root runs its sandboxes as itself: they reach the runtimes directory
+by its own path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from pathlib import Path
 
 from baponi_core.sandbox import attach
-from baponi_core.sandbox.image import Hold
+from baponi_core.sandbox.image import Hold, stale
 
 
 class Roots:
@@ -32,6 +33,7 @@ class Roots:
         generation = hold.runtime.directory
         assert generation is not None
         with self._lock:
+            self._forget_stale()
             point, users = self._mounted.get(generation, (None, 0))
             if point is None:
                 point = self.base / secrets.token_hex(8)
@@ -49,14 +51,17 @@ class Roots:
             return point
 
     def give(self, hold: Hold) -> None:
-        """One sandbox fewer on the generation: unmounted after its last."""
+        """One sandbox fewer on the generation: unmounted after its last if it is stale."""
         generation = hold.runtime.directory
         assert generation is not None
         with self._lock:
             point, users = self._mounted[generation]
-            if users > 1:
-                self._mounted[generation] = (point, users - 1)
-                return
-            del self._mounted[generation]
-            attach.detach(point)
-            point.rmdir()
+            self._mounted[generation] = (point, users - 1)
+            self._forget_stale()
+
+    def _forget_stale(self) -> None:
+        for generation, (point, users) in list(self._mounted.items()):
+            if users == 0 and stale(generation):
+                del self._mounted[generation]
+                attach.detach(point)
+                point.rmdir()
