@@ -8,6 +8,7 @@ import sys
 from typing import NoReturn
 
 from baponi_cli import logs, manage, serve
+from baponi_cli.options import runtimes_dir
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, CannotStart
 
@@ -32,6 +33,9 @@ examples:
   baponi connections create lake --org acme --url s3://my-bucket/data \\
       --option-from-env key=AWS_ACCESS_KEY_ID --option-from-env secret=AWS_SECRET_ACCESS_KEY
   baponi keys create --org acme --volume reports --connection lake
+  baponi runtimes import default oci:./image-layout   the runtime sandboxes run on
+  baponi runtimes import slim docker-archive:slim.tar
+  baponi profiles set small --org acme --runtime slim
 """
 
 
@@ -59,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure("WARNING", "%(levelname)s %(name)s: %(message)s")
-    settings = Settings.at(getattr(args, "home", None))
+    settings = Settings.at(getattr(args, "home", None), runtimes_dir=runtimes_dir(args))
     try:
         code: int = args.run(args, settings)
     except BaponiError as exc:

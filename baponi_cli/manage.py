@@ -1,5 +1,6 @@
-"""``baponi keys|orgs|profiles|volumes|connections|signing-keys``: the operator's commands
-on the store, run beside a server or without one (they take no lock on the home)."""
+"""``baponi keys|orgs|profiles|volumes|connections|runtimes|signing-keys``: the operator's
+commands on the store and the runtimes directory, run beside a server or without one
+(they take no lock on the home)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from baponi_cli.options import (
     add_home,
     add_profile_options,
+    add_runtimes,
     name_value,
     retention,
     retention_text,
@@ -21,7 +23,9 @@ from baponi_cli.options import (
 from baponi_cli.options import profile_limits as given_limits
 from baponi_core.config import Settings
 from baponi_core.records import DEFAULT_RETENTION_DAYS, Profile, Volume
+from baponi_core.runtimes import Runtimes
 from baponi_core.services.admin import DEFAULT_MAX_CONCURRENCY, DEFAULT_ORG, DEFAULT_PROFILE, Admin
+from baponi_core.services.runtimes import Listed, RuntimeAdmin, import_image
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.store import store_for
 
@@ -59,6 +63,28 @@ examples:
   baponi connections list --org acme
 """
 
+RUNTIMES_EPILOG = """\
+A runtime is the read-only root filesystem sandboxes run on, with the image's
+environment and working directory and an interpreter per language. Each profile
+names one (default: the runtime named default); imports are kept in --runtimes
+(default <home>/runtimes), which several servers may share.
+
+SOURCE is an OCI image layout directory (oci:DIR[:TAG], or just DIR), an OCI
+archive (oci-archive:FILE), a docker save archive (docker-archive:FILE, or just
+FILE), an image reference where a registry is reachable (docker://REF), or
+host: for the host's /usr read-only with /usr/local hidden (the old behaviour:
+sandboxes then see whatever the host has installed).
+
+examples:
+  baponi runtimes import default oci:/srv/images/baponi-default
+  baponi runtimes import slim docker-archive:slim.tar
+  baponi runtimes import default oci:/srv/images/next --replace
+  baponi runtimes import legacy host:
+  baponi profiles set small --org acme --runtime slim
+  baponi runtimes list
+  baponi runtimes delete slim      refused while a profile names it
+"""
+
 RETENTION_HELP = (
     "how long executions (records, output, stored events) are kept after their end: "
     "1d, 30d, any number of days, or unlimited"
@@ -77,7 +103,7 @@ def with_admin(settings: Settings, action: Action) -> Any:
         settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         await store.open()
         try:
-            admin = Admin(store)
+            admin = Admin(store, Runtimes(settings.runtimes))
             await admin.ensure_default_org()
             return await action(admin)
         finally:
@@ -96,6 +122,7 @@ def add_commands(commands: Any) -> None:
     _signing_keys(commands, home)
     _volumes(commands, home, org)
     _profiles(commands, home, org)
+    _runtimes(commands, home)
 
 
 # keys
@@ -447,6 +474,10 @@ def _profiles(commands: Any, home: argparse.ArgumentParser, org: argparse.Argume
     )
     change.add_argument("name")
     add_profile_options(change, default="unchanged", env=False)
+    change.add_argument(
+        "--runtime", metavar="NAME", help="the runtime its sandboxes run on (baponi runtimes list)"
+    )
+    add_runtimes(change)
     change.set_defaults(run=_profiles_set)
     profiles.add_parser("list", parents=[home, org], help="list profiles").set_defaults(
         run=_profiles_list
@@ -455,7 +486,9 @@ def _profiles(commands: Any, home: argparse.ArgumentParser, org: argparse.Argume
 
 def _profiles_set(args: argparse.Namespace, settings: Settings) -> int:
     limits = given_limits(args)
-    profile = with_admin(settings, lambda admin: admin.save_profile(args.org, args.name, **limits))
+    profile = with_admin(
+        settings, lambda admin: admin.save_profile(args.org, args.name, args.runtime, **limits)
+    )
     print(_describe_profile(profile))
     return 0
 
@@ -469,11 +502,89 @@ def _profiles_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _describe_profile(p: Profile) -> str:
-    return f"{p.name}: {_describe_limits(p)}"
+    return f"{p.name}: {_describe_limits(p)} runtime={p.runtime}"
 
 
 def _describe_limits(p: Profile) -> str:
     return (
         f"cpus={p.cpus:g} memory={p.memory_mb}MiB pids={p.pids} "
         f"max_timeout={p.max_timeout}s tmp={p.tmp_mb}MiB output={p.output_kb}KiB"
+    )
+
+
+# runtimes
+
+
+def _runtimes(commands: Any, home: argparse.ArgumentParser) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    add_runtimes(where)
+    text = "runtimes: the root filesystems sandboxes run on"
+    actions = commands.add_parser(
+        "runtimes",
+        help=text,
+        description=text[0].upper() + text[1:] + ".",
+        epilog=RUNTIMES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).add_subparsers(dest="action", required=True)
+    load = actions.add_parser(
+        "import",
+        parents=[home, where],
+        help="make an image (or the host) a runtime",
+        epilog=RUNTIMES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    load.add_argument("name")
+    load.add_argument(
+        "source", help="oci:DIR[:TAG], oci-archive:FILE, docker-archive:FILE, docker://REF or host:"
+    )
+    load.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing runtime; running sandboxes keep the copy they have",
+    )
+    load.set_defaults(run=_runtimes_import)
+    actions.add_parser(
+        "list", parents=[home, where], help="list runtimes, their size, languages and profiles"
+    ).set_defaults(run=_runtimes_list)
+    delete = actions.add_parser(
+        "delete", parents=[home, where], help="delete a runtime no profile names"
+    )
+    delete.add_argument("name")
+    delete.set_defaults(run=_runtimes_delete)
+
+
+def _with_runtimes(settings: Settings, action: Callable[[RuntimeAdmin], Awaitable[Any]]) -> Any:
+    return with_admin(
+        settings, lambda admin: action(RuntimeAdmin(admin.store, Runtimes(settings.runtimes)))
+    )
+
+
+def _runtimes_import(args: argparse.Namespace, settings: Settings) -> int:
+    # No store: an import touches the runtimes directory only.
+    description = import_image(Runtimes(settings.runtimes), args.name, args.source, args.replace)
+    languages = ", ".join(sorted(description.interpreters)) or "none"
+    print(
+        f"imported runtime {args.name} from {args.source}: "
+        f"{description.size / (1 << 20):.1f}M, languages {languages}"
+    )
+    return 0
+
+
+def _runtimes_list(args: argparse.Namespace, settings: Settings) -> int:
+    print("\n".join(_describe_runtime(r) for r in _with_runtimes(settings, lambda r: r.list())))
+    return 0
+
+
+def _runtimes_delete(args: argparse.Namespace, settings: Settings) -> int:
+    _with_runtimes(settings, lambda runtimes: runtimes.delete(args.name))
+    print(f"deleted runtime {args.name} (sandboxes running on it keep it until they end)")
+    return 0
+
+
+def _describe_runtime(r: Listed) -> str:
+    d = r.description
+    size = "host /usr" if d.host else f"{d.size / (1 << 20):.1f}M"
+    return (
+        f"{r.name}  size={size}  languages={','.join(sorted(d.interpreters)) or '-'}  "
+        f"profiles={','.join(r.profiles) or '-'}  source={d.source}  generation={r.generation}"
     )

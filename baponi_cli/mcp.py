@@ -18,10 +18,12 @@ from baponi_cli import logs
 from baponi_cli.options import (
     add_home,
     add_profile_options,
+    add_runtimes,
     add_storage_arguments,
     env_option,
     port_number,
     profile_limits,
+    runtimes_dir,
     storage_settings,
 )
 from baponi_core.app import Core
@@ -66,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="PORT",
     )
     add_storage_arguments(top)
+    add_runtimes(top)
     env_option(
         top,
         "--max-concurrency",
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             args.home,
             public_url=args.public_url,
             shutdown_grace_s=0.0,
+            runtimes_dir=runtimes_dir(args),
             **storage_settings(args),
         )
         anyio.run(serve, args, settings, limits)

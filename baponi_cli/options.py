@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from baponi_core.config import DEFAULT_THREAD_QUOTA
@@ -162,6 +163,23 @@ def flag_from_env(flag: str) -> bool:
 
 def add_home(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", help="state directory (default: $BAPONI_HOME or ~/.baponi)")
+
+
+def add_runtimes(parser: argparse.ArgumentParser) -> None:
+    """Where the runtimes are: shared by the server, ``baponi-mcp`` and the commands that
+    manage them."""
+    env_option(
+        parser,
+        "--runtimes",
+        "the runtimes directory: the root filesystems sandboxes run on (baponi runtimes)",
+        shown="<home>/runtimes",
+        metavar="DIR",
+    )
+
+
+def runtimes_dir(args: argparse.Namespace) -> Path | None:
+    given = getattr(args, "runtimes", None)
+    return Path(given).expanduser().resolve() if given else None
 
 
 def uid_range(text: str) -> UidRange:

@@ -13,6 +13,7 @@ from typing import Any
 from baponi_cli.manage import with_admin
 from baponi_cli.options import (
     add_home,
+    add_runtimes,
     add_storage_arguments,
     delays,
     delays_text,
@@ -99,6 +100,7 @@ def add_command(commands: Any) -> None:
         metavar="SECONDS",
     )
     add_storage_arguments(serve)
+    add_runtimes(serve)
     serve.set_defaults(run=run)
 
 

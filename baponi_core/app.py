@@ -12,9 +12,10 @@ import anyio
 
 from baponi_core.config import Settings
 from baponi_core.homelock import lock_home
+from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.sandbox.rootfs import STORAGE_UID
-from baponi_core.services.admin import Admin
+from baponi_core.services.admin import DEFAULT_RUNTIME, Admin
 from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import Executions
@@ -38,7 +39,8 @@ class Core:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = store_for(settings)
-        self.admin = Admin(self.store)
+        self.runtimes = Runtimes(settings.runtimes)
+        self.admin = Admin(self.store, self.runtimes)
         self.auth = Authenticator(self.store)
         self.webhooks = Webhooks(
             self.store,
@@ -103,9 +105,12 @@ class Core:
             quota = self.settings.thread_quota_bytes
             self._space = Space(self.settings.home, *([storage.disk.base] if storage.disk else []))
             self._files = Files(self.store, storage, signer, quota, self._space)
+            await anyio.to_thread.run_sync(self.runtimes.sweep)
+            await self._warn_missing_runtimes()
             self._executions = Executions(
                 self.store,
                 self._runtime,
+                self.runtimes,
                 storage,
                 ConcurrencyLimiter(),
                 self.webhooks,
@@ -129,6 +134,22 @@ class Core:
         if self._executions is not None:
             await self._executions.drain(self.settings.shutdown_grace_s)
         await self._stack.aclose()
+
+    async def _warn_missing_runtimes(self) -> None:
+        """Say at start which runtimes profiles name that are not installed: their
+        executions will be refused (503) until the operator imports them."""
+        named = await self.store.profiles_by_runtime()
+        for name in sorted({DEFAULT_RUNTIME, *named}):
+            if self.runtimes.find(name) is None:
+                users = ", ".join(named.get(name, [])) or "no profile yet"
+                log.warning(
+                    "runtime %s is not installed in %s (used by: %s); executions on it are "
+                    "refused until it is: baponi runtimes import %s SOURCE",
+                    name,
+                    self.runtimes.directory,
+                    users,
+                    name,
+                )
 
     async def _sweep(self, storage: Storage) -> None:
         """Free the storage of deleted volumes (``baponi volumes delete`` only forgets them,

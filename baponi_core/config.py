@@ -34,6 +34,7 @@ class Settings:
     thread_quota_bytes: int = DEFAULT_THREAD_QUOTA  # what one thread home may hold
     sampled_quota: bool = False  # homes as directories, sized by sampling, even as root
     retention_sweep_s: float = 3600.0  # how often executions past their retention are deleted
+    runtimes_dir: Path | None = None  # the runtimes sandboxes run on (default: home/runtimes)
 
     def base_url(self, seen: str) -> str:
         """Where signed URLs point: ``public_url``, else the URL the client used."""
@@ -46,6 +47,10 @@ class Settings:
     @property
     def signing_keys(self) -> Path:
         return self.home / "signing.keys"
+
+    @property
+    def runtimes(self) -> Path:
+        return self.runtimes_dir or self.home / "runtimes"
 
     @property
     def runtime(self) -> Path:

@@ -74,6 +74,19 @@ class NoSpace(Unavailable):
         super().__init__("storage: no free space", retry_after=self.RETRY_S)
 
 
+class RuntimeMissing(Unavailable):
+    """The runtime a profile names is not installed: the operator's to fix (``baponi
+    runtimes import``), not the caller's."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"runtime {name} is not installed on this server")
+        self.name = name
+
+
+class RuntimeRefused(ValidationError):
+    """An image, or a source of one, that cannot be made a runtime (for the operator)."""
+
+
 class CannotStart(Exception):
     """A known reason the server cannot start (a damaged database, a port in use...), for
     the operator: one line, which may name host paths, never a client's to see."""

@@ -58,6 +58,7 @@ class Profile:
     max_timeout: int = 3600
     tmp_mb: int = 256
     output_kb: int = 1024
+    runtime: str = "default"  # the runtime its sandboxes run on (baponi runtimes list)
 
 
 @dataclass(frozen=True)

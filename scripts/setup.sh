@@ -28,6 +28,11 @@ python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # e2fsprogs: each thread home is an ext4 filesystem of its own (mkfs.ext4, resize2fs).
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v losetup >/dev/null || need+=(mount)
+# skopeo and umoci: `baponi runtimes import` (every image source to an OCI layout; the
+# layers unpacked rootless, inside the root). busybox-static: the tests' own small images.
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v umoci >/dev/null || need+=(umoci)
+if [ "$mode" = test ]; then dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static); fi
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] \

@@ -11,10 +11,21 @@ import httpx
 import pytest
 
 from baponi_core.store import Store
-from tests.harness import Server, start_server, stop_server
+from tests.harness import Server, shared_runtimes, start_server, stop_server
 from tests.store.implementations import IMPLEMENTATIONS, Implementation
 
 pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtimes() -> Iterator[Path]:
+    """The one runtimes directory of the session (harness.shared_runtimes), named in the
+    environment so that every `baponi`, `baponi serve` and `baponi-mcp` a test starts uses
+    it unless the test gives its own."""
+    path = shared_runtimes()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BAPONI_RUNTIMES", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """What tests (and benchmarks) share, in one place:
 
 - processes: real ``baponi serve`` servers on loopback (``start_server``, ``stop_server``,
-  ``Server``), the operator CLI (``cli``, ``run_cli``), ``free_port``, ``marker_processes``,
+  ``Server``), all on one runtimes directory (``shared_runtimes``, ``import_runtime``),
+  the operator CLI (``cli``, ``run_cli``), ``free_port``, ``marker_processes``,
   a sandbox runtime of this process on a thread of its own (``runtime_on_a_thread``);
 - waiting: ``wait_until`` and its async twin ``wait_until_async`` (one signature);
 - naming: ``unique`` (threads, organisations, slugs, probes), ``sleep_marker`` (a sleep
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -66,6 +68,12 @@ def attempt(action):
         return errno.errorcode[exc.errno]
 """
 POLL_S = 0.05  # how often wait_until looks again
+# The runtimes directory every test server uses unless a test gives its own: a built
+# default runtime's, or one where the host runtime stands in as `default`.
+TEST_RUNTIMES = Path(
+    os.environ.get("BAPONI_TEST_RUNTIMES") or f"/tmp/baponi-test-runtimes-{os.getuid()}"
+)
+_runtimes_ready = False
 
 
 # --------------------------------------------------------------------------- processes
@@ -100,6 +108,35 @@ def cli(home: Path, *args: str) -> str:
         timeout=60,
         check=True,
     )
+    return done.stdout.strip()
+
+
+def shared_runtimes() -> Path:
+    """:data:`TEST_RUNTIMES`, with a `default` runtime in it: prepared once per process (and
+    under a lock, for test runs side by side); the host runtime unless one is built."""
+    global _runtimes_ready
+    if not _runtimes_ready:
+        TEST_RUNTIMES.mkdir(parents=True, exist_ok=True)
+        with open(TEST_RUNTIMES.with_name(TEST_RUNTIMES.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            from baponi_core.runtimes import Runtimes
+
+            if Runtimes(TEST_RUNTIMES).find("default") is None:
+                import_runtime(TEST_RUNTIMES, "default", "host:")
+        _runtimes_ready = True
+    return TEST_RUNTIMES
+
+
+def import_runtime(runtimes: Path, name: str, source: str, *more: str) -> str:
+    """``baponi runtimes import`` into ``runtimes``; it must succeed. What it printed."""
+    done = subprocess.run(
+        [*BAPONI, "runtimes", "import", name, source, "--runtimes", str(runtimes), *more],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
@@ -146,6 +183,8 @@ def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> S
     ``<home>.log`` (a pipe nobody reads would stall a chatty server)."""
     port = free_port()
     environ = {**os.environ, "BAPONI_TEST_SECRET": SERVER_SECRET, **(env or {})}
+    if "--runtimes" not in args and "BAPONI_RUNTIMES" not in environ:
+        args = (*args, "--runtimes", str(shared_runtimes()))
     log = open(f"{home}.log", "ab")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(
         [*BAPONI, "serve", "--home", str(home), "--port", str(port), *args],

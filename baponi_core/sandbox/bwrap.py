@@ -11,19 +11,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baponi_core.sandbox import procfs
-from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
+from baponi_core.sandbox.rootfs import HIDING, HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
 from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
+
+DATA_TMPFS_BYTES = 1 << 20  # /data on an image runtime: room for mount points only
 
 
 @dataclass(frozen=True)
 class Fds:
     """Descriptors the server opened for bwrap (numbers as seen by the child)."""
 
-    etc: int
+    etc: int  # the generated /etc
     seccomp: int
     info: int
     control: int  # the agent's end of its socket
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """An image runtime's root, where bwrap (as the sandbox's uid) can reach it, and the
+    generated /etc whose :data:`HIDING` files are bound over the image's."""
+
+    root: str
+    etc: str
 
 
 @dataclass(frozen=True)
@@ -52,9 +63,10 @@ def command(
     slot: Slot,
     bound: Bound | None,
     memory_rlimit: bool,
+    image: ImageRoot | None = None,
 ) -> list[str]:
     """``bound`` None: /home/baponi and /data are the slot's, for mounts made later (into
-    the running sandbox, by propagation).
+    the running sandbox, by propagation). ``image`` None: the host runtime.
     ``memory_rlimit``: bound memory with RLIMIT_DATA (when there is no cgroup to)."""
     limits = shape.limits
     argv = [
@@ -72,6 +84,71 @@ def command(
         str(SANDBOX_UID),
         "--hostname",
         "sandbox",
+    ]
+    argv += _root(image, fds, etc_binds)
+    argv += ["--proc", "/proc", *procfs.masks()]
+    argv += [
+        # bwrap's /dev is a tmpfs of its own, unbounded and the sandbox user's: read-only
+        # once made, with /dev/shm (POSIX shared memory) a size-capped tmpfs of its own.
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.shm_bytes),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.tmp_bytes),
+        "--tmpfs",
+        "/tmp",
+    ]
+    if bound is None:
+        # Read-only and empty until the server mounts a home on it (and volumes below
+        # /data): those mounts reach the sandbox by propagation, with their own flags.
+        argv += ["--ro-bind", str(slot.home), HOME, "--ro-bind", str(slot.data), DATA]
+    else:
+        argv += _bound(bound, limits.home_bytes, image=image is not None)
+    argv += [
+        "--ro-bind",
+        str(slot.run),
+        RUN_DIR,
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/",
+        "--clearenv",
+        "--seccomp",
+        str(fds.seccomp),
+        "--info-fd",
+        str(fds.info),
+        "--as-pid-1",
+        "--",
+        f"{RUN_DIR}/init",
+        str(fds.control),
+        # The limits the init lowers for every process of the sandbox: no core dumps,
+        # file size, open files, and (not V8-proof RLIMIT_AS) data as memory's stand-in.
+        "0",
+        str(limits.file_size_bytes),
+        str(limits.open_files),
+        str(limits.memory_bytes if memory_rlimit else 0),
+    ]
+    return argv
+
+
+def _root(image: ImageRoot | None, fds: Fds, etc_binds: list[str]) -> list[str]:
+    """The read-only root: an image's own (its mount points made at import), or the host's
+    /usr with /usr/local hidden in bwrap's root tmpfs."""
+    if image is not None:
+        argv = ["--ro-bind", image.root, "/"]
+        for name in HIDING:  # the image's /etc, but for who and where we are
+            argv += ["--ro-bind", f"{image.etc}/{name}", f"/etc/{name}"]
+        return argv
+    argv = [
         "--ro-bind",
         "/usr",
         "/usr",
@@ -100,69 +177,25 @@ def command(
     ]
     for name in etc_binds:
         argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    argv += ["--proc", "/proc", *procfs.masks()]
-    argv += [
-        # bwrap's /dev is a tmpfs of its own, unbounded and the sandbox user's: read-only
-        # once made, with /dev/shm (POSIX shared memory) a size-capped tmpfs of its own.
-        "--dev",
-        "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(limits.shm_bytes),
-        "--tmpfs",
-        "/dev/shm",
-        "--remount-ro",
-        "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(limits.tmp_bytes),
-        "--tmpfs",
-        "/tmp",
-    ]
-    if bound is None:
-        # Read-only and empty until the server mounts a home on it (and volumes below
-        # /data): those mounts reach the sandbox by propagation, with their own flags.
-        argv += ["--ro-bind", str(slot.home), HOME, "--ro-bind", str(slot.data), DATA]
-    else:
-        argv += _bound(bound, limits.home_bytes)
-    argv += [
-        "--ro-bind",
-        str(slot.run),
-        RUN_DIR,
-        "--remount-ro",
-        "/",
-        "--chdir",
-        "/",
-        "--clearenv",
-        "--seccomp",
-        str(fds.seccomp),
-        "--info-fd",
-        str(fds.info),
-        "--as-pid-1",
-        "--",
-        f"{RUN_DIR}/init",
-        str(fds.control),
-        # The limits the init lowers for every process of the sandbox: no core dumps,
-        # file size, open files, and (not V8-proof RLIMIT_AS) data as memory's stand-in.
-        "0",
-        str(limits.file_size_bytes),
-        str(limits.open_files),
-        str(limits.memory_bytes if memory_rlimit else 0),
-    ]
     return argv
 
 
-def _bound(bound: Bound, home_bytes: int) -> list[str]:
+def _bound(bound: Bound, home_bytes: int, image: bool) -> list[str]:
     by = "-fd" if bound.by_fd else ""
     if bound.home is None:
         argv = ["--perms", "0700", "--size", str(home_bytes), "--tmpfs", HOME]
     else:
         argv = [f"--bind{by}", bound.home, HOME]
     # Always there, so code can probe it. bwrap makes the parents of each target in the
-    # root tmpfs, read-only once / is (targets never lie inside one another).
-    argv += ["--perms", "0755", "--dir", DATA]
+    # root tmpfs, read-only once / is (targets never lie inside one another). An image's
+    # root is read-only from the start: /data is a small tmpfs of its own there, made
+    # read-only once the targets are in it.
+    if image:
+        argv += ["--perms", "0755", "--size", str(DATA_TMPFS_BYTES), "--tmpfs", DATA]
+    else:
+        argv += ["--perms", "0755", "--dir", DATA]
     for mount, source in bound.mounts:
         argv += [f"--ro-bind{by}" if mount.read_only else f"--bind{by}", source, mount.target]
+    if image:
+        argv += ["--remount-ro", DATA]
     return argv

@@ -56,8 +56,10 @@ from baponi_core.sandbox import agent, attach, bwrap, uids
 from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.gate import Gate
+from baponi_core.sandbox.image import Hold
 from baponi_core.sandbox.pipes import PipeReader, PipeWriter
 from baponi_core.sandbox.rootfs import HOME
+from baponi_core.sandbox.roots import Roots
 from baponi_core.sandbox.slots import Slot, Slots
 from baponi_core.sandbox.spec import Command, Mount, Shape
 from baponi_core.sandbox.uids import Uids
@@ -91,6 +93,7 @@ class Host:
     janitor: Worker  # frees what ended sandboxes held
     etc: Path
     etc_binds: list[str]
+    roots: Roots | None  # image roots mounted where bwrap reaches them; None: not root
     seccomp: bytes
     slots: Slots
     shared: tuple[Path, ...]  # the host directories mounts may come from
@@ -149,12 +152,16 @@ class Process:
 class Sandbox:
     """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
 
-    def __init__(self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None) -> None:
+    def __init__(
+        self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None, hold: Hold
+    ) -> None:
         self.id = id
         self.shape = shape
         self.uid = uid  # its own host uid, until it is freed; None: the server's
         self._host = host
         self._slot = slot
+        self._hold = hold  # on its runtime's generation, until it is freed
+        self._rooted = False  # its image root is mounted for it (Roots)
         self._bwrap: subprocess.Popen[bytes] | None = None
         self._exit_pidfd: int | None = None  # readable once bwrap has exited
         self._init_pidfd: int | None = None  # the agent, pid 1 of the sandbox
@@ -203,6 +210,7 @@ class Sandbox:
                 self._slot,
                 bound,
                 memory_rlimit=self._group is None,
+                image=self._image_root(),
             )
             passed = [*own, *(bound.fds if bound is not None else ())]
             if self._group is not None and host.gate is not None:
@@ -256,6 +264,16 @@ class Sandbox:
             tg.start_soon(bwrap_exit)
             await self._ready.wait()
             tg.cancel_scope.cancel()
+
+    def _image_root(self) -> bwrap.ImageRoot | None:
+        """Its runtime's root where bwrap reaches it (:mod:`roots`); None: the host's."""
+        root = self._hold.runtime.rootfs
+        if root is None:
+            return None
+        if self._host.roots is not None:
+            self._rooted = True
+            root = self._host.roots.take(self._hold)
+        return bwrap.ImageRoot(str(root), str(self._host.etc))
 
     def _setup_report(self) -> str:
         if self._setup_errors is None:
@@ -547,6 +565,10 @@ class Sandbox:
         if self._group is not None:
             gone = self._group.remove() and gone
         self._slot.remove()
+        if gone:  # else something of it may still read its root: the hold stays
+            if self._rooted and self._host.roots is not None:
+                self._host.roots.give(self._hold)
+            self._hold.release()
         if self.uid is not None and self._host.uids is not None:
             if gone:
                 self._host.uids.give(self.uid)

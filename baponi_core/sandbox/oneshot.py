@@ -20,18 +20,13 @@ import anyio
 
 from baponi_core.sandbox.handle import KILLED, Process, Sandbox, SandboxError
 from baponi_core.sandbox.pipes import PipeReader
-from baponi_core.sandbox.rootfs import BASE_ENV
 from baponi_core.sandbox.runtime import SandboxRuntime
 from baponi_core.sandbox.spec import RUN_DIR, Command, MiB, Mount, Shape, Stream
 
 SIGSYS_STATUS = 128 + signal.SIGSYS
 STOP_WAIT_S = 10.0
 
-INTERPRETERS = {
-    "python": ("/usr/bin/python3", "main.py"),
-    "bash": ("/bin/bash", "main.sh"),
-    "node": ("/usr/bin/node", "main.js"),
-}
+SCRIPTS = {"python": "main.py", "bash": "main.sh", "node": "main.js"}  # by language
 
 OutputSink = Callable[[Stream, bytes], None]  # called as output arrives
 
@@ -39,7 +34,8 @@ OutputSink = Callable[[Stream, bytes], None]  # called as output arrives
 @dataclass(frozen=True)
 class CodeRun:
     """One program: ``code`` in ``language``, with the request's environment, home and
-    volumes, in a sandbox of ``shape``."""
+    volumes, in a sandbox of ``shape``, whose runtime has an interpreter for it (the
+    caller checked)."""
 
     language: str
     code: bytes
@@ -51,10 +47,14 @@ class CodeRun:
     output_bytes: int = 1 * MiB  # per stream
 
     def command(self) -> Command:
-        interpreter, script = INTERPRETERS[self.language]
+        runtime, script = self.shape.runtime, SCRIPTS[self.language]
+        interpreter = runtime.interpreter(self.language)
+        if interpreter is None:
+            raise SandboxError(f"runtime {runtime.name} has no interpreter for {self.language}")
         return Command(
-            argv=(interpreter, f"{RUN_DIR}/{script}"),
-            env={**BASE_ENV, **self.env},
+            argv=(*interpreter, f"{RUN_DIR}/{script}"),
+            env={**runtime.base_env(), **self.env},
+            cwd=runtime.workdir,
             files={script: self.code},
             cpu_seconds=int(self.timeout_s) + 5,  # a backstop; the wall clock rules
             last=True,
@@ -112,16 +112,18 @@ async def run_code(
         await sandbox.attach(job.home, job.mounts)
         run = _Run(sandbox)
         streams: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        failure: SandboxError | None = None
         async with anyio.create_task_group() as watch:
             if stop is not None:
                 watch.start_soon(_stop_on, stop, run)
             try:
                 code = await _supervise(run, job, streams, started, on_output)
-            except SandboxError:
-                if not run.stopped:
-                    raise
-                code = KILLED  # stopped while the program was being started
+            except SandboxError as exc:
+                failure = None if run.stopped else exc  # stopped while it was being started
+                code = KILLED
             watch.cancel_scope.cancel()
+        if failure is not None:  # raised here, not from the task group: as it is, ungrouped
+            raise failure
         yield Outcome(
             ending=_ending(run, code),
             exit_code=code,

@@ -1,13 +1,16 @@
-"""The sandbox's root filesystem and user: host /usr read-only, a generated /etc, the
-sandbox user's ids and base environment.
+"""The sandbox's user and what of /etc is generated for it: the sandbox user's ids, its
+base environment, and the /etc files that hide the host.
 
-Only a short allow-list of host /etc files is copied; nothing that names host users,
-hosts, credentials or the server's configuration reaches a sandbox.
+On the host runtime (:mod:`image`) the generated /etc is the whole of /etc, with a short
+allow-list of host /etc files copied in; on an image runtime the image's /etc is used,
+with the :data:`HIDING` files of the generated one bound over it. Either way nothing that
+names host users, hosts, credentials or the server's configuration reaches a sandbox.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 # The owner of every stored file sandboxes reach (thread homes, volumes) when the server
@@ -18,21 +21,32 @@ SANDBOX_UID = 1000  # the sandbox user as seen inside the sandbox
 SANDBOX_USER = "baponi"
 HOME = "/home/baponi"
 
-# What every process in a sandbox starts with; a request's variables are added to it.
-BASE_ENV = {
-    "PATH": f"{HOME}/.local/bin:{HOME}/.npm-global/bin:/usr/bin:/bin",
-    "HOME": HOME,
-    "USER": SANDBOX_USER,
-    "LOGNAME": SANDBOX_USER,
+# The environment every process starts with is made of three parts (:func:`base_env`):
+# these defaults, which a runtime image's Env may change; the image's Env; and the sandbox
+# user's identity, which nothing changes. A request's variables are added to it.
+DEFAULT_ENV = {
     "SHELL": "/bin/bash",
     "LANG": "C.UTF-8",
-    "TMPDIR": "/tmp",
     "TERM": "dumb",
     "PYTHONUNBUFFERED": "1",
     "NPM_CONFIG_PREFIX": f"{HOME}/.npm-global",
     "NPM_CONFIG_GLOBALCONFIG": "/etc/npmrc",
     "MPLBACKEND": "Agg",
 }
+IDENTITY_ENV = {"HOME": HOME, "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER, "TMPDIR": "/tmp"}
+USER_BIN = f"{HOME}/.local/bin:{HOME}/.npm-global/bin"  # user installs, in the thread home
+HOST_PATH = "/usr/bin:/bin"  # the host runtime's PATH; also an image's without one
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def base_env(image_env: Mapping[str, str]) -> dict[str, str]:
+    """What every process of a sandbox on a runtime with ``image_env`` starts with: user
+    installs first on the image's PATH."""
+    path = image_env.get("PATH") or IMAGE_PATH
+    return {**DEFAULT_ENV, **image_env, **IDENTITY_ENV, "PATH": f"{USER_BIN}:{path}"}
+
+
+BASE_ENV = base_env({"PATH": HOST_PATH})  # the host runtime's
 
 # Copied from the host when present: they describe the software in /usr, not the host.
 HOST_ETC_FILES = ("ld.so.cache", "mime.types", "protocols", "services", "localtime")
@@ -50,6 +64,7 @@ GENERATED = {
     "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n",
     "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
     "resolv.conf": "",
+    # The host runtime only: an image brings its own (the rest of its /etc is its own).
     # Debian marks its Python as externally managed; user installs go to the thread home.
     "pip.conf": (
         "[global]\nbreak-system-packages = true\ndisable-pip-version-check = true\n"
@@ -57,6 +72,8 @@ GENERATED = {
     ),
     "npmrc": "fund=false\naudit=false\nupdate-notifier=false\n",
 }
+# The generated files bound over an image's own: users, groups and names of the sandbox.
+HIDING = ("passwd", "group", "hostname", "hosts", "nsswitch.conf", "resolv.conf")
 
 
 def build_etc(target: Path, host_etc: Path = Path("/etc")) -> list[str]:

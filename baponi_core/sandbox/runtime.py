@@ -16,8 +16,10 @@ import anyio
 from baponi_core.sandbox import agent, attach, gate, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroups
 from baponi_core.sandbox.handle import Host, Sandbox, SandboxError
+from baponi_core.sandbox.image import Hold
 from baponi_core.sandbox.libc import call
 from baponi_core.sandbox.rootfs import STORAGE_UID, build_etc
+from baponi_core.sandbox.roots import Roots
 from baponi_core.sandbox.slots import Slots
 from baponi_core.sandbox.spec import Shape
 from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange, Uids
@@ -99,6 +101,7 @@ class SandboxRuntime:
                     janitor=janitor,
                     etc=etc,
                     etc_binds=etc_binds,
+                    roots=Roots(base / "roots") if root else None,
                     seccomp=seccomp.program(),
                     slots=slots,
                     shared=shared,
@@ -129,13 +132,18 @@ class SandboxRuntime:
         the sandbox shorter. Raises SandboxError when it cannot be set up (then nothing of
         it is left)."""
         id = f"sbx-{secrets.token_hex(6)}"
+        try:
+            hold = Hold(shape.runtime)
+        except OSError as exc:
+            raise SandboxError(f"runtime {shape.runtime.name} cannot be used: {exc}") from None
         uids, slot = self._host.uids, self._host.slots.new(id)
         try:
             uid = uids.take() if uids is not None else None
         except OSError as exc:
             slot.remove()
+            hold.release()
             raise SandboxError(str(exc)) from None
-        sandbox = Sandbox(self._host, id, shape, slot, uid)
+        sandbox = Sandbox(self._host, id, shape, slot, uid, hold)
         self._host.live.add(sandbox)
         try:
             if uids is not None and uid is not None and not uids.mapped(uid):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from baponi_core.sandbox.image import HOST, Runtime
 from baponi_core.sandbox.rootfs import HOME
 
 MiB = 1 << 20
@@ -33,9 +34,11 @@ class Limits:
 @dataclass(frozen=True)
 class Shape:
     """What a sandbox is, whatever request it will serve: sandboxes of one shape are
-    interchangeable until they are used."""
+    interchangeable until they are used. ``runtime`` is the root filesystem, one
+    generation of it (a caller that names none gets the host runtime)."""
 
     limits: Limits = Limits()
+    runtime: Runtime = HOST
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
 from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Principal, Profile, Volume
+from baponi_core.runtimes import Runtimes
 from baponi_core.services.webhooks import secret_for
 from baponi_core.storage.urls import CLOUD_SCHEMES
 from baponi_core.store import Store
@@ -22,6 +23,7 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 OPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEFAULT_ORG = "default"
 DEFAULT_PROFILE = "default"
+DEFAULT_RUNTIME = Profile(id="", org_id="", name="").runtime  # "default"
 DEFAULT_MAX_CONCURRENCY = 8
 MIN_RETENTION_DAYS, MAX_RETENTION_DAYS = 1, 36500
 # The key id the local user (stdio MCP) acts under: no secret, never stored, so it can
@@ -60,7 +62,7 @@ def check_limits(limits: Mapping[str, float], max_concurrency: int | None = None
         raise ValidationError("max concurrency must be at least 1")
 
 
-def _check_name(kind: str, name: str) -> str:
+def check_name(kind: str, name: str) -> str:
     if not NAME.fullmatch(name):
         raise ValidationError(
             f"{kind} name must be 1-64 letters, digits, '.', '_' or '-', "
@@ -100,8 +102,9 @@ def _check_connection(url: str, options: dict[str, str]) -> None:
 
 
 class Admin:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, runtimes: Runtimes | None = None) -> None:
         self.store = store
+        self.runtimes = runtimes  # where a profile's runtime is looked for; None: not checked
 
     async def org(self, name: str) -> Org:
         org = await self.store.get_org(name)
@@ -115,7 +118,7 @@ class Admin:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         retention_days: int | None = DEFAULT_RETENTION_DAYS,
     ) -> Org:
-        _check_name("organisation", name)
+        check_name("organisation", name)
         check_limits({}, max_concurrency)
         check_retention(retention_days)
         if await self.store.get_org(name) is not None:
@@ -141,10 +144,20 @@ class Admin:
         await self.store.update_org(org)
         return org
 
-    async def save_profile(self, org_name: str, name: str, **limits: Any) -> Profile:
-        """Create the profile, or change the given limits of an existing one."""
-        _check_name("profile", name)
+    async def save_profile(
+        self, org_name: str, name: str, runtime: str | None = None, **limits: Any
+    ) -> Profile:
+        """Create the profile, or change the given limits (and runtime) of an existing one.
+        The runtime must be installed."""
+        check_name("profile", name)
         check_limits(limits)
+        if runtime is not None:
+            check_name("runtime", runtime)
+            if self.runtimes is not None and self.runtimes.find(runtime) is None:
+                raise NotFound(
+                    f"runtime {runtime} is not installed: baponi runtimes import {runtime} SOURCE"
+                )
+            limits["runtime"] = runtime
         org = await self.org(org_name)
         current = await self.store.get_profile(org.id, name) or Profile(
             id=new_id("prf"), org_id=org.id, name=name

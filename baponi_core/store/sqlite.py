@@ -151,6 +151,9 @@ CREATE INDEX executions_ended ON executions (org_id, completed_at)
     """
 ALTER TABLE volumes ADD COLUMN quota_bytes INTEGER;
 """,
+    """
+ALTER TABLE profiles ADD COLUMN runtime TEXT NOT NULL DEFAULT 'default';
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -335,6 +338,17 @@ class SqliteStore:
             [org_id],
         )
         return [Profile(*row) for row in rows]
+
+    async def profiles_by_runtime(self) -> dict[str, list[str]]:
+        rows = await self._all(
+            "SELECT p.runtime, o.name, p.name FROM profiles p JOIN orgs o ON o.id = p.org_id "
+            "ORDER BY p.runtime, o.name, p.name",
+            [],
+        )
+        users: dict[str, list[str]] = {}
+        for runtime, org, profile in rows:
+            users.setdefault(runtime, []).append(f"{org}/{profile}")
+        return users
 
     # API keys
 

@@ -118,14 +118,20 @@ def test_profiles_set_and_list(home: Path) -> None:
     assert done.returncode == 0, done.stderr
     listing = cli(home, "profiles", "list")
     small = next(line for line in listing.splitlines() if line.startswith("small:"))
-    assert small == "small: cpus=0.5 memory=256MiB pids=64 max_timeout=30s tmp=16MiB output=128KiB"
+    assert small == (
+        "small: cpus=0.5 memory=256MiB pids=64 max_timeout=30s tmp=16MiB output=128KiB "
+        "runtime=default"
+    )
     assert any(line.startswith("default:") for line in listing.splitlines())
     # changing one limit keeps the others
     cli(home, "profiles", "set", "small", "--max-timeout", "45")
     small = next(
         line for line in cli(home, "profiles", "list").splitlines() if line.startswith("small:")
     )
-    assert small == "small: cpus=0.5 memory=256MiB pids=64 max_timeout=45s tmp=16MiB output=128KiB"
+    assert small == (
+        "small: cpus=0.5 memory=256MiB pids=64 max_timeout=45s tmp=16MiB output=128KiB "
+        "runtime=default"
+    )
 
 
 @pytest.mark.parametrize(

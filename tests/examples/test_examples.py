@@ -38,9 +38,11 @@ TRACE = r"trc_[\w-]+"
 
 
 def run_example(name: str, env: dict[str, str], *args: str) -> tuple[str, str]:
-    """``python examples/<name>.py`` with ``env`` over a clean base (PATH, HOME, LANG): its
-    stdout and stderr, once it has exited 0 without a traceback."""
-    base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    """``python examples/<name>.py`` with ``env`` over a clean base (PATH, HOME, LANG, and
+    the session's runtimes, for the servers the self-contained ones start): its stdout and
+    stderr, once it has exited 0 without a traceback."""
+    kept = ("PATH", "HOME", "LANG", "BAPONI_RUNTIMES")
+    base = {key: os.environ[key] for key in kept if key in os.environ}
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
         cwd=ROOT,

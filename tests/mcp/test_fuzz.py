@@ -31,7 +31,7 @@ from baponi_core.config import Settings
 from baponi_mcp import LocalAccess, build_server
 from baponi_mcp.errors import CODES
 from tests.core.strategies import any_json, names, odd_text
-from tests.harness import HOST_DETAILS, Server, unique
+from tests.harness import HOST_DETAILS, Server, shared_runtimes, unique
 
 MAX_TIMEOUT_S = 3  # the caller's plan cap: a fuzzed timeout never holds a sandbox for long
 EXECUTE_ARGUMENTS = [
@@ -110,7 +110,9 @@ class Mcp:
 def mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mcp]:
     home = tmp_path_factory.mktemp("mcp-fuzz-home")
     with start_blocking_portal() as portal:
-        opened = portal.wrap_async_context_manager(Core(Settings.at(home, shutdown_grace_s=0)))
+        opened = portal.wrap_async_context_manager(
+            Core(Settings.at(home, shutdown_grace_s=0, runtimes_dir=shared_runtimes()))
+        )
         with opened as core:
             principal = portal.call(core.admin.local_principal)
             profile = dataclasses.replace(principal.profile, max_timeout=MAX_TIMEOUT_S)

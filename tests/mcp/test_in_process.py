@@ -37,6 +37,7 @@ from baponi_mcp.content import image_type, result_text
 from baponi_mcp.errors import CODES
 from tests.harness import (
     marker_processes,
+    shared_runtimes,
     sleep_marker,
     tagged_execution,
     text_of,
@@ -53,7 +54,8 @@ CANCELLED = "Cancelled by user"
 @pytest.fixture(scope="module")
 async def core(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Core]:
     home = tmp_path_factory.mktemp("mcp-home")
-    async with Core(Settings.at(home, shutdown_grace_s=0)) as opened:
+    settings = Settings.at(home, shutdown_grace_s=0, runtimes_dir=shared_runtimes())
+    async with Core(settings) as opened:
         yield opened
 
 

@@ -313,3 +313,19 @@ async def test_two_stores_on_one_database_both_write(
     finally:
         await server.close()
         await operator.close()
+
+
+async def test_profiles_are_found_by_the_runtime_they_name(store: Store) -> None:
+    acme = await store.create_org("acme", 4)
+    beta = await store.create_org("beta", 4)
+    await store.save_profile(Profile(id="prf_a", org_id=acme.id, name="small", runtime="slim"))
+    await store.save_profile(Profile(id="prf_b", org_id=beta.id, name="big"))
+    await store.save_profile(Profile(id="prf_c", org_id=beta.id, name="tiny", runtime="slim"))
+    assert await store.profiles_by_runtime() == {
+        "default": ["beta/big"],
+        "slim": ["acme/small", "beta/tiny"],
+    }
+    stored = await store.get_profile(acme.id, "small")
+    assert stored is not None and stored.runtime == "slim"
+    await store.save_profile(dataclasses.replace(stored, runtime="default"))
+    assert (await store.profiles_by_runtime())["default"] == ["acme/small", "beta/big"]

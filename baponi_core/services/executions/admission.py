@@ -17,16 +17,23 @@ from baponi_core.records import (
     Volume,
     WebhookStatus,
 )
+from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import volume_mounts
+from baponi_core.sandbox.image import Runtime
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.threads import ThreadClaims
 from baponi_core.services.webhooks import Webhooks
 
 
 def check(
-    principal: Principal, request: ExecuteRequest, mode: DeliveryMode, webhooks: Webhooks
-) -> None:
-    """Refuse, before anything is taken, what the caller may not run."""
+    principal: Principal,
+    request: ExecuteRequest,
+    mode: DeliveryMode,
+    webhooks: Webhooks,
+    runtimes: Runtimes,
+) -> Runtime:
+    """Refuse, before anything is taken, what the caller may not run; the runtime (its
+    current generation) it runs on."""
     if request.webhook_url is not None:
         if mode is not DeliveryMode.WEBHOOK:
             raise ValidationError("webhook_url requires the header Prefer: respond-async")
@@ -35,6 +42,19 @@ def check(
     limit = principal.profile.max_timeout
     if request.timeout > limit:
         raise RateLimited(f"timeout {request.timeout}s exceeds the plan limit of {limit}s")
+    return runtime_for(runtimes, principal.profile.runtime, request.language)
+
+
+def runtime_for(runtimes: Runtimes, name: str, language: str) -> Runtime:
+    """The current generation of ``name`` for a request in ``language``: 503 when it is not
+    installed (the operator's to fix), 400 when it has no interpreter for the language."""
+    runtime = runtimes.get(name)
+    if runtime.interpreter(language) is None:
+        raise ValidationError(
+            f"language {language} is not available in runtime {name} (it has: "
+            f"{', '.join(runtime.languages) or 'none'})"
+        )
+    return runtime
 
 
 def check_sub_paths(volumes: tuple[Volume, ...], sub_paths: list[str] | None) -> None:

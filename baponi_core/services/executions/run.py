@@ -14,6 +14,7 @@ from baponi_core.errors import BaponiError
 from baponi_core.events import Event
 from baponi_core.models import ExecuteRequest, SandboxResult
 from baponi_core.records import DeliveryMode, Execution, Profile, Volume
+from baponi_core.sandbox.image import Runtime
 from baponi_core.services.journal import Journal
 from baponi_core.services.streams import Counted
 
@@ -33,6 +34,7 @@ class Run:
     record: Execution
     request: ExecuteRequest
     profile: Profile
+    runtime: Runtime  # the generation it runs on, chosen at admission
     volumes: tuple[Volume, ...]  # mounted at /data/<slug>
     held: contextlib.ExitStack  # its concurrency slot and thread claim
     journal: Journal

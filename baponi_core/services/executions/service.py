@@ -20,6 +20,7 @@ from baponi_core.errors import Conflict, NotFound, Unavailable, ValidationError
 from baponi_core.limits import TRACE_ID_PATTERN
 from baponi_core.models import Cancelling, ExecuteRequest, ExecutionView
 from baponi_core.records import DeliveryMode, Execution, Principal
+from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import admission
@@ -44,6 +45,7 @@ class Executions:
         self,
         store: Store,
         runtime: SandboxRuntime,
+        runtimes: Runtimes,
         storage: Storage,
         limiter: ConcurrencyLimiter,
         webhooks: Webhooks,
@@ -55,6 +57,7 @@ class Executions:
         self.limiter = limiter
         self.threads = ThreadClaims()
         self.webhooks = webhooks
+        self.runtimes = runtimes
         self.log = ExecutionLog(store)
         self.accepting = True
         self.streams = OpenStreams()
@@ -78,7 +81,7 @@ class Executions:
         if not self.accepting or self._tasks is None:
             raise Unavailable("the server is shutting down; try again shortly")
         self.space.check()  # its record, its output, its thread home: nowhere to go
-        admission.check(principal, request, mode, self.webhooks)
+        image = admission.check(principal, request, mode, self.webhooks, self.runtimes)
         with contextlib.ExitStack() as stream:
             if mode is DeliveryMode.STREAMING:
                 stream.enter_context(self.streams.claim(principal.org))
@@ -91,6 +94,7 @@ class Executions:
                     record,
                     request,
                     principal.profile,
+                    image,
                     principal.volumes,
                     held.pop_all(),
                     journal,
