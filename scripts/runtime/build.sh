@@ -3,7 +3,10 @@
 # this script, with mmdebstrap and umoci (no Docker, no daemon). Run as root.
 #
 #   scripts/runtime/build.sh OUT      build the layout into OUT (which must not exist)
-#   scripts/runtime/build.sh --key    print the hash of the pinned inputs (the cache key)
+#   scripts/runtime/build.sh --key    print the hash of the pinned inputs
+#   scripts/runtime/build.sh --where  print where set-up keeps the layout of these inputs:
+#                                     $BAPONI_CACHE/images/default-KEY, the cache being
+#                                     ~/.cache/baponi (or $XDG_CACHE_HOME/baponi) by default
 #
 # BAPONI_RELOCK=1 writes debian.lock from what the build installed instead of checking it
 # (for updating the pins; see "The default runtime" in docs/runtimes.md).
@@ -13,8 +16,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 inputs_key() {
   (cd "$here" && find . -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-16
 }
-if [ "${1:-}" = --key ]; then inputs_key; exit 0; fi
-[ $# = 1 ] || { echo "usage: $0 OUT | --key" >&2; exit 2; }
+cache=${BAPONI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baponi}
+case "${1:-}" in
+  --key) inputs_key; exit 0 ;;
+  --where) echo "$cache/images/default-$(inputs_key)"; exit 0 ;;
+esac
+[ $# = 1 ] || { echo "usage: $0 OUT | --key | --where" >&2; exit 2; }
 out=$1
 [ ! -e "$out" ] || { echo "$out exists" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "$0 must run as root (mmdebstrap --mode=root)" >&2; exit 1; }
@@ -25,7 +32,6 @@ release=$(field release)
 # The pinned point release's date: every timestamp in the image (files, config, history).
 export SOURCE_DATE_EPOCH; SOURCE_DATE_EPOCH=$(field source-date-epoch)
 created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
-cache=${BAPONI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/baponi}
 downloads=$cache/downloads
 mkdir -p "$downloads/wheels" "$(dirname "$out")"
 work=$(mktemp -d "$(dirname "$out")/.build.XXXXXX")
