@@ -25,6 +25,9 @@ esac
 out=$1
 [ ! -e "$out" ] || { echo "$out exists" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "$0 must run as root (mmdebstrap --mode=root)" >&2; exit 1; }
+# The wheels and Node are pinned for x86_64 (an arm64 image needs locks of its own).
+[ "$(uname -m)" = x86_64 ] || { echo "$0 builds for x86_64 only" >&2; exit 1; }
+key=$(inputs_key)  # taken first: the label names the inputs the build started from
 
 step() { echo "[runtime $(date -u +%T)] $*"; }
 field() { sed -n "s/^# $1: //p" "$here/debian.lock"; }
@@ -70,9 +73,15 @@ BAPONI_WORK=$work BAPONI_DOWNLOADS=$downloads BAPONI_DEBIAN_RELEASE=$release \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --include="$packages" --skip=output/mknod \
+  --include="$packages" --skip=output/dev \
   --customize-hook='"$BAPONI_HOOK" "$1"' \
   bookworm "$work/rootfs.tar" http://deb.debian.org/debian
+
+# mmdebstrap's /dev holds device nodes; a sandbox gets its own /dev, so the image has an
+# empty directory there.
+mkdir -p "$work/empty/dev"
+tar --append -f "$work/rootfs.tar" -C "$work/empty" --numeric-owner --owner=0 --group=0 \
+  --mode=0755 --mtime="@$SOURCE_DATE_EPOCH" ./dev
 
 if [ "${BAPONI_RELOCK:-}" = 1 ]; then
   { sed -n '/^#/p' "$here/debian.lock"; cat "$work/debian.manifest"; } >"$work/debian.lock"
@@ -103,7 +112,7 @@ for label in python=/usr/bin/python3 node=/usr/local/bin/node bash=/bin/bash; do
   config+=(--config.label "org.baponi.interpreter.$label")
 done
 config+=(--config.label "org.opencontainers.image.title=baponi-default-runtime")
-config+=(--config.label "org.opencontainers.image.version=$(inputs_key)")
+config+=(--config.label "org.opencontainers.image.version=$key")
 umoci config --image "$image" "${config[@]}"
 umoci gc --layout "$layout"
 mv "$layout" "$out"
