@@ -65,8 +65,14 @@ else
   find "$(dirname "$layout")" -mindepth 1 -maxdepth 1 -name 'default-*' ! -path "$layout" \
     -exec rm -rf {} +
 fi
-if .venv/bin/baponi runtimes --help >/dev/null 2>&1; then
-  .venv/bin/baponi runtimes import default "$layout" --replace
+# Imported unless `default` already comes from this very layout (its path names the pins).
+imported() {
+  .venv/bin/baponi runtimes list 2>/dev/null | awk -v want="source=oci:$layout" \
+    '$1 == "default" { for (i = 2; i <= NF; i++) if ($i == want) found = 1 } END { exit !found }'
+}
+if .venv/bin/baponi runtimes --help >/dev/null 2>&1 && ! imported; then
+  echo "importing the default runtime image as the runtime default"
+  .venv/bin/baponi runtimes import default "oci:$layout" --replace
 fi
 
 if [ "$mode" = serve ]; then
