@@ -35,6 +35,11 @@ command -v umoci >/dev/null || need+=(umoci)
 if [ "$mode" = test ]; then dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static); fi
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# The default runtime image is built with mmdebstrap (a Debian root) and umoci (OCI image).
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v umoci >/dev/null || need+=(umoci)
+command -v openssl >/dev/null || need+=(openssl)
+[ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
 [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] \
   || need+=(libseccomp2)
 if [ ${#need[@]} -gt 0 ]; then
@@ -50,6 +55,30 @@ extra=""
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
 # Build the sandbox's init and gate now rather than at the server's first start.
 .venv/bin/python -c 'from baponi_core.sandbox import agent, gate; agent.binary(); gate.binary()'
+
+# The default runtime: an OCI image layout built once per set of pinned inputs
+# (scripts/runtime/) into a cache outside the checkout, then imported as `default`.
+layout=$(scripts/runtime/build.sh --where)
+if [ -f "$layout/index.json" ]; then
+  echo "default runtime image: $layout (cached)"
+else
+  echo "building the default runtime image into $layout (a few minutes, once)"
+  cache=$(dirname "$(dirname "$layout")")
+  as_root env BAPONI_CACHE="$cache" scripts/runtime/build.sh "$layout"
+  [ "$(id -u)" = 0 ] || as_root chown -R "$(id -u):$(id -g)" "$cache"
+  # Layouts of earlier pins are no longer needed: each import made a copy of its own.
+  find "$(dirname "$layout")" -mindepth 1 -maxdepth 1 -name 'default-*' ! -path "$layout" \
+    -exec rm -rf {} +
+fi
+# Imported unless `default` already comes from this very layout (its path names the pins).
+imported() {
+  .venv/bin/baponi runtimes list 2>/dev/null | awk -v want="source=oci:$layout" \
+    '$1 == "default" { for (i = 2; i <= NF; i++) if ($i == want) found = 1 } END { exit !found }'
+}
+if .venv/bin/baponi runtimes --help >/dev/null 2>&1 && ! imported; then
+  echo "importing the default runtime image as the runtime default"
+  .venv/bin/baponi runtimes import default "oci:$layout" --replace
+fi
 
 if [ "$mode" = serve ]; then
   exec .venv/bin/baponi serve "$@"
