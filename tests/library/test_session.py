@@ -5,8 +5,8 @@ limit and isolation rule an API key of the same organisation and profile is."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-
 from pathlib import Path
+
 import pytest
 
 from baponi_core import (
