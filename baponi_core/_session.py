@@ -101,8 +101,8 @@ class Session:
     def _core(self) -> Core:
         return self.embedded._open_core()
 
-    async def principal(self) -> Principal:
-        """Who the calls run as, now (for adapters: :func:`baponi_mcp.add_tools`)."""
+    async def _principal(self) -> Principal:
+        """Who the calls run as, now."""
         return await self._core().admin.principal(self.org, self.profile, self.volumes)
 
     async def execute(self, code: str, **options: Unpack[RunOptions]) -> SandboxResult:
@@ -128,18 +128,18 @@ class Session:
 
     async def get(self, trace_id: str) -> ExecutionView:
         """An execution of the organisation's, by trace id."""
-        return await self._core().executions.get(await self.principal(), trace_id)
+        return await self._core().executions.get(await self._principal(), trace_id)
 
     async def cancel(self, trace_id: str) -> None:
         """Kill a running execution of the organisation's sandbox."""
-        await self._core().executions.cancel(await self.principal(), trace_id)
+        await self._core().executions.cancel(await self._principal(), trace_id)
 
     async def list_files(
         self, id: str, path: str = "", *, source: Source = "thread"
     ) -> list[FileEntry]:
         """What is under ``path`` of thread ``id`` (or of volume ``id``)."""
         request = _file_request(source, id, path)
-        return await self._core().files.list_files(await self.principal(), request)
+        return await self._core().files.list_files(await self._principal(), request)
 
     async def read_file(
         self, id: str, path: str, *, source: Source = "thread", max_bytes: int = READ_MAX_BYTES
@@ -147,7 +147,7 @@ class Session:
         """The whole of a file of thread ``id`` (or of volume ``id``), of at most
         ``max_bytes``; a larger one is refused."""
         request = _file_request(source, id, path)
-        data = await self._core().files.read(await self.principal(), request, max_bytes)
+        data = await self._core().files.read(await self._principal(), request, max_bytes)
         if data is None:
             raise ValidationError(f"{path} is larger than max_bytes ({max_bytes})")
         return data
@@ -158,12 +158,12 @@ class Session:
         """Store ``data`` at ``path`` of thread ``id`` (made if new) or of volume ``id``,
         under the same quota and read-only checks as an upload."""
         request = _file_request(source, id, path, content_length=len(data))
-        await self._core().files.write(await self.principal(), request, _chunks(data))
+        await self._core().files.write(await self._principal(), request, _chunks(data))
 
     async def delete_file(self, id: str, path: str, *, source: Source = "thread") -> None:
         """Delete a file, or a directory and all it holds."""
         request = _file_request(source, id, path)
-        await self._core().files.delete(await self.principal(), request)
+        await self._core().files.delete(await self._principal(), request)
 
     async def _submit(
         self,
@@ -181,7 +181,7 @@ class Session:
         if "sub_paths" in body:
             body["sub_paths"] = list(body["sub_paths"])
         request = parse(ExecuteRequest, body)
-        return await self._core().executions.submit(await self.principal(), request, mode)
+        return await self._core().executions.submit(await self._principal(), request, mode)
 
     @asynccontextmanager
     async def _streamed(self, code: str, options: RunOptions) -> AsyncIterator[Execution]:
@@ -199,3 +199,9 @@ def _file_request(source: Source, id: str, path: str, **more: Any) -> FileReques
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), WRITE_CHUNK_BYTES):
         yield data[start : start + WRITE_CHUNK_BYTES]
+
+
+async def principal_of(session: Session) -> Principal:
+    """Who ``session`` calls as, now: for this project's adapters (``baponi_mcp``) only;
+    not part of the public API."""
+    return await session._principal()

@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 
 from baponi_core import Embedded, Session
 from baponi_core._embedded import internal_core
+from baponi_core._session import principal_of
 from baponi_http import create_files_app
 from baponi_mcp.http import McpEndpoint
 from baponi_mcp.server import Caller, register_tools
@@ -24,7 +25,7 @@ class SessionAccess:
 
     async def caller(self, ctx: Context[Any, Any]) -> Caller:
         core = internal_core(self._session.embedded)
-        return Caller(core, await self._session.principal(), self._base_url)
+        return Caller(core, await principal_of(self._session), self._base_url)
 
 
 def add_tools(server: MCPServer[Any], session: Session, files_url: str | None = None) -> None:
