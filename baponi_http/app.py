@@ -232,11 +232,11 @@ def create_app(
     return _starlette(api_routes(extensions), lifespan=lifespan)
 
 
-def create_mounted_app(core: Core, extensions: Sequence[Extension] = ()) -> Starlette:
+def create_mounted_app(core: Core) -> Starlette:
     """The REST API over ``core``, with no lifespan of its own: for a mount in another
-    application, whose lifespan a mounted app never sees. The core is opened, and the
-    extensions run (:meth:`Extension.running`), by whoever owns the core."""
-    app = _starlette(api_routes(extensions))
+    application, whose lifespan a mounted app never sees; whoever owns the core opens
+    and closes it."""
+    app = _starlette(api_routes(()))
     app.state.core = core
     return app
 

@@ -56,23 +56,27 @@ class Snapshot:
         )
 
 
+def new_since(before: Snapshot) -> dict[str, object]:
+    """What the process holds now that it did not at ``before`` (what ended meanwhile is
+    not the core's doing)."""
+    now = Snapshot.take()
+    new: dict[str, object] = {
+        "fds": sorted(now.fds - before.fds),
+        "threads": [
+            t.name for t in threading.enumerate() if t.ident in now.threads - before.threads
+        ],
+        "tasks": now.tasks - before.tasks,
+        "children": sorted(now.children - before.children),
+        "mounts": max(now.mounts - before.mounts, 0),
+    }
+    return {what: held for what, held in new.items() if held}
+
+
 async def settled(before: Snapshot) -> None:
-    """Wait until the process is as ``before`` (a closed descriptor, a thread ending or
-    a reaped child show a moment after the close returned), else fail with the rest."""
-
-    def same() -> bool:
-        return Snapshot.take() == before
-
-    def left() -> str:
-        now = Snapshot.take()
-        return (
-            f"fds {sorted(now.fds - before.fds)}, threads "
-            f"{[t.name for t in threading.enumerate() if t.ident in now.threads - before.threads]}"
-            f", tasks {now.tasks - before.tasks}, children {sorted(now.children)}, "
-            f"mounts {now.mounts} (were {before.mounts})"
-        )
-
-    await wait_until_async(same, 10, left)
+    """Wait until the process holds nothing new since ``before`` (a closed descriptor, a
+    thread ending or a reaped child show a moment after the close returned), else fail
+    with what is left."""
+    await wait_until_async(lambda: not new_since(before), 10, lambda: new_since(before))
 
 
 async def use(baponi: Embedded, thread: str) -> None:
@@ -87,16 +91,18 @@ async def use(baponi: Embedded, thread: str) -> None:
     await (await session.submit("print('submitted')")).wait()
 
 
+@pytest.mark.slow
 async def test_nothing_is_left_behind(tmp_path: Path) -> None:
     async with Embedded(tmp_path / "warm-up") as warm:  # imports, the agent's build
         await warm.session().execute("print(1)")
     before = Snapshot.take()
     async with Embedded(tmp_path / "home") as baponi:
         await use(baponi, "lifecycle")
-        assert Snapshot.take() != before  # the check can see what a core holds
+        assert new_since(before)  # the check sees what a core holds
     await settled(before)
 
 
+@pytest.mark.slow
 async def test_an_exception_in_the_block_stops_what_runs_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
@@ -119,6 +125,7 @@ async def test_an_exception_in_the_block_stops_what_runs_and_leaves_nothing(
     assert (record.status, record.error) == (ExecutionStatus.FAILED, "server_stopped")
 
 
+@pytest.mark.slow
 async def test_a_normal_exit_lets_running_executions_finish(tmp_path: Path) -> None:
     settings = Settings.at(tmp_path, shutdown_grace_s=120)
     async with Embedded(settings=settings) as baponi:
@@ -127,6 +134,7 @@ async def test_a_normal_exit_lets_running_executions_finish(tmp_path: Path) -> N
     assert (await running.result()).stdout == "done\n"
 
 
+@pytest.mark.slow
 async def test_two_cores_on_two_homes_in_one_process(tmp_path: Path) -> None:
     first = Embedded(settings=Settings.at(tmp_path / "one", shutdown_grace_s=0))
     second = Embedded(settings=Settings.at(tmp_path / "two", shutdown_grace_s=0))
@@ -152,6 +160,7 @@ async def test_two_cores_on_two_homes_in_one_process(tmp_path: Path) -> None:
         assert await one.read_file("same", "who") == b"onemore\n"
 
 
+@pytest.mark.slow
 async def test_a_second_core_on_the_same_home_is_refused(tmp_path: Path) -> None:
     async with Embedded(tmp_path) as baponi:
         before = Snapshot.take()

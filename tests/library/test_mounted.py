@@ -121,6 +121,7 @@ async def mcp_client(url: str, key: str | None) -> AsyncIterator[Client]:
         yield client
 
 
+@pytest.mark.slow
 async def test_the_mcp_endpoint_under_a_prefix(
     served: tuple[Embedded, str], key: str, http: httpx.AsyncClient
 ) -> None:

@@ -39,6 +39,7 @@ async def new_org(baponi: Embedded, max_concurrency: int = 4) -> str:
     return name
 
 
+@pytest.mark.slow
 async def test_the_three_outcomes(baponi: Embedded) -> None:
     session = baponi.session(await new_org(baponi))
     result = await session.execute("print(6 * 7)")
@@ -125,6 +126,7 @@ async def test_a_thread_runs_one_execution_at_a_time(baponi: Embedded) -> None:
     await running.cancel()
 
 
+@pytest.mark.slow
 async def test_the_profiles_limits_hold_and_changes_apply_at_once(baponi: Embedded) -> None:
     org = await new_org(baponi)
     await baponi.manage.save_profile(org, "small", max_timeout=5, memory_mb=64)
