@@ -3,8 +3,8 @@
 ``async with Embedded(home) as baponi`` opens what ``baponi serve`` opens (the home lock,
 the store, storage, the sandbox runtime) and starts what it runs in the background
 (webhook deliveries, the sweeps, the event log's purge); leaving the block drains running
-executions (within ``Settings.shutdown_grace_s``; at once when the block raised) and
-stops and closes all of it, in the reverse order.
+executions (within ``Settings.shutdown_grace_s``; at once when the block raised or was
+cancelled) and stops and closes all of it, in the reverse order.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import anyio
 
 from baponi_core._management import Management
 from baponi_core._session import Session
@@ -85,9 +87,13 @@ class Embedded:
     ) -> None:
         self._state = _State.CLOSED
         try:
-            if exc_type is not None:  # nobody is left to wait for a result
-                await self._core.executions.drain(0)
+            if exc_type is None:  # else nobody is left to wait for a result
+                await self._core.executions.drain(self.settings.shutdown_grace_s)
         finally:
+            # Shielded: a cancelled block (or a cancel during the grace) still stops what
+            # runs; the core's own closing is safe under a cancel.
+            with anyio.CancelScope(shield=True):
+                await self._core.executions.drain(0)
             await self._stack.aclose()
 
     def _open_core(self) -> Core:

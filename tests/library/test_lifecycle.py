@@ -171,3 +171,21 @@ async def test_a_second_core_on_the_same_home_is_refused(tmp_path: Path) -> None
         assert (await baponi.session().execute("print('still serving')")).success
     async with Embedded(tmp_path) as reopened:  # free again once the first has closed
         assert (await reopened.session().execute("print(1)")).stdout == "1\n"
+
+
+@pytest.mark.slow
+async def test_a_cancelled_block_leaves_nothing(tmp_path: Path) -> None:
+    async with Embedded(tmp_path / "warm-up") as warm:
+        await warm.session().execute("print(1)")
+    before = Snapshot.take()
+    marker = sleep_marker(20)
+    settings = Settings.at(tmp_path / "home", shutdown_grace_s=120)
+    with anyio.CancelScope() as scope:
+        async with Embedded(settings=settings) as baponi:
+            await baponi.session().submit(f"sleep {marker}", language="bash")
+            await wait_until_async(lambda: marker_processes(marker), 30, "the sandboxed sleep")
+            scope.cancel()
+            await anyio.sleep(30)  # cancelled here
+    assert scope.cancelled_caught
+    assert not marker_processes(marker)
+    await settled(before)
