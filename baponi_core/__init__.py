@@ -1,1 +1,68 @@
-"""Transport-agnostic core of the Baponi self-hosted sandbox."""
+"""Baponi's core, embedded in a Python program: run code in sandboxes, manage its
+organisations, keys, profiles and volumes, with no server in between.
+
+    import baponi_core
+
+    async with baponi_core.Embedded("~/.baponi") as baponi:
+        result = await baponi.session().execute("print(6 * 7)")
+
+The names below are the public API (docs/library.md says what is stable); every module
+of this package is internal, whatever its name.
+"""
+
+from baponi_core._embedded import Embedded
+from baponi_core._management import Management, ProfileLimits
+from baponi_core._session import Execution, RunOptions, Session
+from baponi_core.config import Settings
+from baponi_core.errors import (
+    BaponiError,
+    CannotStart,
+    Conflict,
+    Forbidden,
+    NoSpace,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
+from baponi_core.events import Event, KeepaliveEvent, OutputEvent, ResultEvent, StatusEvent
+from baponi_core.homelock import HomeInUse
+from baponi_core.models import ExecutionView, FileEntry, SandboxResult
+from baponi_core.records import ApiKey, ExecutionStatus, Org, Profile, Volume
+from baponi_core.sandbox.uids import UidRange
+
+__all__ = [
+    "ApiKey",
+    "BaponiError",
+    "CannotStart",
+    "Conflict",
+    "Embedded",
+    "Event",
+    "Execution",
+    "ExecutionStatus",
+    "ExecutionView",
+    "FileEntry",
+    "Forbidden",
+    "HomeInUse",
+    "KeepaliveEvent",
+    "Management",
+    "NoSpace",
+    "NotFound",
+    "Org",
+    "OutputEvent",
+    "Profile",
+    "ProfileLimits",
+    "RateLimited",
+    "ResultEvent",
+    "RunOptions",
+    "SandboxResult",
+    "Session",
+    "Settings",
+    "StatusEvent",
+    "UidRange",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationError",
+    "Volume",
+]

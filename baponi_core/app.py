@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import anyio
@@ -78,7 +79,7 @@ class Core:
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(os.close, lock_home(self.settings.home))
             await self.store.open()
-            stack.push_async_callback(self.store.close)
+            stack.push_async_callback(_shielded, self.store.close)
             # Stored files have one unprivileged owner when we are root (each sandbox sees
             # them as its own through an id-mapped mount), else they are ours.
             owner = STORAGE_UID if os.geteuid() == 0 else None
@@ -95,13 +96,13 @@ class Core:
             )
             storage.clear_staging()
             if disks is not None:  # closed once the sandboxes are
-                stack.push_async_callback(disks.close)
+                stack.push_async_callback(_shielded, disks.close)
             self._runtime = await stack.enter_async_context(
                 SandboxRuntime.open(
                     self.settings.runtime, storage.shared, uids=self.settings.sandbox_uids
                 )
             )
-            stack.push_async_callback(self.webhooks.close)
+            stack.push_async_callback(_shielded, self.webhooks.close)
             quota = self.settings.thread_quota_bytes
             self._space = Space(self.settings.home, *([storage.disk.base] if storage.disk else []))
             self._files = Files(self.store, storage, signer, quota, self._space)
@@ -131,9 +132,11 @@ class Core:
     async def __aexit__(
         self, *exc: type[BaseException] | BaseException | TracebackType | None
     ) -> None:
-        if self._executions is not None:
-            await self._executions.drain(self.settings.shutdown_grace_s)
-        await self._stack.aclose()
+        try:
+            if self._executions is not None:
+                await self._executions.drain(self.settings.shutdown_grace_s)
+        finally:
+            await self._stack.aclose()
 
     async def _warn_missing_runtimes(self) -> None:
         """Say at start which runtimes profiles name that are not installed: their
@@ -175,6 +178,13 @@ class Core:
         if shutil.which(self.runtime.bwrap_path) is None:
             found["sandbox"] = "bwrap not found"
         return found
+
+
+async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
+    """Close, even when the core is closed from a cancelled task: a cancel would stop the
+    close at its first await, leaving the store's thread or a disk's mount behind."""
+    with anyio.CancelScope(shield=True):
+        await close()
 
 
 def _disks(owner: int | None) -> Disks | None:

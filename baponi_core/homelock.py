@@ -26,6 +26,11 @@ def lock_home(home: Path) -> int:
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
         os.close(fd)
+        if holder == str(os.getpid()):
+            raise HomeInUse(
+                f"{home} is already open in this process: one core per home (close the "
+                "other one first, or give this one a home of its own)"
+            ) from None
         raise HomeInUse(
             f"{home} is in use by a running Baponi server (pid {holder}): stop it or use "
             "another --home. MCP clients can connect to its /mcp endpoint instead."

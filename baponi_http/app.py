@@ -109,8 +109,15 @@ async def cancel_execution(request: Request) -> Response:
     return JSONResponse(answer.model_dump())
 
 
+def app_url(request: Request) -> str:
+    """The URL of this app's root, the prefix it is mounted under included (Starlette's
+    ``base_url`` is the outermost app's), where its signed-file routes answer."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return str(request.base_url.replace(path=root + "/"))
+
+
 def public_url(request: Request) -> str:
-    return core_of(request).settings.base_url(str(request.base_url))
+    return core_of(request).settings.base_url(app_url(request))
 
 
 async def file_request(request: Request) -> tuple[Principal, FileRequest]:
@@ -222,7 +229,20 @@ def create_app(
                 await running.enter_async_context(extension.running())
             yield
 
-    routes = [
+    return _starlette(api_routes(extensions), lifespan=lifespan)
+
+
+def create_mounted_app(core: Core) -> Starlette:
+    """The REST API over ``core``, with no lifespan of its own: for a mount in another
+    application, whose lifespan a mounted app never sees; whoever owns the core opens
+    and closes it."""
+    app = _starlette(api_routes(()))
+    app.state.core = core
+    return app
+
+
+def api_routes(extensions: Sequence[Extension]) -> list[BaseRoute]:
+    return [
         Route("/v1/sandbox/execute", execute, methods=["POST"]),
         Route("/v1/executions/{trace_id}", get_execution, methods=["GET"]),
         Route("/v1/executions/{trace_id}/output", execution_output, methods=["GET"]),
@@ -237,13 +257,13 @@ def create_app(
         openapi_route([*OPERATIONS, *(o for e in extensions for o in e.operations())]),
         *(route for extension in extensions for route in extension.routes()),
     ]
-    return _starlette(routes, lifespan=lifespan)
 
 
-def create_files_app(core: Core) -> Starlette:
-    """Only the signed-file routes, over a core already open: what ``baponi-mcp`` serves on
-    loopback so that the URLs it hands out for local storage work."""
-    app = _starlette(SIGNED_ROUTES)
+def create_files_app(core: Core, extensions: Sequence[Extension] = ()) -> Starlette:
+    """Only the signed-file routes (and the extensions'), over ``core``, with no lifespan:
+    what ``baponi-mcp`` serves on loopback so that the URLs it hands out for local storage
+    work, and the MCP app of :func:`baponi_mcp.mcp_app`."""
+    app = _starlette([*SIGNED_ROUTES, *(route for e in extensions for route in e.routes())])
     app.state.core = core
     return app
 

@@ -10,6 +10,7 @@ Bearer key is checked before the SDK sees the request, by the same authenticator
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +25,7 @@ from baponi_core.app import Core
 from baponi_core.config import Settings
 from baponi_core.errors import BaponiError, Unauthorized
 from baponi_core.limits import MAX_REQUEST_BYTES
-from baponi_http import Answer, Operation, error_for
+from baponi_http import Answer, Operation, app_url, error_for
 from baponi_mcp.errors import refusal
 from baponi_mcp.server import Caller, build_server
 
@@ -73,21 +74,23 @@ class HttpAccess:
     """The caller of an HTTP request: the principal its key authenticated (set in the
     scope by :class:`McpEndpoint`), the core of the app serving it."""
 
-    def caller(self, ctx: Context[Any, Any]) -> Caller:
+    async def caller(self, ctx: Context[Any, Any]) -> Caller:
         request = ctx.request_context.request
         if not isinstance(request, Request) or PRINCIPAL not in request.scope:
             # Unreachable through McpEndpoint; never fall back to anyone's rights.
             raise refusal(Unauthorized("missing API key: send Authorization: Bearer <key>"))
         core: Core = request.app.state.core
-        base_url = core.settings.base_url(str(request.base_url))
+        base_url = core.settings.base_url(app_url(request))
         return Caller(core, request.scope[PRINCIPAL], base_url)
 
 
 class McpEndpoint:
     """The ASGI app at ``/mcp``: authenticate, then hand over to the SDK's transport. An
-    :class:`baponi_http.Extension` of the REST app, which enters :meth:`running`."""
+    :class:`baponi_http.Extension` of the REST app, which enters :meth:`running`; served
+    at ``path`` of the app (the root of :func:`baponi_mcp.mcp_app`'s)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, path: str = PATH) -> None:
+        self.path = path
         self.server = build_server(HttpAccess())
         self.server.streamable_http_app(  # sets up the session manager; its app is unused
             streamable_http_path=PATH,
@@ -99,10 +102,10 @@ class McpEndpoint:
     def routes(self) -> list[BaseRoute]:
         # POST only: stateless, there is no session to end (DELETE) and nothing a GET stream
         # could ever carry, and the SDK would hold such a stream open for good.
-        return [Route(PATH, self, methods=["POST"])]
+        return [Route(self.path, self, methods=["POST"])]
 
     def operations(self) -> list[Operation]:
-        return [OPERATION]
+        return [dataclasses.replace(OPERATION, path=self.path)]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -64,7 +64,7 @@ class Caller:
 class Access(Protocol):
     """How a transport tells the tools who is calling."""
 
-    def caller(self, ctx: Context[Any, Any]) -> Caller: ...
+    async def caller(self, ctx: Context[Any, Any]) -> Caller: ...
 
 
 class LocalAccess:
@@ -77,7 +77,7 @@ class LocalAccess:
         note = "The URL works on this machine while the Baponi MCP server runs."
         self._caller = Caller(core, principal, core.settings.base_url(files_url), note)
 
-    def caller(self, ctx: Context[Any, Any]) -> Caller:
+    async def caller(self, ctx: Context[Any, Any]) -> Caller:
         return self._caller
 
 
@@ -91,6 +91,13 @@ def build_server(access: Access) -> MCPServer[Any]:
         subscriptions=False,  # nothing ever changes: no listChanged to promise
     )
     _serve_tools_only(server)
+    register_tools(server, access)
+    return server
+
+
+def register_tools(server: MCPServer[Any], access: Access) -> None:
+    """Add ``sandbox_execute`` and ``files_download`` to ``server``, for callers resolved by
+    ``access``."""
 
     @server.tool(
         title="Run code in a sandbox",
@@ -109,7 +116,7 @@ def build_server(access: Access) -> MCPServer[Any]:
         env_vars: EnvVars = None,
         sub_paths: SubPaths = None,
     ) -> Annotated[CallToolResult, ExecutionResult]:
-        caller = access.caller(ctx)
+        caller = await access.caller(ctx)
         body = {
             "code": code,
             "language": language,
@@ -137,7 +144,7 @@ def build_server(access: Access) -> MCPServer[Any]:
     async def files_download(
         ctx: Context[Any, Any], id: StorageId, path: FilePath, source: Source = "thread"
     ) -> Annotated[CallToolResult, FileDownload]:
-        caller = access.caller(ctx)
+        caller = await access.caller(ctx)
         with translated():
             request = parse(FileRequest, {"source": source, "id": id, "path": path})
             data = await caller.core.files.read(caller.principal, request, INLINE_MAX_BYTES)
@@ -161,8 +168,6 @@ def build_server(access: Access) -> MCPServer[Any]:
         )
         content: list[ContentBlock] = [TextContent(type="text", text=summary), *blocks]
         return CallToolResult(content=content, structured_content=download.model_dump())
-
-    return server
 
 
 def _serve_tools_only(server: MCPServer[Any]) -> None:

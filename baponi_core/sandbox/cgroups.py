@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import signal
@@ -94,6 +95,9 @@ class Cgroup:
         return removed
 
 
+_runtimes = itertools.count()  # numbers the runtimes of this process
+
+
 class Cgroups:
     """Creates and removes the groups of one server."""
 
@@ -105,7 +109,7 @@ class Cgroups:
         """The server's cgroups, or ``None`` when this process may not create them."""
         if os.geteuid() != 0:
             return None
-        server = f"srv-{os.getpid()}"
+        server = f"srv-{os.getpid()}-{next(_runtimes)}"  # a process may run several
         try:
             if all((root / c / "cgroup.procs").exists() for c in V1_CONTROLLERS):
                 _favor_dynmods()
@@ -181,7 +185,7 @@ def _clean_stale(parent: Path) -> None:
     if not parent.exists():
         return
     for base in parent.glob("srv-*"):
-        pid = base.name.removeprefix("srv-")
+        pid = base.name.removeprefix("srv-").partition("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             Cgroups((base,), v2=False).close()
 
@@ -197,7 +201,7 @@ def _v2_base(root: Path, server: str) -> Path:
     except OSError as exc:
         if exc.errno != errno.EBUSY:
             raise
-        leaf = parent / f"baponi-{server}-self"
+        leaf = parent / f"baponi-srv-{os.getpid()}-self"  # the process's, whatever the runtime
         leaf.mkdir(exist_ok=True)
         _write(leaf / "cgroup.procs", "0")
         _write(parent / "cgroup.subtree_control", wanted)

@@ -152,25 +152,27 @@ async def _supervise(
     remaining = job.timeout_s - (time.monotonic() - started)
     process: Process | None = None
     code = KILLED
-    with anyio.move_on_after(max(remaining, 0)) as deadline:
-        process = await run.sandbox.start(job.command())
-        async with anyio.create_task_group() as pumps:
-            pipes: tuple[tuple[Stream, PipeReader], ...] = (
-                ("stdout", process.stdout),
-                ("stderr", process.stderr),
-            )
-            for name, pipe in pipes:
-                pumps.start_soon(_pump, run, pipe, name, streams[name], job, on_output)
-            code = await process.wait()  # and the sandbox is ending: what it left running too
-            run.sandbox.kill()  # at once, so that the pipes those held end
-    if deadline.cancelled_caught:
-        run.timed_out = True
-        run.sandbox.kill()
-    if process is not None:
+    try:
+        with anyio.move_on_after(max(remaining, 0)) as deadline:
+            process = await run.sandbox.start(job.command())
+            async with anyio.create_task_group() as pumps:
+                pipes: tuple[tuple[Stream, PipeReader], ...] = (
+                    ("stdout", process.stdout),
+                    ("stderr", process.stderr),
+                )
+                for name, pipe in pipes:
+                    pumps.start_soon(_pump, run, pipe, name, streams[name], job, on_output)
+                code = await process.wait()  # and the sandbox is ending: what it left too
+                run.sandbox.kill()  # at once, so that the pipes those held end
         if deadline.cancelled_caught:
-            with anyio.move_on_after(STOP_WAIT_S):
-                code = await process.wait()
-        process.close()
+            run.timed_out = True
+            run.sandbox.kill()
+            if process is not None:
+                with anyio.move_on_after(STOP_WAIT_S):
+                    code = await process.wait()
+    finally:  # cancelled too (the core closed from a cancelled task): the pipes go
+        if process is not None:
+            process.close()
     return code
 
 

@@ -84,9 +84,10 @@ class SandboxRuntime:
         # our private mount namespace.
         janitor = Worker("janitor", thread=root)
         pool = Uids(uids) if root else None
+        bound: list[Path] = []  # unmounted when the runtime closes
         if root:  # one bind of /etc for bwrap to make, not one per directory
             _bind_host_etc(etc, etc_binds)
-            etc_binds = []
+            bound, etc_binds = [etc / name for name in etc_binds], []
         shared = tuple(shared)
         try:
             if pool is not None:
@@ -121,6 +122,8 @@ class SandboxRuntime:
                 pool.close()
             if cgroups is not None:
                 cgroups.close()
+            if root:
+                mountns.release(base, bound)
 
     async def prepare(self, shape: Shape, *, ahead: bool = True) -> Sandbox:
         """A sandbox of ``shape``, waiting for :meth:`Sandbox.attach`.

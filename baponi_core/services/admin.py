@@ -26,8 +26,9 @@ DEFAULT_PROFILE = "default"
 DEFAULT_RUNTIME = Profile(id="", org_id="", name="").runtime  # "default"
 DEFAULT_MAX_CONCURRENCY = 8
 MIN_RETENTION_DAYS, MAX_RETENTION_DAYS = 1, 36500
-# The key id the local user (stdio MCP) acts under: no secret, never stored, so it can
-# never be presented over HTTP; stable, so its executions stay recognisable across runs.
+# The key id the local user (stdio MCP) and in-process callers act under: no secret, never
+# stored, so it can never be presented over HTTP; stable, so its executions stay
+# recognisable across runs.
 LOCAL_KEY_ID = "key_local"
 
 # Bounds an operator may set on a profile (lower, upper).
@@ -299,13 +300,38 @@ class Admin:
             profile = Profile(id=new_id("prf"), org_id=org.id, name=DEFAULT_PROFILE)
             await self.store.save_profile(profile)
         profile = dataclasses.replace(profile, **(limits or {}))
-        key = ApiKey(
-            id=LOCAL_KEY_ID,
-            org_id=org.id,
-            profile_id=profile.id,
-            name="local user",
-            prefix="local",
-            created_at=org.created_at,
-        )
-        volumes = tuple(await self.store.list_volumes(org.id))
-        return Principal(key=key, org=org, profile=profile, volumes=volumes)
+        return _local(org, profile, tuple(await self.store.list_volumes(org.id)))
+
+    async def principal(
+        self, org_name: str, profile_name: str, volumes: Sequence[str] | None = None
+    ) -> Principal:
+        """An in-process caller, trusted without an API key, bound as a key would be: the
+        organisation, its profile ``profile_name`` and the volumes and connections named
+        by slug (None: all of the organisation's). Read from the store at each call, so
+        that changed limits apply at once, as they do to a key."""
+        org = await self.org(org_name)
+        profile = await self.store.get_profile(org.id, profile_name)
+        if profile is None:
+            raise NotFound(f"profile {profile_name} not found in organisation {org_name}")
+        every = await self.store.list_volumes(org.id)
+        if volumes is None:
+            return _local(org, profile, tuple(every))
+        by_slug = {volume.slug: volume for volume in every}
+        missing = [slug for slug in volumes if slug not in by_slug]
+        if missing:
+            raise NotFound(f"volume {missing[0]} not found in organisation {org_name}")
+        chosen = sorted({by_slug[slug] for slug in volumes}, key=lambda v: v.slug)
+        return _local(org, profile, tuple(chosen))
+
+
+def _local(org: Org, profile: Profile, volumes: tuple[Volume, ...]) -> Principal:
+    """A principal under the local key id: no secret, so nothing over HTTP can be it."""
+    key = ApiKey(
+        id=LOCAL_KEY_ID,
+        org_id=org.id,
+        profile_id=profile.id,
+        name="local user",
+        prefix="local",
+        created_at=org.created_at,
+    )
+    return Principal(key=key, org=org, profile=profile, volumes=volumes)

@@ -194,7 +194,23 @@ class Files:
     async def upload(self, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         """Local storage, and cloud stores whose own URLs cannot bind a size (Azure)."""
         self.space.check()
-        place = await self._granted(grant)
+        await self._store(await self._granted(grant), grant, chunks)
+
+    async def write(
+        self, principal: Principal, request: FileRequest, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """What an upload through a signed URL does, for an in-process caller who needs no
+        URL: ``content_length`` bytes from ``chunks`` at the request's path."""
+        names = parts(request.path)
+        if request.content_length is None:
+            raise ValidationError("content_length is required")
+        self.space.check()
+        place = await self._place(principal, request, write=True, create=True)
+        expires = int(time.time()) + limits.SIGNED_URL_TTL_S
+        grant = Grant("PUT", place.key, "/".join(names), request.content_length, expires)
+        await self._store(place, grant, chunks)
+
+    async def _store(self, place: Place, grant: Grant, chunks: AsyncIterator[bytes]) -> None:
         async with self._reached(place):
             assert grant.size is not None  # grants made before other uploads filled it
             await self._check_quota(place, grant.size)

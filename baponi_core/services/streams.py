@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 from baponi_core.errors import RateLimited
 from baponi_core.records import Org
 
+T = TypeVar("T")
 SPARE_STREAMS = 4  # open streams beyond one per concurrent execution: reconnects
 RETRY_S = 5
 
@@ -44,18 +46,19 @@ class OpenStreams:
             del self._open[org_id]
 
 
-class Counted:
-    """``lines``, the stream counted as open until they end, fail, are closed, or are
-    dropped unread (an adapter may never start iterating a response whose client left)."""
+class Counted(Generic[T]):
+    """``lines`` (NDJSON, or the events themselves), the stream counted as open until they
+    end, fail, are closed, or are dropped unread (an adapter may never start iterating a
+    response whose client left)."""
 
-    def __init__(self, claim: contextlib.ExitStack, lines: AsyncIterator[str]) -> None:
+    def __init__(self, claim: contextlib.ExitStack, lines: AsyncIterator[T]) -> None:
         self._claim = claim
         self._lines = lines
 
-    def __aiter__(self) -> Counted:
+    def __aiter__(self) -> Counted[T]:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> T:
         try:
             return await anext(self._lines)
         except BaseException:  # the end, a failure, or the reader gone (cancelled)

@@ -91,7 +91,7 @@ def sandboxes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxes]:
 
 def cgroups_of(sandbox: Sandbox) -> list[Path]:
     """The sandbox's cgroup directories (one per v1 controller, or one on v2)."""
-    root, server = Path("/sys/fs/cgroup"), f"srv-{os.getpid()}"
+    root, server = Path("/sys/fs/cgroup"), f"srv-{os.getpid()}-*"  # one per runtime
     found = [*root.glob(f"*/baponi/{server}/{sandbox.id}")]
     return found or [*root.glob(f"**/baponi-{server}/{sandbox.id}")]
 
@@ -103,7 +103,7 @@ def sleepers(marker: str) -> list[bytes]:
 
 def slots() -> list[str]:
     """The slots of the runtime's sandboxes, seen from its thread."""
-    return sorted(p.name for p in (PRIVATE_BASE / "slots").iterdir() if p.name.startswith("sbx-"))
+    return sorted(p.name for p in PRIVATE_BASE.glob("runtime-*/slots/sbx-*"))
 
 
 def shell(script: str, stdin: bool = False, **env: str) -> Command:

@@ -101,10 +101,15 @@ class Submission:
         return self._run.result
 
     def events(self, after_seq: int = 0) -> AsyncIterator[Event]:
-        """Its events with ``seq > after_seq``, live, up to and with the result event."""
-        return self._run.journal.follow(after_seq)
+        """Its events with ``seq > after_seq``, live, up to and with the result event; a
+        streaming submission's stream is counted as open until they are read to the end
+        or dropped."""
+        return Counted(self._stream, self._run.journal.follow(after_seq))
 
     def lines(self, after_seq: int = 0) -> AsyncIterator[str]:
-        """:meth:`events` as NDJSON (lines in pieces); a streaming submission's stream is
-        counted as open until these are read to the end or dropped."""
+        """:meth:`events` as NDJSON (lines in pieces), counted as open the same way."""
         return Counted(self._stream, self._run.journal.lines(after_seq))
+
+    def close(self) -> None:
+        """Stop counting a streaming submission's stream as open, read or not."""
+        self._stream.close()

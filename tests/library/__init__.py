@@ -1,0 +1,1 @@
+"""The public library API: baponi_core.Embedded, its sessions, the mountable apps."""
