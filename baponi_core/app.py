@@ -14,9 +14,11 @@ from baponi_core.config import Settings
 from baponi_core.homelock import lock_home
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.sandbox.rootfs import STORAGE_UID
+from baponi_core.sealing import Keyring
 from baponi_core.services.admin import Admin
 from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
+from baponi_core.services.connectors import Connectors
 from baponi_core.services.executions import Executions
 from baponi_core.services.files import Files
 from baponi_core.services.retention import Retention
@@ -40,6 +42,7 @@ class Core:
         self.store = store_for(settings)
         self.admin = Admin(self.store)
         self.auth = Authenticator(self.store)
+        self.connectors = Connectors(self.store, Keyring(settings.connector_keys))
         self.webhooks = Webhooks(
             self.store,
             allow_private=settings.allow_private_webhooks,
@@ -109,6 +112,7 @@ class Core:
                 storage,
                 ConcurrencyLimiter(),
                 self.webhooks,
+                self.connectors,
                 quota,
                 self._space,
             )

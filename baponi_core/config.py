@@ -48,6 +48,11 @@ class Settings:
         return self.home / "signing.keys"
 
     @property
+    def connector_keys(self) -> Path:
+        """The keys connector values are sealed with: back it up with the database."""
+        return self.home / "connectors.keys"
+
+    @property
     def runtime(self) -> Path:
         return self.home / "run"
 

@@ -74,6 +74,12 @@ class NoSpace(Unavailable):
         super().__init__("storage: no free space", retry_after=self.RETRY_S)
 
 
+class CredentialError(BaponiError):
+    """Connector values that cannot be opened (the key file is missing or holds other
+    keys, a value is damaged) or injected. For the operator and the log; an execution
+    shows it only as its ``credential_mount_error``."""
+
+
 class CannotStart(Exception):
     """A known reason the server cannot start (a damaged database, a port in use...), for
     the operator: one line, which may name host paths, never a client's to see."""

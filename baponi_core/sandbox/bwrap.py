@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from baponi_core.sandbox import procfs
 from baponi_core.sandbox.rootfs import HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
-from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
+from baponi_core.sandbox.spec import DATA, RUN_DIR, SECRETS_DIR, Mount, Shape
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,9 @@ def command(
         "--ro-bind",
         str(slot.run),
         RUN_DIR,
+        "--ro-bind",
+        str(slot.secrets),
+        SECRETS_DIR,
         "--remount-ro",
         "/",
         "--chdir",

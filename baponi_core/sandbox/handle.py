@@ -357,7 +357,9 @@ class Sandbox:
             )
             for name, data in command.files.items():
                 self._slot.write(name, data)
-        except (ValueError, FileExistsError) as exc:
+            for path, secret in command.secrets.items():
+                self._slot.write_secret(path, secret, self.uid)
+        except (ValueError, FileExistsError, NotADirectoryError) as exc:
             raise SandboxError(f"cannot start this process: {exc}") from None
         ends: list[int] = []  # the process's: closed here once the agent has them
         pipes: list[int] = []  # ours: closed by the process, or here on failure

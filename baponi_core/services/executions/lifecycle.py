@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.errors import BaponiError, Unavailable
+from baponi_core.errors import BaponiError, CredentialError, Unavailable
 from baponi_core.events import StatusEvent
 from baponi_core.records import ExecutionStatus, Profile, Volume, WebhookStatus
 from baponi_core.sandbox import (
@@ -26,6 +26,7 @@ from baponi_core.sandbox import (
     volume_mounts,
 )
 from baponi_core.sandbox.spec import MiB
+from baponi_core.services.connectors import Connectors, Injection
 from baponi_core.services.executions import status
 from baponi_core.services.executions.log import ExecutionLog
 from baponi_core.services.executions.run import Run, StopReason
@@ -49,10 +50,12 @@ class Lifecycle:
         storage: Storage,
         log: ExecutionLog,
         webhooks: Webhooks,
+        connectors: Connectors,
         quota: int,
         live: dict[str, Run],
     ) -> None:
         self.store = store
+        self.connectors = connectors
         self.runtime = runtime
         self.storage = storage
         self.log = log
@@ -116,13 +119,20 @@ class Lifecycle:
         volumes: list[tuple[Volume, Place]],
     ) -> None:
         request = run.request
+        injection = await self._credentials(run)
+        if injection is None:
+            return
         mounts = await self._bring_in(run, places, volumes)
         if mounts is None:  # nothing ran, so there is nothing to store
             return
+        run.record.connectors = list(injection.names)
         job = CodeRun(
             language=request.language,
             code=request.code.encode(),
-            env=dict(request.env_vars or {}),
+            # A connector's variable wins over the request's of the same name: code given
+            # a key bound to a connector must not be able to replace what it injects.
+            env={**(request.env_vars or {}), **injection.env},
+            secrets=injection.files,
             shape=Shape(limits_for(run.profile)),
             home=thread.workspace if thread else None,
             mounts=mounts,
@@ -136,6 +146,20 @@ class Lifecycle:
         finally:
             with anyio.CancelScope(shield=True):
                 await _write_back(run, places)
+
+    async def _credentials(self, run: Run) -> Injection | None:
+        """What the connectors bound to the run's key inject; on failure the run ends
+        with ``credential_mount_error`` and its code never runs."""
+        if run.record.key_id is None:
+            return Injection()
+        try:
+            return await self.connectors.for_key(run.record.key_id)
+        except CredentialError as exc:  # names the connector, never a value
+            log.error("connectors of %s cannot be injected: %s", run.trace_id, exc.message)
+        except BaponiError as exc:
+            log.error("connectors of %s cannot be read: %s", run.trace_id, exc.message)
+        status.finish(run, ExecutionStatus.FAILED, "credential_mount_error", exit_code=-1)
+        return None
 
     async def _bring_in(
         self, run: Run, places: list[Place], volumes: list[tuple[Volume, Place]]

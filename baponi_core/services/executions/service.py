@@ -22,6 +22,7 @@ from baponi_core.models import Cancelling, ExecuteRequest, ExecutionView
 from baponi_core.records import DeliveryMode, Execution, Principal
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.services.concurrency import ConcurrencyLimiter
+from baponi_core.services.connectors import Connectors
 from baponi_core.services.executions import admission
 from baponi_core.services.executions.lifecycle import Lifecycle
 from baponi_core.services.executions.log import ExecutionLog
@@ -47,6 +48,7 @@ class Executions:
         storage: Storage,
         limiter: ConcurrencyLimiter,
         webhooks: Webhooks,
+        connectors: Connectors,
         quota: int,
         space: Space,
     ) -> None:
@@ -59,7 +61,9 @@ class Executions:
         self.accepting = True
         self.streams = OpenStreams()
         self._live: dict[str, Run] = {}
-        self._lifecycle = Lifecycle(store, runtime, storage, self.log, webhooks, quota, self._live)
+        self._lifecycle = Lifecycle(
+            store, runtime, storage, self.log, webhooks, connectors, quota, self._live
+        )
         self._tasks: TaskGroup | None = None
 
     async def start(self, tasks: TaskGroup) -> None:
