@@ -68,7 +68,7 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
             (hash_key("sk-local-old"),),
         )
         old.execute("PRAGMA user_version=2")
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     store = SqliteStore(path)
     await store.open()
     try:
@@ -104,7 +104,7 @@ async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
                 (trace_id, ended),
             )
         old.execute("PRAGMA user_version=3")
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     store = SqliteStore(path)
     await store.open()
     try:
@@ -118,6 +118,30 @@ async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_database_of_schema_5_is_migrated(tmp_path: Path) -> None:
+    """Connectors arrive: executions that existed injected none."""
+    path = tmp_path / "v5.db"
+    with sqlite3.connect(path) as old:
+        for script in MIGRATIONS[:5]:
+            old.executescript(script)
+        old.execute(
+            "INSERT INTO orgs (id, name, max_concurrency, created_at) VALUES ('o', 'a', 1, 1.0)"
+        )
+        old.execute(
+            "INSERT INTO executions (trace_id, org_id, language, delivery_mode, status, "
+            "metadata, created_at) VALUES ('trc_old', 'o', 'bash', 'inline', 'success', '{}', 1.5)"
+        )
+        old.execute("PRAGMA user_version=5")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        found = await store.get_execution("o", "trc_old")
+        assert found is not None and found.connectors == []
+        assert await store.list_connectors("o") == []
+    finally:
+        await store.close()
 
 
 async def test_database_of_schema_4_is_migrated(tmp_path: Path) -> None:
