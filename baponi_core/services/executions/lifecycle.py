@@ -21,6 +21,7 @@ from baponi_core.sandbox import (
     MountError,
     SandboxError,
     SandboxRuntime,
+    SecretsError,
     Shape,
     run_code,
     volume_mounts,
@@ -207,6 +208,9 @@ class Lifecycle:
             except MountError as exc:  # a volume directory swapped for a link meanwhile
                 log.error("mounts of %s failed: %s", run.trace_id, exc)
                 status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
+            except SecretsError as exc:  # connector files that could not be handed out
+                log.error("connectors of %s cannot be injected: %s", run.trace_id, exc)
+                status.finish(run, ExecutionStatus.FAILED, "credential_mount_error", exit_code=-1)
             except SandboxError as exc:
                 log.error("sandbox for %s failed: %s", run.trace_id, exc)
                 status.finish(run, ExecutionStatus.FAILED, "service_unavailable", exit_code=-1)
