@@ -58,7 +58,7 @@ class Keyring:
     def seal(self, plaintext: bytes, associated: bytes) -> bytes:
         """``plaintext`` sealed with the newest key (the file is made if there is none)."""
         if not self.path.exists():
-            self.add_key()
+            self._first()
         key = self.keys()[0]
         nonce = secrets.token_bytes(NONCE_BYTES)
         return VERSION + key_id(key) + nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
@@ -76,6 +76,20 @@ class Keyring:
                     raise CredentialError("the sealed value is damaged") from None
         raise CredentialError(f"the value was sealed with a key that {self.path} does not hold")
 
+    def _first(self) -> None:
+        """Make the file with a first key, unless another process just did: two making it
+        at once must not each seal with a key of their own."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as out:
+            out.write(_text([AESGCM.generate_key(bit_length=256)]))
+            out.flush()
+            os.fsync(out.fileno())
+
     def add_key(self) -> None:
         """Put a new key first; older ones stay, to open what they sealed."""
         existing = self.keys() if self.path.exists() else []
@@ -87,7 +101,7 @@ class Keyring:
 
     def _write(self, keys: list[bytes]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = "".join(f"{base64.urlsafe_b64encode(key).decode()}\n" for key in keys)
+        text = _text(keys)
         temporary = self.path.with_name(f"{self.path.name}.new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -95,3 +109,7 @@ class Keyring:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, self.path)
+
+
+def _text(keys: list[bytes]) -> str:
+    return "".join(f"{base64.urlsafe_b64encode(key).decode()}\n" for key in keys)

@@ -150,7 +150,9 @@ def test_a_bound_key_gets_the_variable_and_the_file(box: Server, tmp_path: Path)
     assert seen["writable"] not in (True, None)  # read-only
     assert seen["tree"] == [f"/{name}/certs/client.pem"]
     # The init (pid 1) and every process but the code's own are without it.
+    assert "1" in seen["environs"] and seen["pid"] in seen["environs"]
     assert digest(secret.password) not in all_environ_digests(seen, but=seen["pid"])
+    assert digest(secret.password) in seen["environs"][seen["pid"]]  # so the scan works
     body = record(box, key, trace_id)
     assert body["connectors"] == [name]
     with box.sdk(key) as sdk:  # the SDK reads the record, the extra field ignored
