@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+import anyio
+
 from baponi_core.errors import Conflict, CredentialError, NotFound, ValidationError
 from baponi_core.ids import new_id
 from baponi_core.models import check_env_var
@@ -219,7 +221,8 @@ class Connectors:
         files: dict[str, bytes] = {}
         connectors = await self.store.bound_connectors(key_id)
         for connector in connectors:
-            values = self._open(connector)
+            # Off the event loop: the key file is read, and up to 4 MiB decrypted.
+            values = await anyio.to_thread.run_sync(self._open, connector)
             clash = sorted(env.keys() & values.env.keys())
             if clash:
                 raise CredentialError(f"connector {connector.name}: {clash[0]} is set twice")

@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.harness import Server, cli, org_key, run_cli, start_server, stop_server, unique
+from tests.harness import (
+    Server,
+    cli,
+    org_key,
+    run_cli,
+    start_server,
+    stop_server,
+    text_of,
+    unique,
+)
+from tests.mcp.test_http import connect
 from tests.receiver import Receiver, make_ca
 
 EXECUTE = "/v1/sandbox/execute"
@@ -362,3 +372,18 @@ def test_values_from_our_environment(box: Server) -> None:
     assert probe(box, key, name)["env"] == digest(password)
     missing = run_cli(box.home, "connectors", "create", unique("e"), "--env-from-env", "A=NOPE_X")
     assert missing.returncode != 0 and "NOPE_X is not set" in missing.stderr
+
+
+@pytest.mark.anyio
+async def test_mcp_executions_get_the_key_s_connectors(box: Server, tmp_path: Path) -> None:
+    name, secret = connector(box, tmp_path)
+    bound, other = box.new_key("--connector", name), box.new_key()
+    code = (
+        "import hashlib, os; print(hashlib.sha256(os.environ['DB_PASSWORD'].encode()).hexdigest())"
+    )
+    async with connect(box, bound) as client:
+        result = await client.call_tool("sandbox_execute", {"code": code})
+    assert text_of(result).strip() == digest(secret.password)
+    async with connect(box, other) as client:
+        result = await client.call_tool("sandbox_execute", {"code": code})
+    assert "KeyError: 'DB_PASSWORD'" in text_of(result)
