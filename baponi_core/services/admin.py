@@ -12,7 +12,7 @@ from typing import Any
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
 from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Principal, Profile, Volume
-from baponi_core.services.connectors import named
+from baponi_core.services.connectors import check_bound, named
 from baponi_core.services.webhooks import secret_for
 from baponi_core.storage.urls import CLOUD_SCHEMES
 from baponi_core.store import Store
@@ -173,6 +173,7 @@ class Admin:
         mounted = [await self._volume(org, slug, connection=False) for slug in volumes]
         mounted += [await self._volume(org, slug, connection=True) for slug in connections]
         injected = await named(self.store, org, connectors)
+        check_bound(len(injected))
         secret = new_api_key()
         key = ApiKey(
             id=new_id("key"),

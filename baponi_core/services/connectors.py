@@ -38,6 +38,9 @@ MAX_DEPTH = 4
 MAX_PATH = 255
 MAX_FILE_BYTES = 1 << 20
 MAX_TOTAL_BYTES = 4 << 20
+# Connectors one key may be bound to: what one sandbox's slot may have to hold stays
+# bounded (the slots' tmpfs is the server's memory).
+MAX_PER_KEY = 16
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ def check_name(name: str) -> str:
             "'-', starting with a letter or digit (its files are at /run/secrets/<name>/)"
         )
     return name
+
+
+def check_bound(count: int) -> None:
+    if count > MAX_PER_KEY:
+        raise ValidationError(f"a key may be bound to at most {MAX_PER_KEY} connectors")
 
 
 async def named(store: Store, org: Org, names: Iterable[str]) -> list[Connector]:
@@ -200,6 +208,8 @@ class Connectors:
             raise NotFound(f"key {key_id} not found in organisation {org_name}")
         ids = [c.id for c in await named(self.store, org, names)]
         if bound:
+            current = (await self.store.key_connectors(org.id)).get(key_id, [])
+            check_bound(len(set(current) | set(names)))
             await self.store.bind_connectors(key_id, ids)
         else:
             await self.store.unbind_connectors(key_id, ids)

@@ -201,3 +201,16 @@ async def test_reseal_changes_the_key_and_keeps_the_values(connectors: Connector
     assert await connectors.reseal() == 1
     assert connectors.keyring.keys() != before and len(connectors.keyring.keys()) == 1
     assert (await connectors.for_key(key.id)).env["DB"] == PASSWORD
+
+
+async def test_a_key_has_a_bounded_number_of_connectors(connectors: Connectors) -> None:
+    admin = Admin(connectors.store)
+    names = [f"c{i}" for i in range(17)]
+    for name in names:
+        await connectors.create("default", name, Values({"A": "1"}))
+    with pytest.raises(ValidationError, match="at most 16 connectors"):
+        await admin.create_key(connectors=names)
+    key, _ = await admin.create_key(connectors=names[:16])
+    await connectors.bind("default", key.id, names[:16], bound=True)  # already bound: fine
+    with pytest.raises(ValidationError, match="at most 16 connectors"):
+        await connectors.bind("default", key.id, names[16:], bound=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.errors import BaponiError, CredentialError, Unavailable
+from baponi_core.errors import BaponiError, Unavailable
 from baponi_core.events import StatusEvent
 from baponi_core.records import ExecutionStatus, Profile, Volume, WebhookStatus
 from baponi_core.sandbox import (
@@ -155,10 +155,8 @@ class Lifecycle:
             return Injection()
         try:
             return await self.connectors.for_key(run.record.key_id)
-        except CredentialError as exc:  # names the connector, never a value
+        except BaponiError as exc:  # a CredentialError names the connector, never a value
             log.error("connectors of %s cannot be injected: %s", run.trace_id, exc.message)
-        except BaponiError as exc:
-            log.error("connectors of %s cannot be read: %s", run.trace_id, exc.message)
         status.finish(run, ExecutionStatus.FAILED, "credential_mount_error", exit_code=-1)
         return None
 
@@ -210,6 +208,7 @@ class Lifecycle:
                 status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
             except SecretsError as exc:  # connector files that could not be handed out
                 log.error("connectors of %s cannot be injected: %s", run.trace_id, exc)
+                run.record.connectors = []
                 status.finish(run, ExecutionStatus.FAILED, "credential_mount_error", exit_code=-1)
             except SandboxError as exc:
                 log.error("sandbox for %s failed: %s", run.trace_id, exc)
