@@ -47,6 +47,8 @@ class Keyring:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd) as opened:
+                if os.fstat(opened.fileno()).st_mode & 0o077:  # as ssh does with its keys
+                    raise CredentialError(f"the key file {self.path} is open to others: chmod 600")
                 text = opened.read()
             keys = [base64.urlsafe_b64decode(line) for line in text.split()]
         except (OSError, ValueError) as exc:

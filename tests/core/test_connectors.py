@@ -65,6 +65,7 @@ def test_another_key_file_is_told_apart(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match="cannot be read"):
         Keyring(tmp_path / "missing.keys").open(sealed, b"owner")
     (tmp_path / "bad.keys").write_text("not base64 at all!\n")
+    (tmp_path / "bad.keys").chmod(0o600)
     with pytest.raises(CredentialError, match=r"cannot be read|no valid key"):
         Keyring(tmp_path / "bad.keys").open(sealed, b"owner")
 
@@ -75,6 +76,16 @@ def test_a_symlinked_key_file_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "link.keys").symlink_to(real.path)
     with pytest.raises(CredentialError, match="cannot be read"):
         Keyring(tmp_path / "link.keys").open(sealed, b"owner")
+
+
+def test_a_key_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    keyring = Keyring(tmp_path / "connectors.keys")
+    sealed = keyring.seal(b"value", b"owner")
+    keyring.path.chmod(0o640)
+    with pytest.raises(CredentialError, match="open to others: chmod 600"):
+        keyring.open(sealed, b"owner")
+    keyring.path.chmod(0o600)
+    assert keyring.open(sealed, b"owner") == b"value"
 
 
 def test_older_keys_open_until_dropped(tmp_path: Path) -> None:
