@@ -10,8 +10,6 @@ A rotation replaces all of a connector's values; the next execution gets the new
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import json
 import re
@@ -130,17 +128,25 @@ def _associated(org_id: str, connector_id: str) -> bytes:
 
 
 def _plain(values: Values) -> bytes:
-    files = {path: base64.b64encode(data).decode() for path, data in values.files.items()}
-    return json.dumps({"env": dict(values.env), "files": files}).encode()
+    """A JSON header (the variables, and each file's path and size), its length first,
+    then the files' bytes as they are: no encoding to undo for megabytes of files."""
+    sizes = [[path, len(data)] for path, data in values.files.items()]
+    header = json.dumps({"env": dict(values.env), "files": sizes}).encode()
+    return b"".join((len(header).to_bytes(4, "big"), header, *values.files.values()))
 
 
 def _values(plain: bytes) -> Values:
     try:
-        content: Any = json.loads(plain)
-        env = {str(k): str(v) for k, v in content["env"].items()}
-        files = {str(p): base64.b64decode(d, validate=True) for p, d in content["files"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        end = 4 + int.from_bytes(plain[:4], "big")
+        header: Any = json.loads(plain[4:end])
+        env = {str(k): str(v) for k, v in header["env"].items()}
+        files = {}
+        for path, size in header["files"]:
+            files[str(path)], end = plain[end : end + int(size)], end + int(size)
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise CredentialError("the opened value is not a connector's") from None
+    if end != len(plain):
+        raise CredentialError("the opened value is not a connector's")
     return Values(env, files)
 
 
