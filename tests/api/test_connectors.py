@@ -32,6 +32,8 @@ from tests.harness import (
 from tests.mcp.test_http import connect
 from tests.receiver import Receiver, make_ca
 
+pytestmark = pytest.mark.slow  # a server of its own, and the CLI in processes of its own
+
 EXECUTE = "/v1/sandbox/execute"
 
 # Digests of the variable, of the file, and of every value in every /proc/*/environ;
