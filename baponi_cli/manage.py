@@ -1,6 +1,6 @@
-"""``baponi keys|orgs|profiles|volumes|connections|runtimes|signing-keys``: the operator's
-commands on the store and the runtimes directory, run beside a server or without one
-(they take no lock on the home)."""
+"""``baponi keys|orgs|profiles|volumes|connections|connectors|runtimes|signing-keys``: the
+operator's commands on the store and the runtimes directory, run beside a server or without
+one (they take no lock on the home)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from baponi_cli import connectors
 from baponi_cli.options import (
     add_home,
     add_profile_options,
@@ -117,7 +118,8 @@ def add_commands(commands: Any) -> None:
     add_home(home)
     org = argparse.ArgumentParser(add_help=False)
     org.add_argument("--org", default=DEFAULT_ORG, help="organisation (default: %(default)s)")
-    _keys(commands, home, org)
+    keys = _keys(commands, home, org)
+    connectors.add_commands(commands, keys, home, org)
     _orgs(commands, home)
     _signing_keys(commands, home)
     _volumes(commands, home, org)
@@ -128,7 +130,8 @@ def add_commands(commands: Any) -> None:
 # keys
 
 
-def _keys(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentParser) -> None:
+def _keys(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentParser) -> Any:
+    """``keys ...``; the group, for more actions."""
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser(
         "create", parents=[home, org], help="create a key; prints it alone on stdout"
@@ -153,6 +156,14 @@ def _keys(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentPa
         metavar="SLUG",
         help="mount this storage connection at /data/<slug>/ likewise (repeatable)",
     )
+    create.add_argument(
+        "--connector",
+        dest="connectors",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="inject this connector's credentials into the key's executions (repeatable)",
+    )
     create.set_defaults(run=_keys_create)
     keys.add_parser(
         "list", parents=[home, org], help="list keys (never their secrets)"
@@ -160,12 +171,13 @@ def _keys(commands: Any, home: argparse.ArgumentParser, org: argparse.ArgumentPa
     revoke = keys.add_parser("revoke", parents=[home, org], help="revoke a key by id")
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
+    return keys
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     async def action(admin: Admin) -> str:
         _, secret = await admin.create_key(
-            args.org, args.name, args.profile, args.volumes, args.connections
+            args.org, args.name, args.profile, args.volumes, args.connections, args.connectors
         )
         return secret
 
@@ -178,10 +190,12 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
         org = await admin.org(args.org)
         profiles = {p.id: p.name for p in await admin.store.list_profiles(org.id)}
         bound = await admin.store.key_volumes(org.id)
+        injected = await admin.store.key_connectors(org.id)
         connections = {v.slug for v in await admin.store.list_volumes(org.id) if v.url}
         return [
             f"{k.id}  {k.prefix}...  {k.name}  profile={profiles.get(k.profile_id, '?')}"
             + _bindings(bound.get(k.id, []), connections)
+            + (f"  connectors={','.join(injected[k.id])}" if k.id in injected else "")
             + ("  (revoked)" if k.revoked_at else "")
             for k in await admin.store.list_keys(org.id)
         ]

@@ -16,9 +16,11 @@ from baponi_core.homelock import lock_home
 from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.sandbox.rootfs import STORAGE_UID
+from baponi_core.sealing import Keyring
 from baponi_core.services.admin import DEFAULT_RUNTIME, Admin
 from baponi_core.services.auth import Authenticator
 from baponi_core.services.concurrency import ConcurrencyLimiter
+from baponi_core.services.connectors import Connectors
 from baponi_core.services.executions import Executions
 from baponi_core.services.files import Files
 from baponi_core.services.retention import Retention
@@ -43,6 +45,7 @@ class Core:
         self.runtimes = Runtimes(settings.runtimes)
         self.admin = Admin(self.store, self.runtimes)
         self.auth = Authenticator(self.store)
+        self.connectors = Connectors(self.store, Keyring(settings.connector_keys))
         self.webhooks = Webhooks(
             self.store,
             allow_private=settings.allow_private_webhooks,
@@ -115,6 +118,7 @@ class Core:
                 storage,
                 ConcurrencyLimiter(),
                 self.webhooks,
+                self.connectors,
                 quota,
                 self._space,
             )

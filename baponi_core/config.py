@@ -53,6 +53,11 @@ class Settings:
         return self.runtimes_dir or self.home / "runtimes"
 
     @property
+    def connector_keys(self) -> Path:
+        """The keys connector values are sealed with: back it up with the database."""
+        return self.home / "connectors.keys"
+
+    @property
     def runtime(self) -> Path:
         return self.home / "run"
 

@@ -87,6 +87,12 @@ class RuntimeRefused(ValidationError):
     """An image, or a source of one, that cannot be made a runtime (for the operator)."""
 
 
+class CredentialError(BaponiError):
+    """Connector values that cannot be opened (the key file is missing or holds other
+    keys, a value is damaged) or injected. For the operator and the log; an execution
+    shows it only as its ``credential_mount_error``."""
+
+
 class CannotStart(Exception):
     """A known reason the server cannot start (a damaged database, a port in use...), for
     the operator: one line, which may name host paths, never a client's to see."""

@@ -258,7 +258,7 @@ class ExecuteRequest(BaseModel):
             raise ValueError(f"Too many environment variables (maximum {limits.MAX_ENV_VARS})")
         total = 0
         for key, value in env_vars.items():
-            _check_env_var(key, value)
+            check_env_var(key, value)
             total += len(key) + len(value)
         if total > limits.MAX_ENV_TOTAL:
             raise ValueError("Total environment variable size exceeds limit (64KB)")
@@ -281,7 +281,7 @@ def _thread_name(value: str, field: str, optional: bool = False) -> str:
     return value
 
 
-def _check_env_var(key: str, value: Any) -> None:
+def check_env_var(key: str, value: Any) -> None:
     if not key.isascii():
         raise ValueError("Environment variable keys must contain only ASCII characters")
     if not key or len(key) > limits.MAX_ENV_KEY_LENGTH:
@@ -340,6 +340,8 @@ class ExecutionView(BaseModel):
     completed_at: str | None
     webhook_url: str | None
     webhook_delivery_status: WebhookStatus | None
+    # An extra of ours (the SDK ignores it): the names of the connectors injected.
+    connectors: list[str] = Field(default_factory=list)
 
     @classmethod
     def of(cls, record: Execution) -> ExecutionView:
@@ -358,6 +360,7 @@ class ExecutionView(BaseModel):
             completed_at=None if record.completed_at is None else iso(record.completed_at),
             webhook_url=record.webhook_url,
             webhook_delivery_status=record.webhook_delivery_status,
+            connectors=list(record.connectors),
         )
 
 

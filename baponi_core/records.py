@@ -97,6 +97,23 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Connector:
+    """Credentials injected into the executions of the keys bound to it: environment
+    variables, and files at ``/run/secrets/<name>/<path>``. Only the names of its variables
+    and the paths of its files are in clear; the values are ``sealed`` (AES-GCM, the
+    connector's and organisation's ids as associated data), kept out of ``repr``."""
+
+    id: str
+    org_id: str
+    name: str
+    env_names: tuple[str, ...]
+    file_paths: tuple[str, ...]
+    created_at: float
+    rotated_at: float | None = None
+    sealed: bytes = field(default=b"", repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who is calling: the key and what it is bound to."""
 
@@ -128,3 +145,4 @@ class Execution:
     webhook_delivery_status: WebhookStatus | None = None
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
+    connectors: list[str] = field(default_factory=list)  # names of those injected

@@ -31,7 +31,7 @@ PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 CAPABILITIES = "security.capability"
 REMOVED_TYPES = (stat.S_ISCHR, stat.S_ISBLK, stat.S_ISFIFO, stat.S_ISSOCK)
 # Where a sandbox's mounts go: bwrap cannot make them in a root it binds read-only.
-MOUNT_POINTS = ("proc", "dev", "tmp", "etc", "home/baponi", "data", "run/baponi")
+MOUNT_POINTS = ("proc", "dev", "tmp", "etc", "home/baponi", "data", "run/baponi", "run/secrets")
 
 
 def scrub(root: Path) -> int:

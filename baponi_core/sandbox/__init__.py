@@ -2,7 +2,7 @@
 through its own init until it is closed (:mod:`handle` has the contract), and the
 one-shot execution built on them (:mod:`oneshot`)."""
 
-from baponi_core.sandbox.handle import MountError, Process, Sandbox, SandboxError
+from baponi_core.sandbox.handle import MountError, Process, Sandbox, SandboxError, SecretsError
 from baponi_core.sandbox.oneshot import CodeRun, Ending, Outcome, run_code, run_to_end
 from baponi_core.sandbox.runtime import SandboxRuntime
 from baponi_core.sandbox.spec import Command, Limits, Mount, Shape, volume_mounts
@@ -19,6 +19,7 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxRuntime",
+    "SecretsError",
     "Shape",
     "run_code",
     "run_to_end",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from baponi_core.sandbox import procfs
 from baponi_core.sandbox.rootfs import HIDING, HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
-from baponi_core.sandbox.spec import DATA, RUN_DIR, Mount, Shape
+from baponi_core.sandbox.spec import DATA, RUN_DIR, SECRETS_DIR, Mount, Shape
 
 DATA_TMPFS_BYTES = 1 << 20  # /data on an image runtime: room for mount points only
 
@@ -117,6 +117,9 @@ def command(
         "--ro-bind",
         str(slot.run),
         RUN_DIR,
+        "--ro-bind",
+        str(slot.secrets),
+        SECRETS_DIR,
         "--remount-ro",
         "/",
         "--chdir",

@@ -21,7 +21,8 @@ A sandbox is never given back: whoever prepared it closes it, and no state of on
 can reach another. Processes are killed with the sandbox; a process's own end is
 reported by :meth:`Process.wait`, as a shell reports it (the exit code, or 128 + the
 signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made raises
-:class:`MountError`; neither is ever the fault of code run in the sandbox.
+:class:`MountError`, secrets that cannot be written :class:`SecretsError`; none is ever
+the fault of code run in the sandbox.
 
 As root each sandbox runs as a host uid of its own (:mod:`uids`), taken at prepare and
 given back once nothing of it is left; its home and volumes are id-mapped to that uid.
@@ -73,6 +74,11 @@ KILLED = 128 + signal.SIGKILL  # the status of a process that went with its sand
 
 class SandboxError(Exception):
     """The sandbox could not be set up or used: a platform fault, never the user's code."""
+
+
+class SecretsError(SandboxError):
+    """A command's secrets (connector files) could not be written into the sandbox: a
+    path that is not plain, one given twice, or no room. Names paths only, never data."""
 
 
 class MountError(SandboxError):
@@ -377,6 +383,12 @@ class Sandbox:
                 self._slot.write(name, data)
         except (ValueError, FileExistsError) as exc:
             raise SandboxError(f"cannot start this process: {exc}") from None
+        for path, secret in command.secrets.items():
+            try:
+                self._slot.write_secret(path, secret, self.uid)
+            except (ValueError, OSError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                raise SecretsError(f"cannot write secret {path!r}: {reason}") from None
         ends: list[int] = []  # the process's: closed here once the agent has them
         pipes: list[int] = []  # ours: closed by the process, or here on failure
         try:

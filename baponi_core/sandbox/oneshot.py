@@ -34,12 +34,13 @@ OutputSink = Callable[[Stream, bytes], None]  # called as output arrives
 @dataclass(frozen=True)
 class CodeRun:
     """One program: ``code`` in ``language``, with the request's environment, home and
-    volumes, in a sandbox of ``shape``, whose runtime has an interpreter for it (the
-    caller checked)."""
+    volumes, and connector files (``secrets``, by path below /run/secrets), in a sandbox
+    of ``shape``, whose runtime has an interpreter for it (the caller checked)."""
 
     language: str
     code: bytes
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     shape: Shape = field(default_factory=Shape)
     home: Path | None = None  # a thread home; None: a fresh tmpfs, discarded
     mounts: tuple[Mount, ...] = ()  # volumes and storage connections, under /data
@@ -56,6 +57,7 @@ class CodeRun:
             env={**runtime.base_env(), **self.env},
             cwd=runtime.workdir,
             files={script: self.code},
+            secrets=self.secrets,
             cpu_seconds=int(self.timeout_s) + 5,  # a backstop; the wall clock rules
             last=True,
         )

@@ -5,13 +5,18 @@
     <slots>/.init               the agent, copied once per runtime
     <slots>/<id>/run/           /run/baponi, read-only: init (a hard link) and the files
                                 of the processes started (a script, say)
+    <slots>/<id>/secrets/       /run/secrets, read-only: connector files, <connector>/<path>,
+                                owned by the sandbox's uid, mode 0400
     <slots>/<id>/home/          /home/baponi: where the thread home or a tmpfs is mounted
     <slots>/<id>/data/          /data: where volumes are mounted, at <slug>[/<sub path>]
 
 Only the server writes in a slot (the sandbox sees all of it read-only, but what is
 mounted on ``home`` and under ``data``). A slot is removed entry by entry, each one the
 server made, never by walking it: a mount still in place makes its directory stay
-rather than its contents go.
+rather than its contents go. ``secrets/`` is the exception: nothing is ever mounted
+there and only the server writes in it, so it is removed whole (a stale slot's too).
+As root the slots are on a tmpfs of the server's own (:mod:`mountns`): connector
+files never reach a disk.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ class Slots:
     def new(self, id: str) -> Slot:
         slot = Slot(self.base / id)
         slot.path.mkdir(mode=0o711)
-        for part in (slot.run, slot.home, slot.data):
+        for part in (slot.run, slot.home, slot.data, slot.secrets):
             part.mkdir(mode=0o755)
         os.link(self._agent, slot.run / "init")
         return slot
@@ -64,6 +69,7 @@ class Slot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.run, self.home, self.data = path / "run", path / "home", path / "data"
+        self.secrets = path / "secrets"
         self._made: list[Path] = []  # directories made below data, in order
 
     def write(self, name: str, data: bytes) -> None:
@@ -72,6 +78,25 @@ class Slot:
             raise ValueError(f"{name!r} is not a file name a process can be given")
         fd = os.open(self.run / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
         with open(fd, "wb") as out:
+            out.write(data)
+
+    def write_secret(self, path: str, data: bytes, owner: int | None) -> None:
+        """A file the sandbox reads at /run/secrets/<path>, readable by ``owner`` (the
+        sandbox's host uid; None: ours) alone; its directories are made. An existing file
+        is refused."""
+        parts = PurePosixPath(path).parts
+        if not parts or "/".join(parts) != path or any(p in (".", "..") for p in parts):
+            raise ValueError(f"{path!r} is not a relative path a secret can be given")
+        directory = self.secrets
+        for name in parts[:-1]:
+            directory = directory / name
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o755)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(directory / parts[-1], flags, 0o400)
+        with open(fd, "wb") as out:
+            if owner is not None:
+                os.fchown(out.fileno(), owner, -1)
             out.write(data)
 
     def mount_point(self, target: str) -> Path:
@@ -92,6 +117,7 @@ class Slot:
             for entry in os.scandir(self.run):
                 if entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
+        shutil.rmtree(self.secrets, ignore_errors=True)
         for path in [*reversed(self._made), self.run, self.home, self.data, self.path]:
             try:
                 path.rmdir()

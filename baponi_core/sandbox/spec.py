@@ -13,6 +13,7 @@ from baponi_core.sandbox.rootfs import HOME
 MiB = 1 << 20
 DATA = "/data"  # where volumes and storage connections appear: /data/<slug>/
 RUN_DIR = "/run/baponi"  # where a process's files appear, read-only
+SECRETS_DIR = "/run/secrets"  # where connector files appear, read-only: <connector>/<path>
 Stream = Literal["stdout", "stderr"]  # the output streams of a process
 
 
@@ -47,14 +48,17 @@ class Command:
 
     ``argv[0]`` is looked up on the ``PATH`` of ``env``, which is all the environment the
     process gets. ``files`` are written before it starts, read-only, at
-    ``/run/baponi/<name>`` (a script, say). ``cpu_seconds`` caps its CPU time
-    (``RLIMIT_CPU``), a backstop behind any wall-clock limit the caller keeps.
+    ``/run/baponi/<name>`` (a script, say); ``secrets`` likewise at ``/run/secrets/<path>``
+    (a relative path, its directories made), readable by the sandbox user alone.
+    ``cpu_seconds`` caps its CPU time (``RLIMIT_CPU``), a backstop behind any wall-clock
+    limit the caller keeps.
     """
 
     argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold credentials
     cwd: str = HOME
     files: Mapping[str, bytes] = field(default_factory=dict)
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     cpu_seconds: int | None = None
     stdin: bool = False  # a pipe the caller writes to; else /dev/null
     last: bool = False  # the sandbox ends with it: its init exits once it has ended

@@ -13,6 +13,7 @@ from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
 from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Principal, Profile, Volume
 from baponi_core.runtimes import Runtimes
+from baponi_core.services.connectors import check_bound, named
 from baponi_core.services.webhooks import secret_for
 from baponi_core.storage.urls import CLOUD_SCHEMES
 from baponi_core.store import Store
@@ -174,15 +175,19 @@ class Admin:
         profile: str = DEFAULT_PROFILE,
         volumes: Sequence[str] = (),
         connections: Sequence[str] = (),
+        connectors: Sequence[str] = (),
     ) -> tuple[ApiKey, str]:
         """A new key, bound to the given volumes and storage connections (slugs in its
-        organisation); its secret is returned once and only its hash is kept."""
+        organisation) and connectors (names); its secret is returned once and only its
+        hash is kept."""
         org = await self.org(org_name)
         bound = await self.store.get_profile(org.id, profile)
         if bound is None:
             raise NotFound(f"profile {profile} not found in organisation {org_name}")
         mounted = [await self._volume(org, slug, connection=False) for slug in volumes]
         mounted += [await self._volume(org, slug, connection=True) for slug in connections]
+        injected = await named(self.store, org, connectors)
+        check_bound(len(injected))
         secret = new_api_key()
         key = ApiKey(
             id=new_id("key"),
@@ -195,6 +200,7 @@ class Admin:
         await self.store.create_key(key, hash_key(secret))
         try:
             await self.store.bind_volumes(key.id, list(dict.fromkeys(v.id for v in mounted)))
+            await self.store.bind_connectors(key.id, [c.id for c in injected])
         except Exception:
             await self.store.revoke_key(org.id, key.id, time.time())  # never half-bound
             raise

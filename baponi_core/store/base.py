@@ -9,6 +9,7 @@ from typing import Protocol
 from baponi_core.records import (
     DEFAULT_RETENTION_DAYS,
     ApiKey,
+    Connector,
     Execution,
     Org,
     Principal,
@@ -59,6 +60,33 @@ class Store(Protocol):
     async def bind_volumes(self, key_id: str, volume_ids: list[str]) -> None: ...
     async def key_volumes(self, org_id: str) -> dict[str, list[str]]:
         """The slugs bound to each key of the organisation (keys without any left out)."""
+        ...
+
+    async def create_connector(self, connector: Connector) -> None: ...
+    async def get_connector(self, org_id: str, name: str) -> Connector | None: ...
+    async def list_connectors(self, org_id: str | None = None) -> list[Connector]:
+        """The organisation's connectors by name (None: every organisation's), sealed
+        values included."""
+        ...
+
+    async def replace_connectors(self, connectors: list[Connector]) -> None:
+        """Store new values (names, paths, sealed values, rotation time) of existing
+        connectors, all in one transaction."""
+        ...
+
+    async def delete_connector(self, org_id: str, name: str) -> bool:
+        """Delete the connector and its bindings to keys; ``False`` when there was none."""
+        ...
+
+    async def bind_connectors(self, key_id: str, connector_ids: list[str]) -> None: ...
+    async def unbind_connectors(self, key_id: str, connector_ids: list[str]) -> None: ...
+    async def key_connectors(self, org_id: str) -> dict[str, list[str]]:
+        """The connector names bound to each key of the organisation (keys without any
+        left out)."""
+        ...
+
+    async def bound_connectors(self, key_id: str) -> list[Connector]:
+        """The connectors bound to the key that are of its own organisation, by name."""
         ...
 
     async def insert_execution(self, execution: Execution) -> None: ...

@@ -33,6 +33,7 @@ from baponi_core.ids import new_id
 from baponi_core.records import (
     DEFAULT_RETENTION_DAYS,
     ApiKey,
+    Connector,
     DeliveryMode,
     Execution,
     ExecutionStatus,
@@ -154,6 +155,26 @@ ALTER TABLE volumes ADD COLUMN quota_bytes INTEGER;
     """
 ALTER TABLE profiles ADD COLUMN runtime TEXT NOT NULL DEFAULT 'default';
 """,
+    """
+CREATE TABLE connectors (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    env_names TEXT NOT NULL,
+    file_paths TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    rotated_at REAL,
+    sealed BLOB NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE key_connectors (
+    key_id TEXT NOT NULL REFERENCES api_keys(id),
+    connector_id TEXT NOT NULL REFERENCES connectors(id) ON DELETE CASCADE,
+    PRIMARY KEY (key_id, connector_id)
+) WITHOUT ROWID;
+CREATE INDEX key_connectors_by_connector ON key_connectors (connector_id);
+ALTER TABLE executions ADD COLUMN connectors TEXT NOT NULL DEFAULT '[]';
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -165,6 +186,7 @@ PROFILE_FIELDS = [f.name for f in dataclasses.fields(Profile)]
 KEY_FIELDS = [f.name for f in dataclasses.fields(ApiKey)]
 EXECUTION_FIELDS = [f.name for f in dataclasses.fields(Execution)]
 VOLUME_COLUMNS = ", ".join(f"v.{f.name}" for f in dataclasses.fields(Volume))
+CONNECTOR_COLUMNS = ", ".join(f"c.{f.name}" for f in dataclasses.fields(Connector))
 
 
 class SqliteStore:
@@ -454,6 +476,92 @@ class SqliteStore:
             bound.setdefault(key_id, []).append(slug)
         return bound
 
+    # connectors
+
+    async def create_connector(self, connector: Connector) -> None:
+        await self._insert("connectors", _connector_row(connector))
+
+    async def get_connector(self, org_id: str, name: str) -> Connector | None:
+        row = await self._one(
+            f"SELECT {CONNECTOR_COLUMNS} FROM connectors c WHERE c.org_id = ? AND c.name = ?",
+            [org_id, name],
+        )
+        return _connector(row) if row else None
+
+    async def list_connectors(self, org_id: str | None = None) -> list[Connector]:
+        rows = await self._all(
+            f"SELECT {CONNECTOR_COLUMNS} FROM connectors c "
+            "WHERE ? IS NULL OR c.org_id = ? ORDER BY c.org_id, c.name",
+            [org_id, org_id],
+        )
+        return [_connector(row) for row in rows]
+
+    async def replace_connectors(self, connectors: list[Connector]) -> None:
+        async with self._write() as db:
+            for connector in connectors:
+                row = _connector_row(connector)
+                await db.execute(
+                    "UPDATE connectors SET env_names = ?, file_paths = ?, rotated_at = ?, "
+                    "sealed = ? WHERE id = ? AND org_id = ?",
+                    (
+                        row["env_names"],
+                        row["file_paths"],
+                        row["rotated_at"],
+                        row["sealed"],
+                        connector.id,
+                        connector.org_id,
+                    ),
+                )
+
+    async def delete_connector(self, org_id: str, name: str) -> bool:
+        async with self._write() as db:
+            await db.execute(
+                "DELETE FROM key_connectors WHERE connector_id IN "
+                "(SELECT id FROM connectors WHERE org_id = ? AND name = ?)",
+                (org_id, name),
+            )
+            async with db.execute(
+                "DELETE FROM connectors WHERE org_id = ? AND name = ?", (org_id, name)
+            ) as cursor:
+                return cursor.rowcount == 1
+
+    async def bind_connectors(self, key_id: str, connector_ids: list[str]) -> None:
+        if not connector_ids:
+            return
+        rows = ", ".join("(?, ?)" for _ in connector_ids)
+        await self._change(
+            f"INSERT OR IGNORE INTO key_connectors (key_id, connector_id) VALUES {rows}",
+            [v for connector_id in connector_ids for v in (key_id, connector_id)],
+        )
+
+    async def unbind_connectors(self, key_id: str, connector_ids: list[str]) -> None:
+        marks = ", ".join("?" for _ in connector_ids)
+        await self._change(
+            f"DELETE FROM key_connectors WHERE key_id = ? AND connector_id IN ({marks})",
+            [key_id, *connector_ids],
+        )
+
+    async def key_connectors(self, org_id: str) -> dict[str, list[str]]:
+        rows = await self._all(
+            "SELECT kc.key_id, c.name FROM key_connectors kc "
+            "JOIN connectors c ON c.id = kc.connector_id WHERE c.org_id = ? ORDER BY c.name",
+            [org_id],
+        )
+        bound: dict[str, list[str]] = {}
+        for key_id, name in rows:
+            bound.setdefault(key_id, []).append(name)
+        return bound
+
+    async def bound_connectors(self, key_id: str) -> list[Connector]:
+        rows = await self._all(
+            f"SELECT {CONNECTOR_COLUMNS} FROM key_connectors kc "
+            "JOIN connectors c ON c.id = kc.connector_id "
+            "JOIN api_keys k ON k.id = kc.key_id AND k.org_id = c.org_id "
+            "WHERE kc.key_id = ? ORDER BY c.name",
+            [key_id],
+        )
+        return [_connector(row) for row in rows]
+
     # executions
 
     async def insert_execution(self, execution: Execution) -> None:
@@ -625,9 +733,25 @@ def _volume(row: Any) -> Volume:
     return Volume(**values)
 
 
+def _connector(row: Any) -> Connector:
+    values = dict(zip((f.name for f in dataclasses.fields(Connector)), row, strict=True))
+    values["env_names"] = tuple(json.loads(values["env_names"]))
+    values["file_paths"] = tuple(json.loads(values["file_paths"]))
+    values["sealed"] = bytes(values["sealed"])
+    return Connector(**values)
+
+
+def _connector_row(connector: Connector) -> dict[str, Any]:
+    row = dataclasses.asdict(connector)
+    row["env_names"] = json.dumps(list(connector.env_names))
+    row["file_paths"] = json.dumps(list(connector.file_paths))
+    return row
+
+
 def _execution(row: Any) -> Execution:
     values = dict(zip(EXECUTION_FIELDS, row, strict=True))
     values["metadata"] = json.loads(values["metadata"])
+    values["connectors"] = json.loads(values["connectors"])
     values["status"] = ExecutionStatus(values["status"])
     values["delivery_mode"] = DeliveryMode(values["delivery_mode"])
     if values["webhook_delivery_status"] is not None:
@@ -638,4 +762,5 @@ def _execution(row: Any) -> Execution:
 def _execution_row(execution: Execution) -> dict[str, Any]:
     row = dataclasses.asdict(execution)
     row["metadata"] = json.dumps(row["metadata"])
+    row["connectors"] = json.dumps(row["connectors"])
     return row

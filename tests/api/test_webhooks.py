@@ -48,6 +48,7 @@ RECORD_KEYS = {
     "completed_at",
     "webhook_url",
     "webhook_delivery_status",
+    "connectors",  # an extra of ours: the names of the connectors injected
 }
 PRIVATE_REFUSAL = {
     "error": "validation_error",

@@ -228,7 +228,16 @@ def test_other_thread_home_invisible(api: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/usr/x", "/etc/x", "/x", "/run/baponi/x", "/usr/local/x", "/proc/sys/kernel/hostname"]
+    "path",
+    [
+        "/usr/x",
+        "/etc/x",
+        "/x",
+        "/run/baponi/x",
+        "/run/secrets/x",
+        "/usr/local/x",
+        "/proc/sys/kernel/hostname",
+    ],
 )
 def test_write_outside_home_fails(api: httpx.Client, path: str) -> None:
     body = run(

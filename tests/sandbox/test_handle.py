@@ -30,6 +30,7 @@ from baponi_core.sandbox import (
     Sandbox,
     SandboxError,
     SandboxRuntime,
+    SecretsError,
     Shape,
     agent,
 )
@@ -258,6 +259,41 @@ def test_files_are_given_read_only_under_run_baponi(sandboxes: Sandboxes) -> Non
                 sandboxes.call(sandbox.start, Command(argv=("true",), files={name: b""}))
     finally:
         sandboxes.call(sandbox.close)
+
+
+def test_secrets_are_given_read_only_under_run_secrets(sandboxes: Sandboxes) -> None:
+    secrets = {"db/tls/ca.pem": b"CA\n", "db/token": b"T\n", "api/key": b"K\n"}
+    sandbox, other = sandboxes.ready(), sandboxes.ready()
+    secret_dir = PRIVATE_BASE / "slots" / sandbox.id / "secrets"  # in the runtime's namespace
+    probe = (
+        "cd /run/secrets && find . -type f | sort && cat db/tls/ca.pem db/token && "
+        "stat -c '%a %u' db/token db/tls && (echo x > db/token) 2>&1 | grep -c Read-only"
+    )
+    try:
+        status, out, err = run(sandboxes, sandbox, replace(shell(probe), secrets=secrets))
+        assert (status, err) == (0, "")
+        assert out.splitlines() == [
+            "./api/key",
+            "./db/tls/ca.pem",
+            "./db/token",
+            "CA",
+            "T",
+            "400 1000",  # the sandbox user's alone
+            "755 65534",  # a directory the server made
+            "1",
+        ]
+        # A process started later sees them too; another sandbox never does.
+        assert run(sandboxes, sandbox, shell("cat /run/secrets/api/key")) == (0, "K\n", "")
+        assert run(sandboxes, other, shell("find /run/secrets | wc -l")) == (0, "1\n", "")
+        for path in ("../x", "/abs", "a/./b", "a//b", "", "db/token"):  # the last: given
+            with pytest.raises(SecretsError, match="cannot write secret"):
+                sandboxes.call(sandbox.start, replace(shell("true"), secrets={path: b"x"}))
+        secret_dir = sandboxes.inside(lambda: PRIVATE_BASE / "slots" / sandbox.id / "secrets")
+        assert sandboxes.inside(secret_dir.exists)
+    finally:
+        sandboxes.call(sandbox.close)
+        sandboxes.call(other.close)
+    assert not sandboxes.inside(secret_dir.exists)  # gone with the slot
 
 
 def test_a_program_that_cannot_be_executed_is_a_sandbox_error(sandboxes: Sandboxes) -> None:
@@ -520,9 +556,10 @@ def test_without_root_the_sandbox_is_launched_at_attach(request: pytest.FixtureR
         os.chown(path, nobody, nobody)
     become = ["setpriv", "--reuid", str(nobody), "--regid", str(nobody), "--clear-groups"]
     assert run_probe(Path(__file__).with_name("unprivileged.py"), base, *become) == {
+        "slots_left": [],  # the connector file with its slot
         "launched_at_prepare": False,
         "status": 0,
-        "out": "1000\nvol\n1\n",
+        "out": "1000\nvol\n1\nt0ken\n400 1000\n",
         "uid": nobody,
     }
     made = base / "shared" / "home" / "made.txt"

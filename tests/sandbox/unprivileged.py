@@ -11,7 +11,10 @@ import anyio
 from baponi_core.sandbox import Command, Mount, SandboxRuntime, Shape
 from baponi_core.sandbox.rootfs import BASE_ENV
 
-SCRIPT = "id -u; cat /data/v/in.txt; echo w > made.txt; touch /data/v/x 2>&1 | grep -c Read-only"
+SCRIPT = (
+    "id -u; cat /data/v/in.txt; echo w > made.txt; touch /data/v/x 2>&1 | grep -c Read-only; "
+    "cat /run/secrets/c/token; stat -c '%a %u' /run/secrets/c/token"
+)
 
 
 def launched(marker: str) -> bool:
@@ -31,14 +34,19 @@ async def main(base: Path) -> None:
         sandbox = await runtime.prepare(Shape())
         launched_at_prepare = launched(sandbox.id)
         await sandbox.attach(shared / "home", (Mount(shared / "vol", (), "/data/v", True),))
-        process = await sandbox.start(Command(argv=("/bin/bash", "-c", SCRIPT), env=BASE_ENV))
+        command = Command(
+            argv=("/bin/bash", "-c", SCRIPT), env=BASE_ENV, secrets={"c/token": b"t0ken\n"}
+        )
+        process = await sandbox.start(command)
         out = b""
         while chunk := await process.stdout.receive():
             out += chunk
         status = await process.wait()
         process.close()
         await sandbox.close()
+    slots = base / "run" / "slots"
     report = {
+        "slots_left": sorted(p.name for p in slots.iterdir() if not p.name.startswith(".")),
         "launched_at_prepare": launched_at_prepare,
         "status": status,
         "out": out.decode(),

@@ -121,6 +121,30 @@ async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
+async def test_database_of_schema_5_is_migrated(tmp_path: Path) -> None:
+    """Connectors arrive: executions that existed injected none."""
+    path = tmp_path / "v5.db"
+    with sqlite3.connect(path) as old:
+        for script in MIGRATIONS[:5]:
+            old.executescript(script)
+        old.execute(
+            "INSERT INTO orgs (id, name, max_concurrency, created_at) VALUES ('o', 'a', 1, 1.0)"
+        )
+        old.execute(
+            "INSERT INTO executions (trace_id, org_id, language, delivery_mode, status, "
+            "metadata, created_at) VALUES ('trc_old', 'o', 'bash', 'inline', 'success', '{}', 1.5)"
+        )
+        old.execute("PRAGMA user_version=5")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        found = await store.get_execution("o", "trc_old")
+        assert found is not None and found.connectors == []
+        assert await store.list_connectors("o") == []
+    finally:
+        await store.close()
+
+
 async def test_database_of_schema_4_is_migrated(tmp_path: Path) -> None:
     """Volume quotas arrive: volumes that existed have none."""
     path = tmp_path / "v4.db"

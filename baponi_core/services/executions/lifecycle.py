@@ -21,11 +21,13 @@ from baponi_core.sandbox import (
     MountError,
     SandboxError,
     SandboxRuntime,
+    SecretsError,
     Shape,
     run_code,
     volume_mounts,
 )
 from baponi_core.sandbox.spec import MiB
+from baponi_core.services.connectors import Connectors, Injection
 from baponi_core.services.executions import status
 from baponi_core.services.executions.log import ExecutionLog
 from baponi_core.services.executions.run import Run, StopReason
@@ -49,10 +51,12 @@ class Lifecycle:
         storage: Storage,
         log: ExecutionLog,
         webhooks: Webhooks,
+        connectors: Connectors,
         quota: int,
         live: dict[str, Run],
     ) -> None:
         self.store = store
+        self.connectors = connectors
         self.runtime = runtime
         self.storage = storage
         self.log = log
@@ -116,13 +120,20 @@ class Lifecycle:
         volumes: list[tuple[Volume, Place]],
     ) -> None:
         request = run.request
+        injection = await self._credentials(run)
+        if injection is None:
+            return
         mounts = await self._bring_in(run, places, volumes)
         if mounts is None:  # nothing ran, so there is nothing to store
             return
+        run.record.connectors = list(injection.names)
         job = CodeRun(
             language=request.language,
             code=request.code.encode(),
-            env=dict(request.env_vars or {}),
+            # A connector's variable wins over the request's of the same name: code given
+            # a key bound to a connector must not be able to replace what it injects.
+            env={**(request.env_vars or {}), **injection.env},
+            secrets=injection.files,
             shape=Shape(limits_for(run.profile), run.runtime),
             home=thread.workspace if thread else None,
             mounts=mounts,
@@ -136,6 +147,18 @@ class Lifecycle:
         finally:
             with anyio.CancelScope(shield=True):
                 await _write_back(run, places)
+
+    async def _credentials(self, run: Run) -> Injection | None:
+        """What the connectors bound to the run's key inject; on failure the run ends
+        with ``credential_mount_error`` and its code never runs."""
+        if run.record.key_id is None:
+            return Injection()
+        try:
+            return await self.connectors.for_key(run.record.key_id)
+        except BaponiError as exc:  # a CredentialError names the connector, never a value
+            log.error("connectors of %s cannot be injected: %s", run.trace_id, exc.message)
+        status.finish(run, ExecutionStatus.FAILED, "credential_mount_error", exit_code=-1)
+        return None
 
     async def _bring_in(
         self, run: Run, places: list[Place], volumes: list[tuple[Volume, Place]]
@@ -183,6 +206,10 @@ class Lifecycle:
             except MountError as exc:  # a volume directory swapped for a link meanwhile
                 log.error("mounts of %s failed: %s", run.trace_id, exc)
                 status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
+            except SecretsError as exc:  # connector files that could not be handed out
+                log.error("connectors of %s cannot be injected: %s", run.trace_id, exc)
+                run.record.connectors = []
+                status.finish(run, ExecutionStatus.FAILED, "credential_mount_error", exit_code=-1)
             except SandboxError as exc:
                 log.error("sandbox for %s failed: %s", run.trace_id, exc)
                 status.finish(run, ExecutionStatus.FAILED, "service_unavailable", exit_code=-1)

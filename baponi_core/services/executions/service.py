@@ -23,6 +23,7 @@ from baponi_core.records import DeliveryMode, Execution, Principal
 from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.services.concurrency import ConcurrencyLimiter
+from baponi_core.services.connectors import Connectors
 from baponi_core.services.executions import admission
 from baponi_core.services.executions.lifecycle import Lifecycle
 from baponi_core.services.executions.log import ExecutionLog
@@ -49,6 +50,7 @@ class Executions:
         storage: Storage,
         limiter: ConcurrencyLimiter,
         webhooks: Webhooks,
+        connectors: Connectors,
         quota: int,
         space: Space,
     ) -> None:
@@ -62,7 +64,9 @@ class Executions:
         self.accepting = True
         self.streams = OpenStreams()
         self._live: dict[str, Run] = {}
-        self._lifecycle = Lifecycle(store, runtime, storage, self.log, webhooks, quota, self._live)
+        self._lifecycle = Lifecycle(
+            store, runtime, storage, self.log, webhooks, connectors, quota, self._live
+        )
         self._tasks: TaskGroup | None = None
 
     async def start(self, tasks: TaskGroup) -> None:
