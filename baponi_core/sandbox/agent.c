@@ -8,6 +8,12 @@
  * Before anything else it lowers its own resource limits to those given on its command
  * line, for good: every process of the sandbox inherits them.
  *
+ * Given the path of the egress proxy's unix socket (a sandbox whose network policy lets
+ * it out), it forks the forwarder first: a process that listens on the sandbox's own
+ * loopback, 127.0.0.1:3128, and relays each connection to that socket, one child per
+ * connection. It decides nothing: the proxy, outside, judges every connection. Sandboxed
+ * code may kill it, or talk to the socket itself, and gains nothing by either.
+ *
  * It talks to the server over one SOCK_SEQPACKET socket (its only descriptor besides
  * 0-2), one message per datagram, native byte order (both ends run on the same host):
  *
@@ -33,7 +39,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -44,6 +52,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,6 +61,8 @@
 #define MAX_MESSAGE (256 * 1024)
 #define MAX_STRINGS 8192
 #define MAX_PROCESSES 65536
+#define PROXY_PORT 3128
+#define RELAY_CHUNK 65536
 
 enum { SPAWN = 1, SIGNAL = 2 };
 enum { LAST = 1 };
@@ -247,6 +258,82 @@ static void reap(void) {
     }
 }
 
+/* Copy what ``from`` has to ``to``: 1 when some was, 0 at its end, -1 on an error. */
+static int pump(int from, int to) {
+    static char buffer[RELAY_CHUNK];
+    ssize_t got = read(from, buffer, sizeof buffer);
+    if (got < 0)
+        return errno == EINTR ? 1 : -1;
+    if (got == 0)
+        return 0;
+    for (ssize_t done = 0; done < got;) {
+        ssize_t put = write(to, buffer + done, (size_t)(got - done));
+        if (put < 0 && errno != EINTR)
+            return -1;
+        if (put > 0)
+            done += put;
+    }
+    return 1;
+}
+
+/* Both ways until both have ended, each end passed on as a half-close. */
+static void relay(int client, int proxy) {
+    int ends[2] = {client, proxy};
+    struct pollfd watch[2] = {{client, POLLIN, 0}, {proxy, POLLIN, 0}};
+    int open = 2;
+    while (open > 0) {
+        if (poll(watch, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (watch[i].fd < 0 || watch[i].revents == 0)
+                continue;
+            int moved = pump(ends[i], ends[1 - i]);
+            if (moved < 0)
+                return;
+            if (moved == 0) {
+                shutdown(ends[1 - i], SHUT_WR);
+                watch[i].fd = -1;
+                open--;
+            }
+        }
+    }
+}
+
+static void forward_one(int client, const char *path) {
+    struct sockaddr_un to = {.sun_family = AF_UNIX};
+    strncpy(to.sun_path, path, sizeof to.sun_path - 1);
+    int proxy = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (proxy >= 0 && connect(proxy, (struct sockaddr *)&to, sizeof to) == 0)
+        relay(client, proxy);
+    _exit(0);
+}
+
+/* The forwarder: never returns. Its children are reaped by the kernel (SIGCHLD ignored). */
+static void forward(const char *path) {
+    signal(SIGCHLD, SIG_IGN);
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int yes = 1;
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(PROXY_PORT),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (listener < 0 || setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) < 0 ||
+        bind(listener, (struct sockaddr *)&at, sizeof at) < 0 || listen(listener, 128) < 0)
+        _exit(2);
+    for (;;) {
+        int client = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        if (client < 0)
+            continue; /* EINTR, or out of descriptors for now */
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(listener);
+            forward_one(client, path);
+        }
+        close(client); /* refused when no process could be made for it */
+    }
+}
+
 /* Lower a limit for good (soft and hard): every process started later inherits it. */
 static int limit(int resource, const char *text) {
     char *end;
@@ -258,9 +345,10 @@ static int limit(int resource, const char *text) {
     return value == 0 && resource == RLIMIT_DATA ? 0 : setrlimit(resource, &both);
 }
 
-/* init CONTROL-FD CORE FSIZE NOFILE DATA (DATA 0: none, the cgroup bounds memory) */
+/* init CONTROL-FD CORE FSIZE NOFILE DATA [EGRESS-SOCKET]
+ * (DATA 0: none, the cgroup bounds memory) */
 int main(int argc, char **argv) {
-    if (argc != 6 || limit(RLIMIT_CORE, argv[2]) < 0 || limit(RLIMIT_FSIZE, argv[3]) < 0 ||
+    if ((argc != 6 && argc != 7) || limit(RLIMIT_CORE, argv[2]) < 0 || limit(RLIMIT_FSIZE, argv[3]) < 0 ||
         limit(RLIMIT_NOFILE, argv[4]) < 0 || limit(RLIMIT_DATA, argv[5]) < 0)
         return 2;
     int control = atoi(argv[1]);
@@ -272,6 +360,17 @@ int main(int argc, char **argv) {
     if (fcntl(CONTROL, F_SETFD, FD_CLOEXEC) < 0 || prctl(PR_SET_DUMPABLE, 0) < 0 ||
         chdir("/") < 0)
         return 2;
+    if (argc == 7) {
+        if (strlen(argv[6]) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            return 2;
+        pid_t forwarder = fork();
+        if (forwarder < 0)
+            return 2;
+        if (forwarder == 0) {
+            close(CONTROL);
+            forward(argv[6]);
+        }
+    }
     sigset_t children;
     sigemptyset(&children);
     sigaddset(&children, SIGCHLD);

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 
+from baponi_core.sandbox import egress
 from baponi_core.sandbox.handle import KILLED, Process, Sandbox, SandboxError
 from baponi_core.sandbox.pipes import PipeReader
 from baponi_core.sandbox.rootfs import BASE_ENV
@@ -54,7 +55,7 @@ class CodeRun:
         interpreter, script = INTERPRETERS[self.language]
         return Command(
             argv=(interpreter, f"{RUN_DIR}/{script}"),
-            env={**BASE_ENV, **self.env},
+            env={**BASE_ENV, **egress.env(self.shape.network), **self.env},
             files={script: self.code},
             cpu_seconds=int(self.timeout_s) + 5,  # a backstop; the wall clock rules
             last=True,
@@ -79,6 +80,7 @@ class Outcome:
     stdout: bytes
     stderr: bytes
     duration_ms: int
+    blocked: bool = False  # the egress proxy refused a connection of it by its policy
 
 
 @dataclass
@@ -128,6 +130,7 @@ async def run_code(
             stdout=bytes(streams["stdout"]),
             stderr=bytes(streams["stderr"]),
             duration_ms=int((time.monotonic() - started) * 1000),
+            blocked=sandbox.egress_refused > 0,
         )
     finally:
         await sandbox.close(wait=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.sandbox.rootfs import HOME
 
 MiB = 1 << 20
@@ -36,6 +37,8 @@ class Shape:
     interchangeable until they are used."""
 
     limits: Limits = Limits()
+    # none (the default): no way out of the sandbox at all
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @dataclass(frozen=True)

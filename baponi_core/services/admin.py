@@ -11,6 +11,7 @@ from typing import Any
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Principal, Profile, Volume
 from baponi_core.services.webhooks import secret_for
 from baponi_core.storage.urls import CLOUD_SCHEMES
@@ -58,6 +59,14 @@ def check_limits(limits: Mapping[str, float], max_concurrency: int | None = None
             raise ValidationError(f"{field} must be between {low:g} and {high:g}")
     if max_concurrency is not None and max_concurrency < 1:
         raise ValidationError("max concurrency must be at least 1")
+
+
+def network_policy(mode: str, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> NetworkPolicy:
+    """A profile's network policy from its text; ValidationError names a bad part."""
+    try:
+        return NetworkPolicy.of(mode, tuple(allow), tuple(deny))
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -141,14 +150,19 @@ class Admin:
         await self.store.update_org(org)
         return org
 
-    async def save_profile(self, org_name: str, name: str, **limits: Any) -> Profile:
-        """Create the profile, or change the given limits of an existing one."""
+    async def save_profile(
+        self, org_name: str, name: str, network: NetworkPolicy | None = None, **limits: Any
+    ) -> Profile:
+        """Create the profile, or change the given limits (and with ``network`` its
+        network policy) of an existing one."""
         _check_name("profile", name)
         check_limits(limits)
         org = await self.org(org_name)
         current = await self.store.get_profile(org.id, name) or Profile(
             id=new_id("prf"), org_id=org.id, name=name
         )
+        if network is not None:
+            limits["network"] = network
         profile = dataclasses.replace(current, **limits)
         await self.store.save_profile(profile)
         return profile

@@ -123,7 +123,7 @@ class Lifecycle:
             language=request.language,
             code=request.code.encode(),
             env=dict(request.env_vars or {}),
-            shape=Shape(limits_for(run.profile)),
+            shape=Shape(limits_for(run.profile), network=run.profile.network),
             home=thread.workspace if thread else None,
             mounts=mounts,
             timeout_s=float(request.timeout),
