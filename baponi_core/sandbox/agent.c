@@ -9,10 +9,12 @@
  * line, for good: every process of the sandbox inherits them.
  *
  * Given the path of the egress proxy's unix socket (a sandbox whose network policy lets
- * it out), it forks the forwarder first: a process that listens on the sandbox's own
- * loopback, 127.0.0.1:3128, and relays each connection to that socket, one child per
- * connection. It decides nothing: the proxy, outside, judges every connection. Sandboxed
- * code may kill it, or talk to the socket itself, and gains nothing by either.
+ * it out), it is also the forwarder: it listens on the sandbox's own loopback,
+ * 127.0.0.1:3128, and relays each connection to that socket, both ways, in its own loop,
+ * without ever blocking on one (no process of its own: the sandbox sees none more). It
+ * decides nothing: the proxy, outside, judges every connection, and what the relayed
+ * bytes say is none of the init's business. Code that talks to the socket itself
+ * gains nothing.
  *
  * It talks to the server over one SOCK_SEQPACKET socket (its only descriptor besides
  * 0-2), one message per datagram, native byte order (both ends run on the same host):
@@ -62,7 +64,8 @@
 #define MAX_STRINGS 8192
 #define MAX_PROCESSES 65536
 #define PROXY_PORT 3128
-#define RELAY_CHUNK 65536
+#define MAX_RELAYS 64
+#define RELAY_BUFFER 65536
 
 enum { SPAWN = 1, SIGNAL = 2 };
 enum { LAST = 1 };
@@ -258,80 +261,110 @@ static void reap(void) {
     }
 }
 
-/* Copy what ``from`` has to ``to``: 1 when some was, 0 at its end, -1 on an error. */
-static int pump(int from, int to) {
-    static char buffer[RELAY_CHUNK];
-    ssize_t got = read(from, buffer, sizeof buffer);
-    if (got < 0)
-        return errno == EINTR ? 1 : -1;
-    if (got == 0)
-        return 0;
-    for (ssize_t done = 0; done < got;) {
-        ssize_t put = write(to, buffer + done, (size_t)(got - done));
-        if (put < 0 && errno != EINTR)
-            return -1;
-        if (put > 0)
-            done += put;
-    }
-    return 1;
-}
+/* The egress forwarder, part of the init's own loop: connections accepted on 127.0.0.1:3128
+ * are relayed to the proxy's unix socket, both ways, without blocking. A relay that
+ * cannot be made (no slot, no socket, the proxy's backlog full) closes the client. */
+struct relay {
+    int fd[2];                    /* 0: the client, 1: the proxy; -1: free */
+    char buffer[2][RELAY_BUFFER]; /* buffer[i]: read from fd[i], to be written to fd[1 - i] */
+    size_t length[2], sent[2];
+    int ended[2]; /* fd[i] said end of file (its data may still be in buffer[i]) */
+};
 
-/* Both ways until both have ended, each end passed on as a half-close. */
-static void relay(int client, int proxy) {
-    int ends[2] = {client, proxy};
-    struct pollfd watch[2] = {{client, POLLIN, 0}, {proxy, POLLIN, 0}};
-    int open = 2;
-    while (open > 0) {
-        if (poll(watch, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            return;
-        }
-        for (int i = 0; i < 2; i++) {
-            if (watch[i].fd < 0 || watch[i].revents == 0)
-                continue;
-            int moved = pump(ends[i], ends[1 - i]);
-            if (moved < 0)
-                return;
-            if (moved == 0) {
-                shutdown(ends[1 - i], SHUT_WR);
-                watch[i].fd = -1;
-                open--;
-            }
-        }
+static struct relay relays[MAX_RELAYS];
+static int listener = -1;
+static struct sockaddr_un proxy;
+
+static void relay_close(struct relay *r) {
+    for (int i = 0; i < 2; i++) {
+        if (r->fd[i] >= 0)
+            close(r->fd[i]);
+        r->fd[i] = -1;
     }
 }
 
-static void forward_one(int client, const char *path) {
-    struct sockaddr_un to = {.sun_family = AF_UNIX};
-    strncpy(to.sun_path, path, sizeof to.sun_path - 1);
-    int proxy = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (proxy >= 0 && connect(proxy, (struct sockaddr *)&to, sizeof to) == 0)
-        relay(client, proxy);
-    _exit(0);
-}
-
-/* The forwarder: never returns. Its children are reaped by the kernel (SIGCHLD ignored). */
-static void forward(const char *path) {
-    signal(SIGCHLD, SIG_IGN);
-    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+static int forward_start(const char *path) {
+    for (int i = 0; i < MAX_RELAYS; i++)
+        relays[i].fd[0] = relays[i].fd[1] = -1;
+    proxy.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof proxy.sun_path)
+        return -1;
+    strcpy(proxy.sun_path, path);
     int yes = 1;
     struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(PROXY_PORT),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (listener < 0 || setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) < 0 ||
         bind(listener, (struct sockaddr *)&at, sizeof at) < 0 || listen(listener, 128) < 0)
-        _exit(2);
+        return -1;
+    return 0;
+}
+
+static void forward_accept(void) {
     for (;;) {
-        int client = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        int client = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (client < 0)
-            continue; /* EINTR, or out of descriptors for now */
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(listener);
-            forward_one(client, path);
+            return; /* none waiting (or out of descriptors for now) */
+        struct relay *r = NULL;
+        for (int i = 0; i < MAX_RELAYS && r == NULL; i++)
+            if (relays[i].fd[0] < 0)
+                r = &relays[i];
+        int to = r == NULL ? -1 : socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (to < 0 || connect(to, (struct sockaddr *)&proxy, sizeof proxy) < 0) {
+            if (to >= 0)
+                close(to);
+            close(client);
+            continue;
         }
-        close(client); /* refused when no process could be made for it */
+        *r = (struct relay){.fd = {client, to}};
     }
+}
+
+/* Move what can be moved without blocking; whether the relay goes on. */
+static int relay_step(struct relay *r, const short revents[2]) {
+    for (int i = 0; i < 2; i++)
+        if ((revents[i] & (POLLHUP | POLLERR)) && r->ended[i] == 2)
+            return 0; /* gone both ways, and all it sent passed on: nothing more to do */
+    for (int i = 0; i < 2; i++) {
+        if (!r->ended[i] && r->length[i] == 0 && (revents[i] & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t got = read(r->fd[i], r->buffer[i], RELAY_BUFFER);
+            if (got > 0)
+                r->length[i] = (size_t)got, r->sent[i] = 0;
+            else if (got == 0)
+                r->ended[i] = 1;
+            else if (errno != EAGAIN && errno != EINTR)
+                return 0;
+        }
+        int out = r->fd[1 - i];
+        while (r->sent[i] < r->length[i]) {
+            ssize_t put = send(out, r->buffer[i] + r->sent[i], r->length[i] - r->sent[i],
+                               MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (put < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                    break;
+                return 0;
+            }
+            r->sent[i] += (size_t)put;
+        }
+        if (r->sent[i] == r->length[i]) {
+            r->length[i] = r->sent[i] = 0;
+            if (r->ended[i] == 1) { /* all of it passed on: pass the end on too */
+                shutdown(out, SHUT_WR);
+                r->ended[i] = 2;
+            }
+        }
+    }
+    return !(r->ended[0] == 2 && r->ended[1] == 2);
+}
+
+/* What each relay waits for: read when its buffer is empty, write when it is not. */
+static short relay_events(const struct relay *r, int i) {
+    short events = 0;
+    if (!r->ended[i] && r->length[i] == 0)
+        events |= POLLIN;
+    if (r->length[1 - i] > r->sent[1 - i])
+        events |= POLLOUT;
+    return events;
 }
 
 /* Lower a limit for good (soft and hard): every process started later inherits it. */
@@ -360,17 +393,8 @@ int main(int argc, char **argv) {
     if (fcntl(CONTROL, F_SETFD, FD_CLOEXEC) < 0 || prctl(PR_SET_DUMPABLE, 0) < 0 ||
         chdir("/") < 0)
         return 2;
-    if (argc == 7) {
-        if (strlen(argv[6]) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-            return 2;
-        pid_t forwarder = fork();
-        if (forwarder < 0)
-            return 2;
-        if (forwarder == 0) {
-            close(CONTROL);
-            forward(argv[6]);
-        }
-    }
+    if (argc == 7 && forward_start(argv[6]) < 0)
+        return 2;
     sigset_t children;
     sigemptyset(&children);
     sigaddset(&children, SIGCHLD);
@@ -380,9 +404,22 @@ int main(int argc, char **argv) {
     if (ended < 0)
         return 2;
     report(READY, 0, PROTOCOL);
-    struct pollfd watch[2] = {{CONTROL, POLLIN, 0}, {ended, POLLIN, 0}};
+    struct pollfd watch[3 + 2 * MAX_RELAYS];
+    int relayed[2 * MAX_RELAYS]; /* which relay each watched descriptor after the third is */
     for (;;) {
-        if (poll(watch, 2, -1) < 0) {
+        watch[0] = (struct pollfd){CONTROL, POLLIN, 0};
+        watch[1] = (struct pollfd){ended, POLLIN, 0};
+        watch[2] = (struct pollfd){listener, POLLIN, 0}; /* -1 without egress: not watched */
+        nfds_t count = 3;
+        for (int i = 0; listener >= 0 && i < MAX_RELAYS; i++) {
+            if (relays[i].fd[0] < 0)
+                continue;
+            for (int end = 0; end < 2; end++) {
+                relayed[count - 3] = i;
+                watch[count++] = (struct pollfd){relays[i].fd[end], relay_events(&relays[i], end), 0};
+            }
+        }
+        if (poll(watch, count, -1) < 0) {
             if (errno == EINTR)
                 continue;
             return 2;
@@ -395,5 +432,13 @@ int main(int argc, char **argv) {
         }
         if (watch[0].revents)
             receive();
+        for (nfds_t at = 3; at < count; at += 2) {
+            struct relay *r = &relays[relayed[at - 3]];
+            short revents[2] = {watch[at].revents, watch[at + 1].revents};
+            if ((revents[0] | revents[1]) && !relay_step(r, revents))
+                relay_close(r);
+        }
+        if (watch[2].revents)
+            forward_accept();
     }
 }

@@ -151,7 +151,7 @@ def command(
         str(limits.open_files),
         str(limits.memory_bytes if memory_rlimit else 0),
     ]
-    if egress.forwards(shape.network):  # the init starts the forwarder to the proxy
+    if egress.forwards(shape.network):  # the init relays its loopback port to the proxy
         argv.append(egress.socket_path())
     return argv
 
