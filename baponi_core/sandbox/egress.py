@@ -1,8 +1,8 @@
 """How a sandbox whose policy lets it out reaches the egress proxy (:mod:`baponi_core.net.
 egress`): the proxy's unix socket in its slot, seen at ``/run/baponi/egress``, and its
 init, which listens on the sandbox's own loopback at 127.0.0.1:3128 and relays each
-connection to that socket (the forwarder, in ``agent.c``). The sandbox keeps an empty network namespace:
-no interface but ``lo``, no route to the host, no DNS of its own."""
+connection to that socket (the forwarder, in ``agent.c``). The sandbox keeps an empty
+network namespace: no interface but ``lo``, no route to the host, no DNS of its own."""
 
 from __future__ import annotations
 
