@@ -18,6 +18,10 @@ failed after one is ``blocked``.
 Bounds, per tap: connections at once, new connections per second, bytes both ways
 altogether; per server: connections at once. Every wait has a deadline (the request head,
 the upstream's connect, a connection idle both ways), and every buffer a size.
+
+Written on asyncio's streams (the server's event loop is asyncio's): their transports
+end cleanly when a tap closes mid-read, which anyio's unix-socket streams (4.x) do not:
+a read cancelled as data arrives makes the loop report an InvalidStateError.
 """
 
 from __future__ import annotations
@@ -102,7 +106,6 @@ PHRASES = {
     429: "Too Many Requests",
     502: "Bad Gateway",
     503: "Service Unavailable",
-    504: "Gateway Timeout",
 }
 BROKEN = (ConnectionError, OSError, Exhausted, asyncio.IncompleteReadError)
 

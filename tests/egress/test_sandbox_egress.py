@@ -432,3 +432,29 @@ def test_profiles_show_and_validate_policies(egress_server: Server) -> None:
         assert "Traceback" not in done.stderr, done.stderr
     reset = cli(egress_server.home, "profiles", "set", profile, "--network", "none")
     assert reset.endswith("network=none")
+
+
+def test_code_speaking_to_the_proxy_socket_itself_gets_the_same_policy(
+    egress_server: Server, upstream: Upstream
+) -> None:
+    """The socket is the sandbox's own (its uid's, 0600) and says nothing the forwarder
+    would not: the tap judges what arrives on it by the sandbox's policy alone."""
+    key = key_for(egress_server, "--network", "allowlist", "--allow", "127.0.0.1")
+    body = run(
+        egress_server,
+        key,
+        f"""
+        import os, socket, stat
+        st = os.stat("/run/baponi/egress")
+        print(stat.S_ISSOCK(st.st_mode), oct(st.st_mode & 0o777), st.st_uid)
+        for target in ("localhost:{upstream.port}", "127.0.0.1:{upstream.port}"):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect("/run/baponi/egress")
+            head = f"CONNECT {{target}} HTTP/1.1\\r\\nX-Baponi-Egress: allowed\\r\\n\\r\\n"
+            s.sendall(head.encode())
+            print(s.recv(4096).split(b"\\r\\n")[0].decode())
+        """,
+    )
+    assert ok(body) == (
+        "True 0o600 1000\nHTTP/1.1 403 Forbidden\nHTTP/1.1 200 Connection established\n"
+    )
