@@ -23,9 +23,17 @@ from baponi_cli.options import (
 )
 from baponi_cli.options import profile_limits as given_limits
 from baponi_core.config import Settings
+from baponi_core.errors import ValidationError
+from baponi_core.net.policy import Mode
 from baponi_core.records import DEFAULT_RETENTION_DAYS, Profile, Volume
 from baponi_core.runtimes import Runtimes
-from baponi_core.services.admin import DEFAULT_MAX_CONCURRENCY, DEFAULT_ORG, DEFAULT_PROFILE, Admin
+from baponi_core.services.admin import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_ORG,
+    DEFAULT_PROFILE,
+    Admin,
+    network_policy,
+)
 from baponi_core.services.runtimes import Listed, RuntimeAdmin, import_image
 from baponi_core.storage.signing import UrlSigner
 from baponi_core.store import store_for
@@ -492,6 +500,25 @@ def _profiles(commands: Any, home: argparse.ArgumentParser, org: argparse.Argume
         "--runtime", metavar="NAME", help="the runtime its sandboxes run on (baponi runtimes list)"
     )
     add_runtimes(change)
+    change.add_argument(
+        "--network",
+        choices=[m.value for m in Mode],
+        help="what its sandboxes may reach: nothing (none, the default for a new profile), "
+        "the --allow hosts (allowlist), or any public host (open); replaces the policy, "
+        "with the rules given (default: unchanged)",
+    )
+    for flag, text in (
+        ("--allow", "a host allowlist lets through"),
+        ("--deny", "a host refused, whatever else allows it"),
+    ):
+        change.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="DOMAIN[:PORT]",
+            help=f"{text} (repeatable; *.example.com for every name below example.com; "
+            "no port: any port); only with --network",
+        )
     change.set_defaults(run=_profiles_set)
     profiles.add_parser("list", parents=[home, org], help="list profiles").set_defaults(
         run=_profiles_list
@@ -500,8 +527,12 @@ def _profiles(commands: Any, home: argparse.ArgumentParser, org: argparse.Argume
 
 def _profiles_set(args: argparse.Namespace, settings: Settings) -> int:
     limits = given_limits(args)
+    if args.network is None and (args.allow or args.deny):
+        raise ValidationError("--allow and --deny need --network allowlist or open")
+    network = None if args.network is None else network_policy(args.network, args.allow, args.deny)
     profile = with_admin(
-        settings, lambda admin: admin.save_profile(args.org, args.name, args.runtime, **limits)
+        settings,
+        lambda admin: admin.save_profile(args.org, args.name, args.runtime, network, **limits),
     )
     print(_describe_profile(profile))
     return 0
@@ -516,7 +547,7 @@ def _profiles_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _describe_profile(p: Profile) -> str:
-    return f"{p.name}: {_describe_limits(p)} runtime={p.runtime}"
+    return f"{p.name}: {_describe_limits(p)} runtime={p.runtime} network={p.network}"
 
 
 def _describe_limits(p: Profile) -> str:

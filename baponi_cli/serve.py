@@ -75,6 +75,14 @@ def add_command(commands: Any) -> None:
         help="let webhooks reach private, loopback and link-local addresses "
         "(default: refused; or $BAPONI_ALLOW_PRIVATE_WEBHOOKS=1)",
     )
+    serve.add_argument(
+        "--allow-private-egress",
+        action="store_true",
+        default=flag_from_env("--allow-private-egress"),
+        help="FOR TESTS ONLY: let sandboxes whose network policy lets them out reach private, "
+        "loopback and link-local addresses, this machine included "
+        "(default: refused; or $BAPONI_ALLOW_PRIVATE_EGRESS=1)",
+    )
     env_option(
         serve,
         "--webhook-ca-file",
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings,
         **storage_settings(args),
         allow_private_webhooks=args.allow_private_webhooks,
+        allow_private_egress=args.allow_private_egress,
         webhook_ca_file=Path(args.webhook_ca_file) if args.webhook_ca_file else None,
         webhook_retry_delays=args.webhook_retry_delays,
         shutdown_grace_s=args.shutdown_grace,

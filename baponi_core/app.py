@@ -13,6 +13,7 @@ import anyio
 
 from baponi_core.config import Settings
 from baponi_core.homelock import lock_home
+from baponi_core.net.egress import Egress
 from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.sandbox.rootfs import STORAGE_UID
@@ -102,7 +103,10 @@ class Core:
                 stack.push_async_callback(_shielded, disks.close)
             self._runtime = await stack.enter_async_context(
                 SandboxRuntime.open(
-                    self.settings.runtime, storage.shared, uids=self.settings.sandbox_uids
+                    self.settings.runtime,
+                    storage.shared,
+                    uids=self.settings.sandbox_uids,
+                    egress=Egress(allow_private=self.settings.allow_private_egress),
                 )
             )
             stack.push_async_callback(_shielded, self.webhooks.close)

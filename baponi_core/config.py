@@ -25,6 +25,7 @@ class Settings:
     home: Path
     sandbox_uids: UidRange = DEFAULT_UIDS  # host uids for sandboxes, one each, when we are root
     allow_private_webhooks: bool = False  # let webhooks reach private/loopback addresses
+    allow_private_egress: bool = False  # tests only: sandboxes' egress to private addresses
     webhook_ca_file: Path | None = None  # extra CAs trusted for webhook targets
     webhook_retry_delays: tuple[float, ...] = RETRY_DELAYS_S
     shutdown_grace_s: float = 30.0  # how long running executions may finish at shutdown

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from baponi_core.net.policy import NetworkPolicy
+
 
 class ExecutionStatus(StrEnum):
     QUEUED = "queued"  # a webhook execution not yet started
@@ -59,6 +61,7 @@ class Profile:
     tmp_mb: int = 256
     output_kb: int = 1024
     runtime: str = "default"  # the runtime its sandboxes run on (baponi runtimes list)
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)  # none: no network at all
 
 
 @dataclass(frozen=True)

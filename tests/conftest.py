@@ -3,6 +3,8 @@ clients, and a fresh store of each implementation. Helpers live in tests/harness
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import httpx
 import pytest
 
 from baponi_core.store import Store
-from tests.harness import Server, shared_runtimes, start_server, stop_server
+from tests.harness import Server, cli, shared_runtimes, start_server, stop_server
 from tests.store.implementations import IMPLEMENTATIONS, Implementation
 
 pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
@@ -30,8 +32,13 @@ def runtimes() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the session. Its environment holds a secret no sandbox may see."""
+    """One server for the session. Its environment holds a secret no sandbox may see.
+    ``BAPONI_TEST_NETWORK`` (say ``--network allowlist --allow 127.0.0.1``) gives its
+    default profile that network policy, to run a battery with egress on."""
     running = start_server(tmp_path_factory.mktemp("home"))
+    network = os.environ.get("BAPONI_TEST_NETWORK")
+    if network:
+        cli(running.home, "profiles", "set", "default", *shlex.split(network))
     yield running
     stop_server(running)
 

@@ -89,17 +89,7 @@ class GuardedBackend(httpcore2.AnyIOBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        if not self.allow_private and not reachable(host):  # refused anyway: no lookup
-            raise RefusedTarget(f"{host} is a private, local or invalid host")
-        try:
-            with anyio.fail_after(timeout):
-                found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as exc:
-            raise httpcore2.ConnectError(f"cannot resolve {host}: {exc}") from None
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
-        allowed = [a for a in addresses if self.allow_private or _public(a)]
-        if not allowed:
-            raise RefusedTarget(f"{host} resolves only to private or reserved addresses")
+        allowed = await allowed_addresses(host, port, self.allow_private, timeout)
         error: Exception | None = None
         for address in allowed:
             try:
@@ -110,6 +100,27 @@ class GuardedBackend(httpcore2.AnyIOBackend):
                 error = exc
         assert error is not None
         raise error
+
+
+async def allowed_addresses(
+    host: str, port: int, allow_private: bool, within_s: float | None
+) -> list[str]:
+    """The addresses ``host`` resolves to that may be reached (all of them with
+    ``allow_private``), in the resolver's order. Raises RefusedTarget when there are none,
+    ConnectError when the name does not resolve. A host refused on its text alone is never
+    looked up."""
+    if not allow_private and not reachable(host):
+        raise RefusedTarget(f"{host} is a private, local or invalid host")
+    try:
+        with anyio.fail_after(within_s):
+            found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError) as exc:
+        raise httpcore2.ConnectError(f"cannot resolve {host}: {exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    allowed = [a for a in addresses if allow_private or _public(a)]
+    if not allowed:
+        raise RefusedTarget(f"{host} resolves only to private or reserved addresses")
+    return allowed
 
 
 def _public(text: str) -> bool:

@@ -8,6 +8,14 @@
  * Before anything else it lowers its own resource limits to those given on its command
  * line, for good: every process of the sandbox inherits them.
  *
+ * Given the path of the egress proxy's unix socket (a sandbox whose network policy lets
+ * it out), it is also the forwarder: it listens on the sandbox's own loopback,
+ * 127.0.0.1:3128, and relays each connection to that socket, both ways, in its own loop,
+ * without ever blocking on one (no process of its own: the sandbox sees none more). It
+ * decides nothing: the proxy, outside, judges every connection, and what the relayed
+ * bytes say is none of the init's business. Code that talks to the socket itself
+ * gains nothing.
+ *
  * It talks to the server over one SOCK_SEQPACKET socket (its only descriptor besides
  * 0-2), one message per datagram, native byte order (both ends run on the same host):
  *
@@ -33,7 +41,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -44,6 +54,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,6 +63,9 @@
 #define MAX_MESSAGE (256 * 1024)
 #define MAX_STRINGS 8192
 #define MAX_PROCESSES 65536
+#define PROXY_PORT 3128
+#define MAX_RELAYS 64
+#define RELAY_BUFFER 65536
 
 enum { SPAWN = 1, SIGNAL = 2 };
 enum { LAST = 1 };
@@ -247,6 +261,112 @@ static void reap(void) {
     }
 }
 
+/* The egress forwarder, part of the init's own loop: connections accepted on 127.0.0.1:3128
+ * are relayed to the proxy's unix socket, both ways, without blocking. A relay that
+ * cannot be made (no slot, no socket, the proxy's backlog full) closes the client. */
+struct relay {
+    int fd[2];                    /* 0: the client, 1: the proxy; -1: free */
+    char buffer[2][RELAY_BUFFER]; /* buffer[i]: read from fd[i], to be written to fd[1 - i] */
+    size_t length[2], sent[2];
+    int ended[2]; /* fd[i] said end of file (its data may still be in buffer[i]) */
+};
+
+static struct relay relays[MAX_RELAYS];
+static int listener = -1;
+static struct sockaddr_un proxy;
+
+static void relay_close(struct relay *r) {
+    for (int i = 0; i < 2; i++) {
+        if (r->fd[i] >= 0)
+            close(r->fd[i]);
+        r->fd[i] = -1;
+    }
+}
+
+static int forward_start(const char *path) {
+    for (int i = 0; i < MAX_RELAYS; i++)
+        relays[i].fd[0] = relays[i].fd[1] = -1;
+    proxy.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof proxy.sun_path)
+        return -1;
+    strcpy(proxy.sun_path, path);
+    int yes = 1;
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(PROXY_PORT),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (listener < 0 || setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) < 0 ||
+        bind(listener, (struct sockaddr *)&at, sizeof at) < 0 || listen(listener, 128) < 0)
+        return -1;
+    return 0;
+}
+
+static void forward_accept(void) {
+    for (;;) {
+        int client = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (client < 0)
+            return; /* none waiting (or out of descriptors for now) */
+        struct relay *r = NULL;
+        for (int i = 0; i < MAX_RELAYS && r == NULL; i++)
+            if (relays[i].fd[0] < 0)
+                r = &relays[i];
+        int to = r == NULL ? -1 : socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (to < 0 || connect(to, (struct sockaddr *)&proxy, sizeof proxy) < 0) {
+            if (to >= 0)
+                close(to);
+            close(client);
+            continue;
+        }
+        *r = (struct relay){.fd = {client, to}};
+    }
+}
+
+/* Move what can be moved without blocking; whether the relay goes on. */
+static int relay_step(struct relay *r, const short revents[2]) {
+    for (int i = 0; i < 2; i++)
+        if ((revents[i] & (POLLHUP | POLLERR)) && r->ended[i] == 2)
+            return 0; /* gone both ways, and all it sent passed on: nothing more to do */
+    for (int i = 0; i < 2; i++) {
+        if (!r->ended[i] && r->length[i] == 0 && (revents[i] & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t got = read(r->fd[i], r->buffer[i], RELAY_BUFFER);
+            if (got > 0)
+                r->length[i] = (size_t)got, r->sent[i] = 0;
+            else if (got == 0)
+                r->ended[i] = 1;
+            else if (errno != EAGAIN && errno != EINTR)
+                return 0;
+        }
+        int out = r->fd[1 - i];
+        while (r->sent[i] < r->length[i]) {
+            ssize_t put = send(out, r->buffer[i] + r->sent[i], r->length[i] - r->sent[i],
+                               MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (put < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                    break;
+                return 0;
+            }
+            r->sent[i] += (size_t)put;
+        }
+        if (r->sent[i] == r->length[i]) {
+            r->length[i] = r->sent[i] = 0;
+            if (r->ended[i] == 1) { /* all of it passed on: pass the end on too */
+                shutdown(out, SHUT_WR);
+                r->ended[i] = 2;
+            }
+        }
+    }
+    return !(r->ended[0] == 2 && r->ended[1] == 2);
+}
+
+/* What each relay waits for: read when its buffer is empty, write when it is not. */
+static short relay_events(const struct relay *r, int i) {
+    short events = 0;
+    if (!r->ended[i] && r->length[i] == 0)
+        events |= POLLIN;
+    if (r->length[1 - i] > r->sent[1 - i])
+        events |= POLLOUT;
+    return events;
+}
+
 /* Lower a limit for good (soft and hard): every process started later inherits it. */
 static int limit(int resource, const char *text) {
     char *end;
@@ -258,9 +378,10 @@ static int limit(int resource, const char *text) {
     return value == 0 && resource == RLIMIT_DATA ? 0 : setrlimit(resource, &both);
 }
 
-/* init CONTROL-FD CORE FSIZE NOFILE DATA (DATA 0: none, the cgroup bounds memory) */
+/* init CONTROL-FD CORE FSIZE NOFILE DATA [EGRESS-SOCKET]
+ * (DATA 0: none, the cgroup bounds memory) */
 int main(int argc, char **argv) {
-    if (argc != 6 || limit(RLIMIT_CORE, argv[2]) < 0 || limit(RLIMIT_FSIZE, argv[3]) < 0 ||
+    if ((argc != 6 && argc != 7) || limit(RLIMIT_CORE, argv[2]) < 0 || limit(RLIMIT_FSIZE, argv[3]) < 0 ||
         limit(RLIMIT_NOFILE, argv[4]) < 0 || limit(RLIMIT_DATA, argv[5]) < 0)
         return 2;
     int control = atoi(argv[1]);
@@ -272,6 +393,8 @@ int main(int argc, char **argv) {
     if (fcntl(CONTROL, F_SETFD, FD_CLOEXEC) < 0 || prctl(PR_SET_DUMPABLE, 0) < 0 ||
         chdir("/") < 0)
         return 2;
+    if (argc == 7 && forward_start(argv[6]) < 0)
+        return 2;
     sigset_t children;
     sigemptyset(&children);
     sigaddset(&children, SIGCHLD);
@@ -281,9 +404,22 @@ int main(int argc, char **argv) {
     if (ended < 0)
         return 2;
     report(READY, 0, PROTOCOL);
-    struct pollfd watch[2] = {{CONTROL, POLLIN, 0}, {ended, POLLIN, 0}};
+    struct pollfd watch[3 + 2 * MAX_RELAYS];
+    int relayed[2 * MAX_RELAYS]; /* which relay each watched descriptor after the third is */
     for (;;) {
-        if (poll(watch, 2, -1) < 0) {
+        watch[0] = (struct pollfd){CONTROL, POLLIN, 0};
+        watch[1] = (struct pollfd){ended, POLLIN, 0};
+        watch[2] = (struct pollfd){listener, POLLIN, 0}; /* -1 without egress: not watched */
+        nfds_t count = 3;
+        for (int i = 0; listener >= 0 && i < MAX_RELAYS; i++) {
+            if (relays[i].fd[0] < 0)
+                continue;
+            for (int end = 0; end < 2; end++) {
+                relayed[count - 3] = i;
+                watch[count++] = (struct pollfd){relays[i].fd[end], relay_events(&relays[i], end), 0};
+            }
+        }
+        if (poll(watch, count, -1) < 0) {
             if (errno == EINTR)
                 continue;
             return 2;
@@ -296,5 +432,13 @@ int main(int argc, char **argv) {
         }
         if (watch[0].revents)
             receive();
+        for (nfds_t at = 3; at < count; at += 2) {
+            struct relay *r = &relays[relayed[at - 3]];
+            short revents[2] = {watch[at].revents, watch[at + 1].revents};
+            if ((revents[0] | revents[1]) && !relay_step(r, revents))
+                relay_close(r);
+        }
+        if (watch[2].revents)
+            forward_accept();
     }
 }

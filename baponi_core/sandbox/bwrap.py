@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baponi_core.sandbox import procfs
+from baponi_core.sandbox import egress, procfs
 from baponi_core.sandbox.rootfs import HIDING, HOME, SANDBOX_UID
 from baponi_core.sandbox.slots import Slot
 from baponi_core.sandbox.spec import DATA, RUN_DIR, SECRETS_DIR, Mount, Shape
@@ -140,6 +140,8 @@ def command(
         str(limits.open_files),
         str(limits.memory_bytes if memory_rlimit else 0),
     ]
+    if egress.forwards(shape.network):  # the init relays its loopback port to the proxy
+        argv.append(egress.socket_path())
     return argv
 
 

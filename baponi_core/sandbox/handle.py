@@ -53,7 +53,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskGroup
 
-from baponi_core.sandbox import agent, attach, bwrap, uids
+from baponi_core.net.egress import Egress, Tap
+from baponi_core.sandbox import agent, attach, bwrap, egress, uids
 from baponi_core.sandbox.agent import AgentError, Kind
 from baponi_core.sandbox.cgroups import Cgroup, Cgroups
 from baponi_core.sandbox.gate import Gate
@@ -104,6 +105,7 @@ class Host:
     slots: Slots
     shared: tuple[Path, ...]  # the host directories mounts may come from
     tasks: TaskGroup  # where each sandbox's agent is listened to
+    egress: Egress = field(default_factory=Egress)  # the proxy of sandboxes let out
     live: set[Sandbox] = field(default_factory=set)  # prepared and not yet closed
 
     @property
@@ -172,6 +174,7 @@ class Sandbox:
         self._exit_pidfd: int | None = None  # readable once bwrap has exited
         self._init_pidfd: int | None = None  # the agent, pid 1 of the sandbox
         self._group: Cgroup | None = None
+        self._tap: Tap | None = None  # its egress proxy's listener, if its policy lets it out
         self._control: socket.socket | None = None
         self._setup_errors: int | None = None  # bwrap's stderr
         self._ready = anyio.Event()
@@ -195,6 +198,13 @@ class Sandbox:
         own: list[int] = []  # closed here once bwrap has its copies
         gate: Gate | None = None
         try:
+            if egress.forwards(self.shape.network):
+                try:
+                    self._tap = await host.egress.tap(
+                        self._slot.run / egress.SOCKET, self.uid, self.shape.network
+                    )
+                except OSError as exc:
+                    raise SandboxError(f"could not open the egress proxy: {exc}") from exc
             etc = os.open(host.etc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             own.append(etc)
             seccomp = _memfd("seccomp", host.seccomp)
@@ -503,6 +513,11 @@ class Sandbox:
         if self._group is not None:
             self._group.kill()
 
+    @property
+    def egress_refused(self) -> int:
+        """How many of its connections the egress proxy refused by its policy."""
+        return self._tap.refused if self._tap is not None else 0
+
     def oom_kills(self) -> int:
         """How many of its processes the kernel killed for lack of memory."""
         return self._group.oom_kills() if self._group is not None else 0
@@ -516,6 +531,8 @@ class Sandbox:
         if not self._closed:
             self._closed = True
             self.kill()
+            if self._tap is not None:
+                self._tap.close()
             with anyio.CancelScope(shield=True):
                 await self._end()
             if wait:

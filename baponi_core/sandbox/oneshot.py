@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 
+from baponi_core.sandbox import egress
 from baponi_core.sandbox.handle import KILLED, Process, Sandbox, SandboxError
 from baponi_core.sandbox.pipes import PipeReader
 from baponi_core.sandbox.runtime import SandboxRuntime
@@ -54,7 +55,7 @@ class CodeRun:
             raise SandboxError(f"runtime {runtime.name} has no interpreter for {self.language}")
         return Command(
             argv=(*interpreter, f"{RUN_DIR}/{script}"),
-            env={**runtime.base_env(), **self.env},
+            env={**runtime.base_env(), **egress.env(self.shape.network), **self.env},
             cwd=runtime.workdir,
             files={script: self.code},
             secrets=self.secrets,
@@ -81,6 +82,7 @@ class Outcome:
     stdout: bytes
     stderr: bytes
     duration_ms: int
+    blocked: bool = False  # the egress proxy refused a connection of it by its policy
 
 
 @dataclass
@@ -132,6 +134,7 @@ async def run_code(
             stdout=bytes(streams["stdout"]),
             stderr=bytes(streams["stderr"]),
             duration_ms=int((time.monotonic() - started) * 1000),
+            blocked=sandbox.egress_refused > 0,
         )
     finally:
         await sandbox.close(wait=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 
+from baponi_core.net.egress import Egress
 from baponi_core.sandbox import agent, attach, gate, mountns, seccomp
 from baponi_core.sandbox.cgroups import Cgroups
 from baponi_core.sandbox.handle import Host, Sandbox, SandboxError
@@ -55,12 +56,14 @@ class SandboxRuntime:
         *,
         uids: UidRange = DEFAULT_UIDS,
         bwrap_path: str | None = None,
+        egress: Egress | None = None,
     ) -> AsyncIterator[SandboxRuntime]:
         """A runtime; ``workdir`` holds its files when it cannot keep them in a private
         mount namespace (when the server is not root). ``shared`` are the host directories
         whose contents sandboxes may get (thread homes, volumes, caches): every home or
         mount source must lie below one of them. As root, each sandbox runs as a uid of
-        ``uids`` of its own; otherwise all run as ourselves."""
+        ``uids`` of its own; otherwise all run as ourselves. ``egress`` is the proxy of
+        sandboxes whose network policy lets them out (default: one for public hosts)."""
         found = bwrap_path or shutil.which("bwrap")
         if found is None:
             raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
@@ -107,6 +110,7 @@ class SandboxRuntime:
                     slots=slots,
                     shared=shared,
                     tasks=tasks,
+                    egress=egress or Egress(),
                 )
                 runtime = cls(host)
                 try:

@@ -3,8 +3,9 @@
 ::
 
     <slots>/.init               the agent, copied once per runtime
-    <slots>/<id>/run/           /run/baponi, read-only: init (a hard link) and the files
-                                of the processes started (a script, say)
+    <slots>/<id>/run/           /run/baponi, read-only: init (a hard link), the files
+                                of the processes started (a script, say), and with
+                                egress the proxy's socket (``egress``)
     <slots>/<id>/secrets/       /run/secrets, read-only: connector files, <connector>/<path>,
                                 owned by the sandbox's uid, mode 0400
     <slots>/<id>/home/          /home/baponi: where the thread home or a tmpfs is mounted
@@ -27,6 +28,7 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
+from baponi_core.sandbox import egress
 from baponi_core.sandbox.spec import DATA
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,12 @@ class Slot:
 
     def write(self, name: str, data: bytes) -> None:
         """A file the sandbox reads at /run/baponi/<name>; an existing one is refused."""
-        if name in ("", ".", "..", "init") or "/" in name or "\0" in name or len(name) > NAME_LIMIT:
+        if (
+            name in ("", ".", "..", "init", egress.SOCKET)
+            or "/" in name
+            or "\0" in name
+            or len(name) > NAME_LIMIT
+        ):
             raise ValueError(f"{name!r} is not a file name a process can be given")
         fd = os.open(self.run / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
         with open(fd, "wb") as out:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.sandbox.image import HOST, Runtime
 from baponi_core.sandbox.rootfs import HOME
 
@@ -40,6 +41,8 @@ class Shape:
 
     limits: Limits = Limits()
     runtime: Runtime = HOST
+    # none (the default): no way out of the sandbox at all
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from baponi_core.errors import Conflict, NotFound, ValidationError
 from baponi_core.ids import hash_key, new_api_key, new_id
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Principal, Profile, Volume
 from baponi_core.runtimes import Runtimes
 from baponi_core.services.connectors import check_bound, named
@@ -62,6 +63,14 @@ def check_limits(limits: Mapping[str, float], max_concurrency: int | None = None
             raise ValidationError(f"{field} must be between {low:g} and {high:g}")
     if max_concurrency is not None and max_concurrency < 1:
         raise ValidationError("max concurrency must be at least 1")
+
+
+def network_policy(mode: str, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> NetworkPolicy:
+    """A profile's network policy from its text; ValidationError names a bad part."""
+    try:
+        return NetworkPolicy.of(mode, tuple(allow), tuple(deny))
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def check_name(kind: str, name: str) -> str:
@@ -147,10 +156,15 @@ class Admin:
         return org
 
     async def save_profile(
-        self, org_name: str, name: str, runtime: str | None = None, **limits: Any
+        self,
+        org_name: str,
+        name: str,
+        runtime: str | None = None,
+        network: NetworkPolicy | None = None,
+        **limits: Any,
     ) -> Profile:
-        """Create the profile, or change the given limits (and runtime) of an existing one.
-        The runtime must be installed."""
+        """Create the profile, or change the given limits (and runtime, and with
+        ``network`` its network policy) of an existing one. The runtime must be installed."""
         check_name("profile", name)
         check_limits(limits)
         if runtime is not None:
@@ -164,6 +178,8 @@ class Admin:
         current = await self.store.get_profile(org.id, name) or Profile(
             id=new_id("prf"), org_id=org.id, name=name
         )
+        if network is not None:
+            limits["network"] = network
         profile = dataclasses.replace(current, **limits)
         await self.store.save_profile(profile)
         return profile

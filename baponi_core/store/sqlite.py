@@ -30,6 +30,7 @@ import aiosqlite
 
 from baponi_core.errors import CannotStart, NoSpace, Unavailable
 from baponi_core.ids import new_id
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.records import (
     DEFAULT_RETENTION_DAYS,
     ApiKey,
@@ -174,6 +175,9 @@ CREATE TABLE key_connectors (
 ) WITHOUT ROWID;
 CREATE INDEX key_connectors_by_connector ON key_connectors (connector_id);
 ALTER TABLE executions ADD COLUMN connectors TEXT NOT NULL DEFAULT '[]';
+""",
+    """
+ALTER TABLE profiles ADD COLUMN network TEXT;
 """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -336,6 +340,7 @@ class SqliteStore:
 
     async def save_profile(self, profile: Profile) -> None:
         values = dataclasses.asdict(profile)
+        values["network"] = profile.network.to_json()
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(
@@ -352,14 +357,14 @@ class SqliteStore:
             f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? AND name = ?",
             [org_id, name],
         )
-        return Profile(*row) if row else None
+        return _profile(row) if row else None
 
     async def list_profiles(self, org_id: str) -> list[Profile]:
         rows = await self._all(
             f"SELECT {', '.join(PROFILE_FIELDS)} FROM profiles WHERE org_id = ? ORDER BY name",
             [org_id],
         )
-        return [Profile(*row) for row in rows]
+        return [_profile(row) for row in rows]
 
     async def profiles_by_runtime(self) -> dict[str, list[str]]:
         rows = await self._all(
@@ -398,7 +403,7 @@ class SqliteStore:
         return Principal(
             key=key,
             org=Org(*row[k:o]),
-            profile=Profile(*row[o:]),
+            profile=_profile(row[o:]),
             volumes=tuple(_volume(v) for v in volumes),
         )
 
@@ -724,6 +729,12 @@ def _reason(exc: BaseException) -> str:
 def _primary(exc: sqlite3.DatabaseError) -> int:
     """SQLite's primary result code of the error (0 when it carries none)."""
     return int(getattr(exc, "sqlite_errorcode", 0)) & 0xFF
+
+
+def _profile(row: Any) -> Profile:
+    values = dict(zip(PROFILE_FIELDS, row, strict=True))
+    values["network"] = NetworkPolicy.from_json(values["network"])
+    return Profile(**values)
 
 
 def _volume(row: Any) -> Volume:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from baponi_core.ids import hash_key
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Execution, Profile
 from baponi_core.services.admin import Admin
 from baponi_core.store import Store
@@ -187,6 +188,24 @@ async def test_org_retention_round_trips(store: Store) -> None:
     await store.create_key(key, hash_key("sk-x-secret"))
     principal = await store.find_key(hash_key("sk-x-secret"))
     assert principal is not None and principal.org == changed and principal.key.created_at == now
+
+
+async def test_a_profiles_network_policy_round_trips(store: Store) -> None:
+    org = await store.create_org("netted", 2, None)
+    plain = Profile(id="prf_plain", org_id=org.id, name="plain")
+    policy = NetworkPolicy.of("allowlist", ["pypi.org", "*.pythonhosted.org:443"], ["[::1]"])
+    netted = dataclasses.replace(plain, id="prf_net", name="net", network=policy)
+    await store.save_profile(plain)
+    await store.save_profile(netted)
+    assert await store.get_profile(org.id, "plain") == plain  # none, the default
+    assert await store.get_profile(org.id, "net") == netted
+    opened = dataclasses.replace(netted, network=NetworkPolicy.of("open", deny=["a.org"]))
+    await store.save_profile(opened)
+    assert [p.network for p in await store.list_profiles(org.id)] == [opened.network, plain.network]
+    key = ApiKey("key_net", org.id, "prf_net", "k", "sk-n", time.time())
+    await store.create_key(key, hash_key("sk-n-secret"))
+    principal = await store.find_key(hash_key("sk-n-secret"))
+    assert principal is not None and principal.profile.network == opened.network
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from baponi_core.ids import hash_key
+from baponi_core.net.policy import NetworkPolicy
 from baponi_core.records import DEFAULT_RETENTION_DAYS, Volume
 from baponi_core.services.admin import Admin
 from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
@@ -75,6 +76,7 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
         principal = await store.find_key(hash_key("sk-local-old"))
         assert principal is not None and principal.volumes == ()
         assert principal.profile.runtime == "default"  # what profiles ran on before runtimes
+        assert principal.profile.network == NetworkPolicy()  # an old profile: no network
         volume = Volume("vol_1", "org_1", "data", False, 3.0)
         await store.create_volume(volume)
         await store.bind_volumes("key_1", ["vol_1"])

@@ -134,7 +134,7 @@ class Lifecycle:
             # a key bound to a connector must not be able to replace what it injects.
             env={**(request.env_vars or {}), **injection.env},
             secrets=injection.files,
-            shape=Shape(limits_for(run.profile), run.runtime),
+            shape=Shape(limits_for(run.profile), run.runtime, run.profile.network),
             home=thread.workspace if thread else None,
             mounts=mounts,
             timeout_s=float(request.timeout),

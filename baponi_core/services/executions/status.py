@@ -15,6 +15,7 @@ CANCELLED = "Cancelled by user"
 SERVER_STOPPED = "server_stopped"  # the server went down while the execution ran
 OUTPUT_LIMIT_EXCEEDED = "output_limit_exceeded"
 QUOTA_EXCEEDED = "disk_quota_exceeded"
+BLOCKED = "blocked"  # the code failed, and the egress proxy refused a connection of it
 
 # How each ending of the sandbox shows in the record (status) and the result (error).
 ENDINGS: dict[Ending, tuple[ExecutionStatus, str]] = {
@@ -33,12 +34,15 @@ STOPS: dict[StopReason, tuple[ExecutionStatus, str]] = {
 def from_outcome(run: Run, outcome: Outcome, home_full: bool = False) -> None:
     """Complete ``run``'s record and result as its program ended (the journal is closed
     by :func:`close_journal`, once the sandbox has ended too). A program that failed with
-    its thread home full failed for want of room (``home_full``)."""
+    its thread home full failed for want of room (``home_full``); one that failed after
+    a connection of it was refused by its network policy was blocked."""
     if outcome.ending is Ending.EXITED:
         success = outcome.exit_code == 0
         status, error = (ExecutionStatus.SUCCESS if success else ExecutionStatus.FAILED), None
         if not success and home_full:
             error = QUOTA_EXCEEDED
+        elif not success and outcome.blocked:
+            status, error = ExecutionStatus.BLOCKED, BLOCKED
     elif outcome.ending is Ending.STOPPED:
         status, error = STOPS[run.stop_reason]
     else:

@@ -1,0 +1,251 @@
+"""The egress proxy on its own: a real tap (unix socket) in front of real loopback
+upstreams, spoken to as sandboxed code would, hostile requests included."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from baponi_core.net.egress import Egress, EgressLimits, Tap
+from baponi_core.net.policy import NetworkPolicy
+from tests.harness import wait_until_async
+
+pytestmark = pytest.mark.anyio
+
+OPEN = NetworkPolicy.of("open")
+
+
+@asynccontextmanager
+async def upstream(answer: bytes = b"hello") -> AsyncIterator[int]:
+    """An HTTP server on 127.0.0.1 answering every request with ``answer`` and what it
+    received (the head) after it; its port."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(stream: SocketStream) -> None:
+        async with stream:
+            got = b""
+            with anyio.move_on_after(5):
+                while b"\r\n\r\n" not in got:
+                    got += await stream.receive()
+            body = answer + b"\n" + got
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
+            )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def tap(
+    tmp_path: Path, policy: NetworkPolicy = OPEN, allow_private: bool = True, **limits: float
+) -> AsyncIterator[Tap]:
+    egress = Egress(allow_private=allow_private, limits=EgressLimits(**limits))  # type: ignore[arg-type]
+    opened = await egress.tap(tmp_path / "egress", None, policy)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+async def ask(t: Tap, request: bytes) -> bytes:
+    """Send ``request`` over the tap; all that comes back until it closes."""
+    async with await anyio.connect_unix(t.path) as stream:
+        await stream.send(request)
+        return await read_all(stream)
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream) -> bytes:
+    data = b""
+    with anyio.fail_after(10):
+        while True:
+            try:
+                data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return data
+
+
+async def test_plain_http_is_forwarded_in_origin_form(tmp_path: Path) -> None:
+    async with upstream() as port, tap(tmp_path) as t:
+        reply = await ask(
+            t,
+            f"GET http://127.0.0.1:{port}/a/b?c=d HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\n"
+            "Connection: keep-alive\r\n\r\n".encode(),
+        )
+    assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+    sent = reply.split(b"hello\n", 1)[1]
+    assert sent.startswith(b"GET /a/b?c=d HTTP/1.1\r\n"), sent
+    assert b"Proxy-" not in sent and b"keep-alive" not in sent
+    assert b"Connection: close\r\n" in sent
+    assert t.refused == 0
+
+
+async def test_connect_makes_a_tunnel(tmp_path: Path) -> None:
+    async with (
+        upstream(b"tunnelled") as port,
+        tap(tmp_path) as t,
+        await anyio.connect_unix(t.path) as stream,
+    ):
+        await stream.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+        established = b""
+        while b"\r\n\r\n" not in established:
+            established += await stream.receive()
+        assert established == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await read_all(stream)
+    assert b"tunnelled\nGET / HTTP/1.1\r\n" in reply
+    assert t.moved > len(reply)  # counted both ways
+
+
+@pytest.mark.parametrize(
+    ("policy", "target", "reason"),
+    [
+        (NetworkPolicy.of("allowlist", ["127.0.0.1"]), "localhost", "not in the allowlist"),
+        (
+            NetworkPolicy.of("allowlist", ["127.0.0.1", "localhost"], ["localhost"]),
+            "localhost",
+            "denied by rule localhost",
+        ),
+        (
+            NetworkPolicy.of("open", deny=["*.localhost"]),
+            "x.localhost",
+            "denied by rule *.localhost",
+        ),
+    ],
+)
+async def test_policy_refusals_say_why(
+    tmp_path: Path, policy: NetworkPolicy, target: str, reason: str
+) -> None:
+    async with upstream() as port, tap(tmp_path, policy) as t:
+        for request in (
+            f"CONNECT {target}:{port} HTTP/1.1\r\n\r\n",
+            f"GET http://{target}:{port}/ HTTP/1.1\r\nHost: {target}\r\n\r\n",
+        ):
+            reply = await ask(t, request.encode())
+            assert reply.startswith(b"HTTP/1.1 403 Forbidden\r\n"), reply
+            assert f"X-Baponi-Egress: refused: {reason}\r\n".encode() in reply
+            assert reply.endswith(f"baponi egress proxy: {reason}\n".encode())
+    assert t.refused == 2
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "localhost",
+        "127.0.0.1",
+        "127.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.1.2.3",
+    ],
+)
+async def test_private_addresses_are_refused_without_the_flag(tmp_path: Path, target: str) -> None:
+    async with upstream() as port, tap(tmp_path, allow_private=False) as t:
+        reply = await ask(t, f"CONNECT {target}:{port} HTTP/1.1\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 403"), reply
+    assert b"X-Baponi-Egress: refused: private address\r\n" in reply
+    assert t.refused == 1
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS straight at the proxy
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # origin form: no target
+        b"GET https://127.0.0.1/ HTTP/1.1\r\n\r\n",  # https is for CONNECT
+        b"CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n",  # no port
+        b"CONNECT 127.0.0.1:99999 HTTP/1.1\r\n\r\n",
+        b"CONNECT 127.0.0.1:80 HTTP/2\r\n\r\n",
+        b"GET  http://127.0.0.1/ HTTP/1.1\r\n\r\n",
+    ],
+)
+async def test_what_is_no_proxy_request_gets_400(tmp_path: Path, request_head: bytes) -> None:
+    async with tap(tmp_path) as t:
+        reply = await ask(t, request_head)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n"), reply
+    assert t.refused == 0
+
+
+async def test_a_head_too_long_or_too_slow_is_cut_off(tmp_path: Path) -> None:
+    async with tap(tmp_path, head_bytes=1024, head_timeout_s=0.5) as t:
+        reply = await ask(t, b"GET http://127.0.0.1/ HTTP/1.1\r\nX: " + b"a" * 4096 + b"\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+        async with await anyio.connect_unix(t.path) as stream:
+            await stream.send(b"GET http://127.0.0.1/ HTTP/1.1\r\n")  # and nothing more
+            started = time.monotonic()
+            reply = await read_all(stream)
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+        assert time.monotonic() - started < 5
+
+
+async def test_connections_at_once_are_bounded(tmp_path: Path) -> None:
+    async with tap(tmp_path, connections=2, head_timeout_s=30) as t:
+        held = [await anyio.connect_unix(t.path) for _ in range(2)]
+        await wait_until_async(lambda: t.open == 2, 5, "two connections open")
+        reply = await ask(t, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 429"), reply
+        assert b"too many connections at once" in reply
+        for stream in held:
+            await stream.aclose()
+        await wait_until_async(lambda: t.open == 0, 5, "no connection open")
+        async with upstream() as port:
+            reply = await ask(t, f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+
+
+async def test_new_connections_per_second_are_bounded(tmp_path: Path) -> None:
+    async with upstream() as port, tap(tmp_path, burst=3, rate=0.001) as t:
+        request = f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n".encode()
+        replies = [await ask(t, request) for _ in range(5)]
+    assert [r[:12] for r in replies] == [b"HTTP/1.1 200"] * 3 + [b"HTTP/1.1 429"] * 2
+    assert b"too many new connections per second" in replies[-1]
+    assert t.refused == 0  # bounds are no policy refusal
+
+
+async def test_bytes_are_bounded_per_sandbox(tmp_path: Path) -> None:
+    async with upstream(b"x" * 200_000) as port, tap(tmp_path, total_bytes=100_000) as t:
+        request = f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n".encode()
+        first = await ask(t, request)
+        assert 0 < len(first) < 200_000  # cut off on the way
+        second = await ask(t, request)
+    assert second.startswith(b"HTTP/1.1 429"), second[:100]
+    assert b"all the bytes" in second
+
+
+async def test_an_idle_tunnel_is_closed(tmp_path: Path) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with (
+        listener,
+        tap(tmp_path, idle_timeout_s=0.5) as t,
+        await anyio.connect_unix(t.path) as stream,
+    ):
+        await stream.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+        upstream_end = await listener.listeners[0].accept()  # type: ignore[attr-defined]
+        started = time.monotonic()
+        reply = await read_all(stream)  # nothing moves: closed after the idle timeout
+        await upstream_end.aclose()
+    assert reply == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert time.monotonic() - started < 5
+
+
+async def test_closing_the_tap_ends_its_connections_and_socket(tmp_path: Path) -> None:
+    async with tap(tmp_path, head_timeout_s=60) as t:
+        stream = await anyio.connect_unix(t.path)
+        await wait_until_async(lambda: t.open == 1, 5, "one connection open")
+        t.close()
+        assert await read_all(stream) == b""
+        assert not t.path.exists()
+        await stream.aclose()
