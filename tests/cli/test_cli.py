@@ -120,7 +120,7 @@ def test_profiles_set_and_list(home: Path) -> None:
     small = next(line for line in listing.splitlines() if line.startswith("small:"))
     assert small == (
         "small: cpus=0.5 memory=256MiB pids=64 max_timeout=30s tmp=16MiB output=128KiB "
-        "runtime=default"
+        "runtime=default network=none"
     )
     assert any(line.startswith("default:") for line in listing.splitlines())
     # changing one limit keeps the others
@@ -130,7 +130,7 @@ def test_profiles_set_and_list(home: Path) -> None:
     )
     assert small == (
         "small: cpus=0.5 memory=256MiB pids=64 max_timeout=45s tmp=16MiB output=128KiB "
-        "runtime=default"
+        "runtime=default network=none"
     )
 
 
