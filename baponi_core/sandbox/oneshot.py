@@ -115,16 +115,18 @@ async def run_code(
         await sandbox.attach(job.home, job.mounts)
         run = _Run(sandbox)
         streams: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        failure: SandboxError | None = None
         async with anyio.create_task_group() as watch:
             if stop is not None:
                 watch.start_soon(_stop_on, stop, run)
             try:
                 code = await _supervise(run, job, streams, started, on_output)
-            except SandboxError:
-                if not run.stopped:
-                    raise
+            except SandboxError as exc:
+                failure = None if run.stopped else exc
                 code = KILLED  # stopped while the program was being started
             watch.cancel_scope.cancel()
+        if failure is not None:  # raised here: from inside the group it would be wrapped
+            raise failure
         yield Outcome(
             ending=_ending(run, code),
             exit_code=code,
