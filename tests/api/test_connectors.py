@@ -11,6 +11,7 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -19,10 +20,15 @@ from typing import Any
 import pytest
 import trustme
 
+from baponi_core.records import Connector
+from baponi_core.sealing import Keyring
+from baponi_core.services.connectors import Connectors, Values
+from baponi_core.store import Store
 from tests.harness import (
     Server,
     cli,
     org_key,
+    read_store,
     run_cli,
     start_server,
     stop_server,
@@ -389,3 +395,25 @@ async def test_mcp_executions_get_the_key_s_connectors(box: Server, tmp_path: Pa
     async with connect(box, other) as client:
         result = await client.call_tool("sandbox_execute", {"code": code})
     assert "KeyError: 'DB_PASSWORD'" in text_of(result)
+
+
+def test_files_that_cannot_be_handed_out_are_a_credential_mount_error(box: Server) -> None:
+    """A stored path the sandbox cannot be given (written past the service's checks, as a
+    damaged or older database might hold): the code does not run, nothing is written
+    outside /run/secrets."""
+    name = unique("bad").lower()
+
+    async def plant(store: Store) -> None:
+        org = await store.get_org("default")
+        assert org is not None
+        connectors = Connectors(store, Keyring(box.home / "connectors.keys"))
+        blank = Connector(f"con_{name}", org.id, name, (), (), created_at=time.time())
+        await store.create_connector(connectors._sealed(blank, Values(files={"../x": b"x"})))
+
+    read_store(box.home, plant)
+    key = box.new_key("--connector", name)
+    body = _run_marker(box, key)
+    _refused(body)
+    assert record(box, key, body["trace_id"])["connectors"] == []
+    assert f"cannot write secret '{name}/../x'" in box.log
+    cli(box.home, "connectors", "delete", name)
