@@ -19,9 +19,10 @@ Bounds, per tap: connections at once, new connections per second, bytes both way
 altogether; per server: connections at once. Every wait has a deadline (the request head,
 the upstream's connect, a connection idle both ways), and every buffer a size.
 
-Written on asyncio's streams (the server's event loop is asyncio's): their transports
-end cleanly when a tap closes mid-read, which anyio's unix-socket streams (4.x) do not:
-a read cancelled as data arrives makes the loop report an InvalidStateError.
+Written on asyncio's protocols (the server's event loop is asyncio's): what one end
+receives is written to the other from the loop's own callback, with no task switch per
+chunk, and the transports' flow control bounds what is buffered; they also end cleanly
+when a tap closes mid-read, which anyio's unix-socket streams (4.x) do not.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpcore2
 
@@ -47,7 +49,6 @@ GiB = 1 << 30
 HOP_HEADERS = frozenset({b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive"})
 REFUSED_HEADER = "X-Baponi-Egress"
 PRIVATE = "private address"
-CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class EgressLimits:
     rate: float = 20.0  # new connections per second, per sandbox, after a burst of:
     burst: int = 100
     total_bytes: int = 8 * GiB  # both ways, all connections of one sandbox together
-    server_connections: int = 2048  # open at once, all sandboxes together
-    head_bytes: int = 64 << 10  # a request head; also what a connection buffers each way
+    server_connections: int = 1024  # open at once, all sandboxes together
+    head_bytes: int = 64 << 10  # a request head
+    buffer_bytes: int = 256 << 10  # what each end of a connection buffers to send, at most
     head_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0  # resolving and connecting, each
     idle_timeout_s: float = 300.0  # nothing either way for this long: closed
@@ -71,33 +73,12 @@ class Refusal(Exception):
         self.status, self.reason, self.policy = status, reason, policy
 
 
-class Exhausted(Exception):
-    """The sandbox has used all the bytes it may move."""
-
-
 @dataclass(frozen=True)
 class Target:
     host: str
     port: int
     tunnel: bool  # CONNECT; else a plain-HTTP request to forward, ``head`` rewritten
     head: bytes = b""
-
-
-@dataclass(eq=False)
-class Peer:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
-
-    async def finish(self) -> None:
-        """Close once what was written is sent (or a few seconds have gone)."""
-        self.writer.close()
-        with contextlib.suppress(*BROKEN, TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self.writer.wait_closed()
-        self.abort()
 
 
 PHRASES = {
@@ -107,7 +88,6 @@ PHRASES = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-BROKEN = (ConnectionError, OSError, Exhausted, asyncio.IncompleteReadError)
 
 
 class Egress:
@@ -122,8 +102,8 @@ class Egress:
         """Listen at ``path`` (made here, 0600, owned by the sandbox's uid ``owner``) for
         one sandbox until :meth:`Tap.close`."""
         tap = Tap(self, policy, path)
-        server = await asyncio.start_unix_server(tap.serve_one, path, limit=self.limits.head_bytes)
-        tap.server = server
+        loop = asyncio.get_running_loop()
+        tap.server = await loop.create_unix_server(lambda: Connection(tap).client, path)
         try:
             os.chmod(path, 0o600)
             if owner is not None:
@@ -133,8 +113,8 @@ class Egress:
             raise
         return tap
 
-    async def connect(self, host: str, port: int) -> Peer:
-        """A connection to the first address of ``host`` that may be reached."""
+    async def connect(self, host: str, port: int, side: Side) -> None:
+        """Connect ``side`` to the first address of ``host`` that may be reached."""
         timeout = self.limits.connect_timeout_s
         try:
             addresses = await allowed_addresses(host, port, self.allow_private, timeout)
@@ -142,13 +122,12 @@ class Egress:
             raise Refusal(403, PRIVATE, policy=True) from None
         except httpcore2.ConnectError:
             raise Refusal(502, f"cannot resolve {host}") from None
+        loop = asyncio.get_running_loop()
         for address in addresses:
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(timeout):
-                    reader, writer = await asyncio.open_connection(
-                        address, port, limit=self.limits.head_bytes
-                    )
-                    return Peer(reader, writer)
+                    await loop.create_connection(lambda: side, address, port)
+                    return
         raise Refusal(502, f"cannot connect to {host} port {port}")
 
 
@@ -160,43 +139,26 @@ class Tap:
         self.server: asyncio.Server | None = None
         self.refused = 0
         self.moved = 0  # bytes, both ways
-        self.open = 0  # connections now
-        self._peers: set[Peer] = set()  # of the connections open, both ends
+        self.connections: set[Connection] = set()  # open now
         self._tokens = float(egress.limits.burst)
         self._filled = time.monotonic()
         self._closed = False
+
+    @property
+    def open(self) -> int:
+        return len(self.connections)
 
     def close(self) -> None:
         """Stop listening and end every connection at once; the socket file goes."""
         self._closed = True
         if self.server is not None:
             self.server.close()
-        for peer in list(self._peers):
-            peer.abort()
+        for connection in list(self.connections):
+            connection.abort()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    async def serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = Peer(reader, writer)
-        try:
-            self._admit()
-        except Refusal as refusal:
-            await _answer(client, refusal)
-            return
-        self._peers.add(client)
-        self.open += 1
-        self.egress.open += 1
-        try:
-            await self._proxy(client)
-        except BROKEN:
-            pass
-        finally:
-            self.open -= 1
-            self.egress.open -= 1
-            self._peers.discard(client)
-            await client.finish()
-
-    def _admit(self) -> None:
+    def admit(self) -> None:
         """Refuses a connection over the bounds, before anything of it is read."""
         limits = self.egress.limits
         now = time.monotonic()
@@ -212,85 +174,200 @@ class Tap:
             raise Refusal(429, "this sandbox has used all the bytes it may move")
         self._tokens -= 1
 
-    async def _proxy(self, client: Peer) -> None:
-        limits = self.egress.limits
+    def take(self, data: bytes) -> bytes:
+        """What of ``data`` the sandbox may still move (all of it, or the part within
+        its bytes); counted."""
+        part = data[: max(0, self.egress.limits.total_bytes - self.moved)]
+        self.moved += len(part)
+        return part
+
+
+class Side(asyncio.Protocol):
+    """One end of a connection (the client's, or the upstream's): what it receives goes
+    to the other end; when the other end's send buffer is full, it stops reading (so a
+    connection buffers a bounded amount each way)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.transport: asyncio.Transport | None = None
+        self.ended = False  # it said end of file
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's are no subclass of asyncio.Transport, but alike).
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(self.connection.limits.buffer_bytes)
+        self.connection.made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.connection.received(self, data)
+
+    def eof_received(self) -> bool:
+        return self.connection.eof(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.close()
+
+    def pause_writing(self) -> None:
+        self.connection.other(self).pause()
+
+    def resume_writing(self) -> None:
+        self.connection.other(self).resume()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class Connection:
+    """One connection of a sandbox: its request head read (bounded, under a deadline),
+    judged, the upstream connected, then both ways relayed until both have ended (each
+    end passed on as a half-close), the sandbox's bytes run out, or it is idle."""
+
+    def __init__(self, tap: Tap) -> None:
+        self.tap, self.limits = tap, tap.egress.limits
+        self.client, self.upstream = Side(self), Side(self)
+        self.head = bytearray()
+        self.relaying = False
+        self.last = time.monotonic()  # bytes last moved
+        self._opening: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def other(self, side: Side) -> Side:
+        return self.upstream if side is self.client else self.client
+
+    def made(self, side: Side) -> None:
+        if side is not self.client:
+            return
         try:
-            try:
-                async with asyncio.timeout(limits.head_timeout_s):
-                    head = await client.reader.readuntil(b"\r\n\r\n")
-            except (TimeoutError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-                raise Refusal(400, "no complete request head") from None
+            self.tap.admit()
+        except Refusal as refusal:
+            self.refuse(refusal)
+            return
+        self.tap.connections.add(self)
+        self.tap.egress.open += 1
+        self._timer = asyncio.get_running_loop().call_later(
+            self.limits.head_timeout_s, self._head_late
+        )
+
+    def received(self, side: Side, data: bytes) -> None:
+        if self.relaying:
+            self.last = time.monotonic()
+            self._pass(self.other(side), data)
+            return
+        if side is not self.client or self._opening is not None or self._closed:
+            return  # no more than the head is read before the upstream is there
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if (
+            end < 0 and len(self.head) > self.limits.head_bytes
+        ) or end + 4 > self.limits.head_bytes:
+            self.refuse(Refusal(400, "no complete request head"))
+            return
+        if end < 0:
+            return
+        self.client.pause()
+        head, rest = bytes(self.head[: end + 4]), bytes(self.head[end + 4 :])
+        self.head.clear()
+        self._opening = asyncio.ensure_future(self._open(head, rest))
+
+    async def _open(self, head: bytes, rest: bytes) -> None:
+        try:
             target = parse_head(head)
-            reason = self.policy.refusal(target.host, target.port)
+            reason = self.tap.policy.refusal(target.host, target.port)
             if reason is not None:
                 raise Refusal(403, reason, policy=True)
-            upstream = await self.egress.connect(target.host, target.port)
+            await self.tap.egress.connect(target.host, target.port, self.upstream)
         except Refusal as refusal:
-            if refusal.policy:
-                self.refused += 1
-                log.info("egress refused (%s): %s", self.path.parent.parent.name, refusal.reason)
-            await _answer(client, refusal)
+            self.refuse(refusal)
             return
-        self._peers.add(upstream)
-        try:
-            if target.tunnel:
-                client.writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            else:
-                upstream.writer.write(target.head)
-            await self._relay(client, upstream)
-        finally:
-            self._peers.discard(upstream)
-            await upstream.finish()
+        if self._closed:
+            return
+        if target.tunnel:
+            self.client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            self.upstream.write(target.head)
+        if not self._pass(self.upstream, rest):
+            return
+        self.relaying = True
+        self.last = time.monotonic()
+        self._watch_idle()
+        self.client.resume()
 
-    async def _relay(self, client: Peer, upstream: Peer) -> None:
-        """Copy both ways until both have ended (half-closes passed on), the sandbox's
-        bytes run out, or neither way moves for the idle timeout."""
-        limits = self.egress.limits
-        last = time.monotonic()
+    def _pass(self, to: Side, data: bytes) -> bool:
+        """Write ``data`` to ``to`` as far as the sandbox's bytes go; past them, close.
+        Whether the connection goes on."""
+        part = self.tap.take(data)
+        to.write(part)
+        if len(part) < len(data):
+            self.close()
+            return False
+        return True
 
-        async def copy(source: Peer, sink: Peer) -> None:
-            nonlocal last
-            while data := await source.reader.read(limits.head_bytes):
-                last = time.monotonic()
-                sink.writer.write(self._count(data))
-                await sink.writer.drain()
-            if sink.writer.can_write_eof():
-                sink.writer.write_eof()
+    def eof(self, side: Side) -> bool:
+        """Pass the end on; the connection closes once both have ended."""
+        side.ended = True
+        other = self.other(side)
+        if not self.relaying or (other.ended and side.ended):
+            self.close()
+            return False
+        if other.transport is not None and other.transport.can_write_eof():
+            other.transport.write_eof()
+        return True  # half-closed: the other way goes on
 
-        async def idle() -> None:
-            while True:
-                waited = time.monotonic() - last
-                if waited >= limits.idle_timeout_s:
-                    return
-                await asyncio.sleep(max(0.05, limits.idle_timeout_s - waited))
+    def refuse(self, refusal: Refusal) -> None:
+        if refusal.policy:
+            self.tap.refused += 1
+            log.info("egress refused (%s): %s", self.tap.path.parent.parent.name, refusal.reason)
+        self.client.write(_refusal(refusal))
+        self.close()
 
-        ways = [
-            asyncio.ensure_future(copy(client, upstream)),
-            asyncio.ensure_future(copy(upstream, client)),
-        ]
-        watch = asyncio.ensure_future(idle())
-        try:
-            pending = set(ways)
-            while pending:
-                done, pending = await asyncio.wait(
-                    [*pending, watch], return_when=asyncio.FIRST_COMPLETED
-                )
-                if watch in done:
-                    return
-                pending.discard(watch)
-                for way in done:
-                    if way.exception() is not None:  # broken: the other way goes too
-                        return
-        finally:
-            for task in (*ways, watch):
-                task.cancel()
-            await asyncio.gather(*ways, watch, return_exceptions=True)
+    def _head_late(self) -> None:
+        if self._opening is None:
+            self.refuse(Refusal(400, "no complete request head"))
 
-    def _count(self, data: bytes) -> bytes:
-        self.moved += len(data)
-        if self.moved > self.egress.limits.total_bytes:
-            raise Exhausted
-        return data
+    def _watch_idle(self) -> None:
+        waited = time.monotonic() - self.last
+        if waited >= self.limits.idle_timeout_s:
+            self.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            self.limits.idle_timeout_s - waited, self._watch_idle
+        )
+
+    def close(self) -> None:
+        """Close both ends once what was written to them is sent."""
+        self._end()
+        for side in (self.client, self.upstream):
+            if side.transport is not None:
+                side.transport.close()
+
+    def abort(self) -> None:
+        """Close both ends now, whatever is unsent."""
+        self._end()
+        for side in (self.client, self.upstream):
+            if side.transport is not None:
+                side.transport.abort()
+
+    def _end(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
+        if self in self.tap.connections:
+            self.tap.connections.discard(self)
+            self.tap.egress.open -= 1
 
 
 def parse_head(head: bytes) -> Target:
@@ -327,13 +404,6 @@ def _host_port(url: urllib.parse.SplitResult, default: int | None) -> tuple[str,
     if not host or port is None:
         raise Refusal(400, "the target needs a host and a port")
     return host, port
-
-
-async def _answer(client: Peer, refusal: Refusal) -> None:
-    """Say why, and close; a client that does not read it cannot hold the connection."""
-    with contextlib.suppress(*BROKEN):
-        client.writer.write(_refusal(refusal))
-    await client.finish()
 
 
 def _refusal(refusal: Refusal) -> bytes:
