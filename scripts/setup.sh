@@ -37,7 +37,6 @@ command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 # The default runtime image is built with mmdebstrap (a Debian root) and umoci (OCI image).
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-command -v umoci >/dev/null || need+=(umoci)
 command -v openssl >/dev/null || need+=(openssl)
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
 [ -e /usr/lib/x86_64-linux-gnu/libseccomp.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libseccomp.so.2 ] \
@@ -83,6 +82,9 @@ fi
 if [ "$mode" = serve ]; then
   exec .venv/bin/baponi serve "$@"
 fi
+
+# The suite runs its sandboxes on that image too (tests/harness.py: default_image).
+export BAPONI_TEST_IMAGE="$layout"
 
 # Node tools the tests run (Azurite, the MCP Inspector), pinned by package-lock.json.
 npm ci --no-audit --no-fund --loglevel=error >/dev/null

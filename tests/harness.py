@@ -68,8 +68,8 @@ def attempt(action):
         return errno.errorcode[exc.errno]
 """
 POLL_S = 0.05  # how often wait_until looks again
-# The runtimes directory every test server uses unless a test gives its own: a built
-# default runtime's, or one where the host runtime stands in as `default`.
+# The runtimes directory every test server uses unless a test gives its own: the built
+# default runtime image as `default` (default_image), or the host runtime standing in.
 TEST_RUNTIMES = Path(
     os.environ.get("BAPONI_TEST_RUNTIMES") or f"/tmp/baponi-test-runtimes-{os.getuid()}"
 )
@@ -121,10 +121,36 @@ def shared_runtimes() -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX)
             from baponi_core.runtimes import Runtimes
 
-            if Runtimes(TEST_RUNTIMES).find("default") is None:
-                import_runtime(TEST_RUNTIMES, "default", "host:")
+            image = default_image()
+            source = "host:" if image is None else f"oci:{image}"
+            entries = Runtimes(TEST_RUNTIMES).entries()
+            found = next((e.description.source for e in entries if e.name == "default"), None)
+            if found != source:
+                import_runtime(TEST_RUNTIMES, "default", source, "--replace")
         _runtimes_ready = True
     return TEST_RUNTIMES
+
+
+def default_image() -> Path | None:
+    """The default runtime's OCI layout as set-up builds it for this checkout's pins
+    (``scripts/runtime/build.sh --where``), or None when it is not built. ``scripts/setup.sh
+    test`` builds it and names it in ``BAPONI_TEST_IMAGE``: then it must be there."""
+    named = os.environ.get("BAPONI_TEST_IMAGE")
+    where = (
+        named
+        or subprocess.run(
+            [Path(__file__).parent.parent / "scripts/runtime/build.sh", "--where"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    layout = Path(where)
+    if (layout / "index.json").is_file():
+        return layout
+    if named:
+        raise RuntimeError(f"BAPONI_TEST_IMAGE={named} holds no OCI layout")
+    return None
 
 
 def import_runtime(runtimes: Path, name: str, source: str, *more: str) -> str:

@@ -13,8 +13,6 @@ upstreams are the host's loopback, reached only through the proxy.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,20 +107,6 @@ def blocked(body: dict[str, Any]) -> None:
     assert body["status"] == "blocked", body
 
 
-def sandbox_has(module: str) -> bool:
-    """Whether the sandbox's Python (the host's /usr until runtimes exist) has ``module``."""
-    done = subprocess.run(["/usr/bin/python3", "-c", f"import {module}"], check=False)
-    return done.returncode == 0
-
-
-def node_version() -> tuple[int, ...]:
-    node = shutil.which("node", path="/usr/bin")
-    if node is None:
-        return (0,)
-    text = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
-    return tuple(int(part) for part in text.strip().lstrip("v").split("."))
-
-
 # --------------------------------------------------------------------------- clients
 
 
@@ -184,12 +168,6 @@ def test_curl_over_plain_http(egress_server: Server, upstream: Upstream) -> None
 
 
 @pytest.mark.parametrize("module", ["requests", "httpx"])
-@pytest.mark.xfail(
-    not (sandbox_has("requests") and sandbox_has("httpx")),
-    reason="the sandbox's Python lacks requests/httpx: host /usr until the default runtime "
-    "(issue 12 section 1) is merged; run there",
-    strict=True,
-)
 def test_python_http_libraries(egress_server: Server, upstream: Upstream, module: str) -> None:
     key = key_for(egress_server, "--network", "allowlist", "--allow", "127.0.0.1")
     body = run(
@@ -200,12 +178,6 @@ def test_python_http_libraries(egress_server: Server, upstream: Upstream, module
     assert ok(body) == f"{HELLO.decode()}\n"
 
 
-@pytest.mark.xfail(
-    node_version() < (22, 21),
-    reason="Node's fetch honours HTTP(S)_PROXY with NODE_USE_ENV_PROXY=1 from Node 22.21; "
-    "the sandbox's node is the host's until the default runtime (Node 22) is merged",
-    strict=True,
-)
 def test_node_fetch(egress_server: Server, upstream: Upstream) -> None:
     key = key_for(egress_server, "--network", "allowlist", "--allow", "127.0.0.1")
     code = (

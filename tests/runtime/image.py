@@ -4,12 +4,13 @@ config says, and a way to run a command in its root under bubblewrap."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.harness import default_image
 
 REPO = Path(__file__).resolve().parents[2]
 PINS = REPO / "scripts" / "runtime"
@@ -18,17 +19,12 @@ SANDBOX_UID = "1000"
 
 
 def default_layout() -> Path:
-    """The layout set-up keeps for this checkout's pinned inputs. In CI set-up has just
-    built it, so its absence fails there rather than skipping."""
-    where = subprocess.run(
-        [PINS / "build.sh", "--where"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    layout = Path(where)
-    if not (layout / "index.json").is_file():
-        message = f"no default runtime image at {layout}: scripts/setup.sh builds it"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    """The layout set-up keeps for this checkout's pinned inputs. Set-up has just built it
+    for the suite it runs (``BAPONI_TEST_IMAGE``), so its absence fails there rather than
+    skipping."""
+    layout = default_image()
+    if layout is None:
+        pytest.skip("no default runtime image: scripts/setup.sh builds it")
     return layout
 
 

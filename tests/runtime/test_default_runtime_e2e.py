@@ -1,11 +1,7 @@
 """End to end on the default runtime: a real server whose `default` runtime is the image
-set-up builds, imported with `baponi runtimes import` into a runtimes directory of the
-module's own. pandas, numpy and matplotlib import in a thread, the plot saved there comes
-back through MCP `files_download` as an image, and the host's tools are not in the sandbox.
-
-Not collected yet (its name does not start with test_): it needs the runtimes registry and
-`baponi runtimes import` of the runtimes branch. After merging that, rename it to
-test_default_runtime_e2e.py."""
+set-up builds (the suite's default runtime). pandas, numpy and matplotlib import in a
+thread, the plot saved there comes back through MCP `files_download` as an image, and the
+host's tools are not in the sandbox."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from mcp.types import ImageContent
 
-from tests.harness import Server, import_runtime, start_server, stop_server, text_of, unique
+from tests.harness import Server, start_server, stop_server, text_of, unique
 from tests.mcp.test_http import connect
 from tests.runtime.image import default_layout
 
@@ -37,11 +33,8 @@ print(json.dumps({"backend": matplotlib.get_backend(), "numpy": numpy.__file__,
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    layout = default_layout()
-    runtimes = tmp_path_factory.mktemp("runtimes")
-    import_runtime(runtimes, "default", f"oci:{layout}")
-    home = tmp_path_factory.mktemp("default-runtime")
-    running = start_server(home, "--runtimes", str(runtimes))
+    default_layout()  # built, and so the shared runtimes' default (harness.default_image)
+    running = start_server(tmp_path_factory.mktemp("default-runtime"))
     yield running
     stop_server(running)
 
