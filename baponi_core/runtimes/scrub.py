@@ -32,6 +32,10 @@ CAPABILITIES = "security.capability"
 REMOVED_TYPES = (stat.S_ISCHR, stat.S_ISBLK, stat.S_ISFIFO, stat.S_ISSOCK)
 # Where a sandbox's mounts go: bwrap cannot make them in a root it binds read-only.
 MOUNT_POINTS = ("proc", "dev", "tmp", "etc", "home/baponi", "data", "run/baponi", "run/secrets")
+# Gone from every image: sysfs is never mounted in a sandbox (an image's /sys is at best
+# empty, at worst a fake for code that trusts it), and the sandbox's users are ours, so
+# the image's password hashes have nothing to do there.
+REMOVED_PATHS = ("sys", "etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-")
 
 
 def scrub(root: Path) -> int:
@@ -93,12 +97,15 @@ def _unprivilege(parent: int, name: str, info: os.stat_result) -> None:
 
 def make_mount_points(root: Path, etc_files: Iterable[str]) -> None:
     """Make each of :data:`MOUNT_POINTS` a real directory (whatever the image had there
-    goes: a link, say, that would take a mount elsewhere), and each of ``etc_files`` a
-    regular file in /etc, for the generated one bound over it."""
+    goes: a link, say, that would take a mount elsewhere), remove :data:`REMOVED_PATHS`,
+    and make each of ``etc_files`` a regular file in /etc, for the generated one bound
+    over it."""
     top = os.open(root, DIR_FLAGS)
     try:
         for path in MOUNT_POINTS:
             os.close(_directory(top, path, replace=True))
+        for path in REMOVED_PATHS:
+            _remove(top, path)
         etc = _directory(top, "etc", replace=True)
         try:
             for name in etc_files:
@@ -167,3 +174,20 @@ def _plain_file(directory: int, name: str) -> None:
     os.close(
         os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=directory)
     )
+
+
+def _remove(top: int, path: str) -> None:
+    """Remove ``path`` below ``top`` whatever it is, following no link on the way (its
+    parents are the mount points just made real directories, or the root itself)."""
+    parent, _, name = path.rpartition("/")
+    directory = os.open(parent, DIR_FLAGS, dir_fd=top) if parent else os.dup(top)
+    try:
+        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(name, dir_fd=directory)
+        else:
+            os.unlink(name, dir_fd=directory)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(directory)

@@ -12,7 +12,7 @@ upstreams are the host's loopback, reached only through the proxy.
 
 from __future__ import annotations
 
-import json
+import shlex
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,7 +185,7 @@ def test_node_fetch(egress_server: Server, upstream: Upstream) -> None:
         f"fetch({upstream.url()!r}).then(r => r.text()).then(t => console.log(t));"
     )
     # NO_PROXY is read as node starts: cleared for it by the shell that starts it.
-    script = f"{UNPROXIED_BASH}node -e {json.dumps(code)}"
+    script = f"{UNPROXIED_BASH}node -e {shlex.quote(code)}"
     assert ok(run(egress_server, key, script, "bash")) == f"{HELLO.decode()}\n"
 
 

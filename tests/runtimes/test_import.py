@@ -222,7 +222,7 @@ def test_profiles_name_runtimes_and_keep_them(tmp_path: Path) -> None:
         == "baponi: runtime nope is not installed: baponi runtimes import nope SOURCE"
     )
     named = runtimes_cli(runtimes, "profiles", "set", "p", "--runtime", "img", home=home)
-    assert named.returncode == 0 and named.stdout.strip().endswith("runtime=img")
+    assert named.returncode == 0 and named.stdout.strip().endswith("runtime=img network=none")
     listing = runtimes_cli(runtimes, "runtimes", "list", home=home)
     assert "profiles=default/p" in listing.stdout
     refused = runtimes_cli(runtimes, "runtimes", "delete", "img", home=home)
