@@ -101,7 +101,13 @@ def hostile(sentinels: Path) -> Image:
     up = "../" * 12 + str(sentinels).lstrip("/")
     return Image(
         [
-            [*busybox_layer(), directory("etc"), file("etc/shadow", "the image's own shadow")],
+            [
+                *busybox_layer(),
+                directory("etc"),
+                file("etc/shadow", "the image's own shadow"),
+                directory("sys"),
+                file("sys/fake", "a sysfs of its own, for code that trusts /sys"),
+            ],
             [
                 symlink("abs-link", str(sentinels)),  # a link outside, then files through it
                 symlink("rel-link", up),
@@ -154,7 +160,8 @@ def test_hostile_layers_stay_inside_the_runtime(tmp_path: Path) -> None:
         "through-rel-link",
     ]
     assert (rootfs / "host-shadow").read_text() == "the image's own shadow"
-    assert os.path.samestat(os.stat(rootfs / "host-shadow"), os.stat(rootfs / "etc/shadow"))
+    # The image's own shadow file and /sys are removed at import (scrub.REMOVED_PATHS).
+    assert not (rootfs / "etc/shadow").exists() and not (rootfs / "sys").exists()
     for name in ("dev-null", "dev-sda"):  # umoci --rootless makes no device: an empty file
         info = (rootfs / name).lstat()
         assert stat.S_ISREG(info.st_mode) and info.st_size == 0
