@@ -13,6 +13,7 @@ import anyio
 from baponi_core.config import Settings
 from baponi_core.homelock import lock_home
 from baponi_core.sandbox import SandboxRuntime
+from baponi_core.sandbox.pool import Pool
 from baponi_core.sandbox.rootfs import STORAGE_UID
 from baponi_core.services.admin import Admin
 from baponi_core.services.auth import Authenticator
@@ -99,6 +100,9 @@ class Core:
                     self.settings.runtime, storage.shared, uids=self.settings.sandbox_uids
                 )
             )
+            pool = Pool(self._runtime, self.settings.pool)
+            if pool.enabled:  # its sandboxes end before the runtime closes
+                stack.push_async_callback(pool.close)
             stack.push_async_callback(self.webhooks.close)
             quota = self.settings.thread_quota_bytes
             self._space = Space(self.settings.home, *([storage.disk.base] if storage.disk else []))
@@ -111,11 +115,14 @@ class Core:
                 self.webhooks,
                 quota,
                 self._space,
+                pool if pool.enabled else None,
             )
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops
             await self._executions.start(tasks)
             tasks.start_soon(self.webhooks.run)
+            if pool.enabled:
+                tasks.start_soon(pool.run)
             tasks.start_soon(self._sweep, storage)
             tasks.start_soon(self.retention.run)
             if disks is not None:

@@ -141,9 +141,17 @@ class Server:
         return Path(f"{self.home}.log").read_text(errors="replace")
 
 
+COLD = ("--pool", "0")  # every sandbox set up at its request
+POOLED = ("--pool", "python=2,node=1,bash=1")  # prepared ahead, as `baponi serve` does
+
+
 def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     """``baponi serve`` on a free loopback port with extra ``args``; its log goes to
-    ``<home>.log`` (a pipe nobody reads would stall a chatty server)."""
+    ``<home>.log`` (a pipe nobody reads would stall a chatty server). Without a
+    ``--pool`` among ``args`` it has none (``COLD``): tests that count sandboxes, uids or
+    processes count only their own; ``POOLED`` gives it the default pool."""
+    if "--pool" not in args:
+        args = (*args, *COLD)
     port = free_port()
     environ = {**os.environ, "BAPONI_TEST_SECRET": SERVER_SECRET, **(env or {})}
     log = open(f"{home}.log", "ab")  # noqa: SIM115 (the child keeps it)

@@ -20,8 +20,10 @@ Contract::
 A sandbox is never given back: whoever prepared it closes it, and no state of one user
 can reach another. Processes are killed with the sandbox; a process's own end is
 reported by :meth:`Process.wait`, as a shell reports it (the exit code, or 128 + the
-signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made raises
-:class:`MountError`; neither is ever the fault of code run in the sandbox.
+signal), and exactly by :attr:`Process.signal_number` (the signal that ended it, from
+the wait status the init reports; None: it exited, whatever its code). Set-up faults
+raise :class:`SandboxError`; a mount that cannot be made raises :class:`MountError`;
+neither is ever the fault of code run in the sandbox.
 
 As root each sandbox runs as a host uid of its own (:mod:`uids`), taken at prepare and
 given back once nothing of it is left; its home and volumes are id-mapped to that uid.
@@ -119,6 +121,7 @@ class Process:
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.pid: int | None = None  # inside the sandbox
         self.status: int | None = None
+        self.signal_number: int | None = None  # the signal that ended it; None: it exited
         self._sandbox = sandbox
         self._error: int | None = None  # errno of a failed start
         self._started = anyio.Event()
@@ -140,8 +143,8 @@ class Process:
             if pipe is not None:
                 pipe.close()
 
-    def _ended(self, status: int) -> None:
-        self.status = status
+    def _ended(self, status: int, signo: int | None) -> None:
+        self.status, self.signal_number = status, signo
         self._started.set()
         self._done.set()
 
@@ -344,9 +347,13 @@ class Sandbox:
 
     # processes
 
-    async def start(self, command: Command) -> Process:
-        """Start ``command``; raises SandboxError if it could not be executed."""
-        if not self._attached or self._closed:
+    async def start(self, command: Command, *, early: bool = False) -> Process:
+        """Start ``command``; raises SandboxError if it could not be executed.
+
+        ``early``: in a sandbox prepared ahead and not attached yet: the server's own
+        process that waits for a request (a warm interpreter, :mod:`warm`). It sees the
+        request's mounts appear once they are attached."""
+        if self._closed or not (self._attached or (early and self._bwrap is not None)):
             raise SandboxError("start needs an attached sandbox that is not closed")
         if self._gone.is_set():
             raise SandboxError("the sandbox has ended")
@@ -401,6 +408,27 @@ class Sandbox:
             raise SandboxError(f"the sandbox ended: {self._setup_report()}")
         return process
 
+    def put(self, name: str, data: bytes) -> None:
+        """A file its processes read at /run/baponi/<name> (what ``Command.files`` are)."""
+        try:
+            self._slot.write(name, data)
+        except (ValueError, FileExistsError) as exc:
+            raise SandboxError(f"cannot give this file: {exc}") from None
+
+    def members(self) -> frozenset[int] | None:
+        """The host pids in its cgroup (None: it has no cgroup)."""
+        return frozenset(self._group.pids()) if self._group is not None else None
+
+    def intact(self, members: frozenset[int] | None) -> bool:
+        """Whether it is still as it was left: launched, not attached, its init alive and
+        listened to, and its cgroup holding exactly ``members`` (what :meth:`members`
+        said then: no process came or went)."""
+        if self._closed or self._attached or self._gone.is_set() or self._init_pidfd is None:
+            return False
+        if select.select([self._init_pidfd], [], [], 0)[0]:  # readable: the init has exited
+            return False
+        return members is not None and self.members() == members
+
     async def _send(self, message: bytes, fds: list[int] | tuple[int, ...]) -> None:
         if self._control is None or self._gone.is_set():
             raise SandboxError("the sandbox has ended")
@@ -435,7 +463,7 @@ class Sandbox:
         finally:
             self._gone.set()
             for process in self._processes.values():
-                process._ended(KILLED)
+                process._ended(KILLED, signal.SIGKILL)
             self._processes.clear()
 
     def _dispatch(self, event: agent.Event) -> None:
@@ -456,9 +484,9 @@ class Sandbox:
         del self._processes[event.id]
         if event.kind is Kind.FAILED:
             process._error = event.value
-            process._ended(127)
+            process._ended(127, None)
         else:
-            process._ended(_shell_status(event.value))
+            process._ended(*_wait_status(event.value))
 
     # the end
 
@@ -554,10 +582,14 @@ class Sandbox:
                 log.error("sandbox %s: uid %d kept out of use", self.id, self.uid)
 
 
-def _shell_status(status: int) -> int:
+def _wait_status(status: int) -> tuple[int, int | None]:
+    """The shell's status (the exit code, or 128 + the signal) and the signal, if one
+    ended the process: ``exit(159)`` and a death by SIGSYS differ here, not in the first."""
     if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else KILLED
+        return 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return KILLED, signal.SIGKILL  # the init reports ends only: nothing else is sent
 
 
 async def _read_info(fd: int) -> dict[str, int] | None:

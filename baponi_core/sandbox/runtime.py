@@ -44,6 +44,16 @@ class SandboxRuntime:
     def bwrap_path(self) -> str:
         return self._host.bwrap
 
+    @property
+    def prepares_ahead(self) -> bool:
+        """Whether sandboxes can be set up before their request and checked while they
+        wait (root, with cgroups): what a pool needs."""
+        return self._host.root and self._host.cgroups is not None
+
+    def close_later(self, sandbox: Sandbox) -> None:
+        """Close ``sandbox`` in the background (the runtime's close waits for it)."""
+        self._host.tasks.start_soon(sandbox.close, name=f"closing sandbox {sandbox.id}")
+
     @classmethod
     @asynccontextmanager
     async def open(

@@ -535,8 +535,8 @@ SECCOMP_CASES = {
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "libc.syscall(101, 16, 1, 0, 0)  # ptrace(PTRACE_ATTACH, 1)\nprint('survived')",
     ),
-    # The last command: a script that goes on after a child's SIGSYS ends as it chooses.
-    "unshare-cli": ("bash", "unshare -Ur true"),
+    # exec: bash becomes the command, so the program itself is what the filter kills.
+    "unshare-cli": ("bash", "exec unshare -Ur true"),
     "unshare-syscall": (
         "python",
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
@@ -557,6 +557,32 @@ def test_dangerous_syscalls_are_killed(api: httpx.Client, case: str) -> None:
     assert body["status"] == "seccomp", body
     assert body["error"] == "security_policy_violation", body
     assert "survived" not in body["stdout"]
+
+
+# The ending is the program's own wait status: an exit with 159 is no violation.
+EXIT_159 = {
+    "python": "import sys; sys.exit(159)",
+    "bash": "exit 159",
+    "node": "process.exit(159)",
+    # a child killed by the filter, and the script that goes on and exits as it chooses
+    "bash-child": 'unshare -Ur true; echo "child: $?"; exit 159',
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXIT_159))
+def test_exit_159_is_a_failure_not_seccomp(api: httpx.Client, case: str) -> None:
+    body = run(api, EXIT_159[case], language=case.removesuffix("-child"), timeout=10)
+    assert body["status"] == "failed", body
+    assert body["exit_code"] == 159, body
+    assert body["error"] is None, body
+    if case == "bash-child":
+        assert body["stdout"] == "child: 159\n", body
+
+
+def test_sigsys_death_is_seccomp_with_its_exit_code(api: httpx.Client) -> None:
+    body = run(api, "import os, signal; os.kill(os.getpid(), signal.SIGSYS)", timeout=10)
+    assert body["status"] == "seccomp", body
+    assert body["exit_code"] == 159, body
 
 
 @pytest.mark.slow

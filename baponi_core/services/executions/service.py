@@ -21,6 +21,7 @@ from baponi_core.limits import TRACE_ID_PATTERN
 from baponi_core.models import Cancelling, ExecuteRequest, ExecutionView
 from baponi_core.records import DeliveryMode, Execution, Principal
 from baponi_core.sandbox import SandboxRuntime
+from baponi_core.sandbox.pool import Pool
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.executions import admission
 from baponi_core.services.executions.lifecycle import Lifecycle
@@ -49,6 +50,7 @@ class Executions:
         webhooks: Webhooks,
         quota: int,
         space: Space,
+        pool: Pool | None = None,
     ) -> None:
         self.store = store
         self.space = space
@@ -59,7 +61,9 @@ class Executions:
         self.accepting = True
         self.streams = OpenStreams()
         self._live: dict[str, Run] = {}
-        self._lifecycle = Lifecycle(store, runtime, storage, self.log, webhooks, quota, self._live)
+        self._lifecycle = Lifecycle(
+            store, runtime, storage, self.log, webhooks, quota, self._live, pool
+        )
         self._tasks: TaskGroup | None = None
 
     async def start(self, tasks: TaskGroup) -> None:
