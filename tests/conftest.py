@@ -11,18 +11,34 @@ import httpx
 import pytest
 
 from baponi_core.store import Store
-from tests.harness import Server, start_server, stop_server
+from tests.harness import COLD, POOLED, Server, start_server, stop_server
 from tests.store.implementations import IMPLEMENTATIONS, Implementation
 
 pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the session. Its environment holds a secret no sandbox may see."""
-    running = start_server(tmp_path_factory.mktemp("home"))
+def cold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session, without a pool: every sandbox is set up at its
+    request. Its environment holds a secret no sandbox may see."""
+    running = start_server(tmp_path_factory.mktemp("home"), *COLD)
     yield running
     stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session with the default pool of prepared sandboxes."""
+    running = start_server(tmp_path_factory.mktemp("pooled"), *POOLED)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def server(cold_server: Server) -> Server:
+    """The session's server; a module that runs on both paths overrides this fixture
+    with ``tests.harness.on_both_paths()``."""
+    return cold_server
 
 
 @pytest.fixture(scope="session")

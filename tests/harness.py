@@ -180,6 +180,20 @@ def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> S
     )
 
 
+def on_both_paths() -> Any:
+    """A ``server`` fixture for a test module whose every test runs on both paths: the
+    session's server without a pool (``cold``) and the one with it (``pooled``).
+    Assign it in the module: ``server = on_both_paths()``."""
+    import pytest
+
+    @pytest.fixture(scope="session", params=["cold", "pooled"])
+    def server(request: pytest.FixtureRequest) -> Server:
+        chosen: Server = request.getfixturevalue(f"{request.param}_server")
+        return chosen
+
+    return server
+
+
 def stop_server(server: Server) -> None:
     server.process.terminate()
     try:

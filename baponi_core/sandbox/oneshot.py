@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -187,20 +187,29 @@ async def _begin(sandbox: Sandbox, command: Command, waiting: Process | None) ->
     """The program's process: the ``waiting`` interpreter given the program, when it can
     run it as a fresh one would; else a fresh one (the waiting one killed first)."""
     if waiting is not None and warm.serves(command.env):
-        assert waiting.stdin is not None
         for name, data in command.files.items():
             sandbox.put(name, data)
-        try:
-            await waiting.stdin.send(warm.request(command))
-        except BrokenPipeError:
-            raise SandboxError("the waiting interpreter is gone") from None
-        waiting.stdin.close()
-        return waiting
+        command = replace(command, files={})  # given already
+        if await _hand_over(waiting, command):
+            return waiting
+        # it died as it was handed out (no code of anyone's ran): a fresh one, then
     if waiting is not None:
         waiting.close()
         await waiting.signal(signal.SIGKILL)
         await waiting.wait()
     return await sandbox.start(command)
+
+
+async def _hand_over(waiting: Process, command: Command) -> bool:
+    """Give the waiting interpreter its program; whether it was still there to take it."""
+    assert waiting.stdin is not None
+    try:
+        await waiting.stdin.send(warm.request(command))
+    except BrokenPipeError:
+        return False
+    finally:
+        waiting.stdin.close()
+    return True
 
 
 async def _pump(

@@ -78,7 +78,10 @@ def _boot():
     sys.argv[:] = [path]
     sys.orig_argv[:] = [sys.orig_argv[0], path]
     sys.path[0] = os.path.dirname(path)
+    first = vars(sys.modules["__main__"])
     main = type(sys)("__main__")
+    if "__annotations__" in first:
+        main.__annotations__ = {}
     main.__file__ = path
     main.__cached__ = None
     main.__builtins__ = sys.modules["builtins"]
