@@ -142,6 +142,10 @@ class Pool:
             self._discard(prepared)
         return None
 
+    def kept(self) -> list[Prepared]:
+        """What it holds now, of every shape and language."""
+        return [prepared for ready in self._ready.values() for prepared in ready]
+
     def count(self, shape: Shape, language: str) -> int:
         return len(self._ready.get((shape, language), []))
 
@@ -170,7 +174,7 @@ class Pool:
         """End every sandbox kept: no process, cgroup, mount or uid of them is left."""
         self._closed = True
         self._wake.set()
-        kept = [p for ready in self._ready.values() for p in ready]
+        kept = self.kept()
         self._ready.clear()
         for prepared in kept:
             await prepared.sandbox.close()
