@@ -120,6 +120,7 @@ class Process:
         self.id = id
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.pid: int | None = None  # inside the sandbox
+        self.host_pid: int | None = None  # on the host, once asked for (Sandbox.host_pid)
         self.status: int | None = None
         self.signal_number: int | None = None  # the signal that ended it; None: it exited
         self._sandbox = sandbox
@@ -414,6 +415,24 @@ class Sandbox:
             self._slot.write(name, data)
         except (ValueError, FileExistsError) as exc:
             raise SandboxError(f"cannot give this file: {exc}") from None
+
+    def forget(self, name: str) -> None:
+        """Remove /run/baponi/<name> again (what a waiting process has read already)."""
+        self._slot.unlink(name)
+
+    def host_pid(self, process: Process) -> int | None:
+        """The host's pid of one of its processes (found in its cgroup by the pid the
+        init reported: the last of its ``NSpid``)."""
+        if process.host_pid is not None:
+            return process.host_pid
+        for pid in self.members() or ():
+            with contextlib.suppress(OSError, ValueError, StopIteration):
+                status = Path(f"/proc/{pid}/status").read_text()
+                line = next(x for x in status.splitlines() if x.startswith("NSpid:"))
+                if int(line.split()[-1]) == process.pid:
+                    process.host_pid = pid
+                    return pid
+        return None
 
     def members(self) -> frozenset[int] | None:
         """The host pids in its cgroup (None: it has no cgroup)."""

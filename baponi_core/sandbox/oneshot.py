@@ -161,7 +161,7 @@ async def _supervise(
     process: Process | None = None
     code = KILLED
     with anyio.move_on_after(max(remaining, 0)) as deadline:
-        process = await _begin(run.sandbox, job.command(), waiting)
+        process = await _begin(run.sandbox, job, waiting)
         async with anyio.create_task_group() as pumps:
             pipes: tuple[tuple[Stream, PipeReader], ...] = (
                 ("stdout", process.stdout),
@@ -183,10 +183,11 @@ async def _supervise(
     return code
 
 
-async def _begin(sandbox: Sandbox, command: Command, waiting: Process | None) -> Process:
+async def _begin(sandbox: Sandbox, job: CodeRun, waiting: Process | None) -> Process:
     """The program's process: the ``waiting`` interpreter given the program, when it can
     run it as a fresh one would; else a fresh one (the waiting one killed first)."""
-    if waiting is not None and warm.serves(command.env):
+    command = job.command()
+    if waiting is not None and warm.serves(job.language, command.env):
         for name, data in command.files.items():
             sandbox.put(name, data)
         command = replace(command, files={})  # given already

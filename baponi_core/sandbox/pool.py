@@ -9,8 +9,8 @@ takes the cold path: start-up and refilling never make a request wait. A sandbox
 is the taker's to close; nothing is ever given back.
 
 Before hand-out each sandbox is checked: younger than ``max_age_s``, its init alive and
-listened to, its waiting interpreter still waiting, its cgroup holding exactly the
-processes it held when it was prepared. One that fails is discarded (closed), never
+listened to, its waiting interpreter still blocked reading its stdin, its cgroup holding
+exactly the processes it held when it was prepared. One that fails is discarded (closed), never
 repaired. Refills run in the background one at a time, so that on two cores they take
 at most one core from requests. A shape no request has used for ``SHAPE_IDLE_S`` is
 forgotten and its sandboxes closed; so is the least recent one beyond ``MAX_SHAPES``.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from baponi_core.sandbox import warm
-from baponi_core.sandbox.handle import Process, Sandbox, SandboxError
+from baponi_core.sandbox.handle import SETUP_TIMEOUT_S, Process, Sandbox, SandboxError
 from baponi_core.sandbox.runtime import SandboxRuntime
 from baponi_core.sandbox.spec import Shape
 
@@ -40,6 +40,7 @@ MAX_AGE_S = 300.0  # a prepared sandbox older than this is replaced
 SHAPE_IDLE_S = 600.0  # a shape unused this long is forgotten
 MAX_SHAPES = 4  # shapes kept prepared at once, the most recently used
 RETRY_S = 5.0  # after a failed preparation
+STARTED_POLL_S = 0.005  # how often a starting interpreter is looked at
 _ITEM = re.compile(r"^(python|node|bash)=(\d{1,3})$")
 
 
@@ -95,12 +96,26 @@ class Prepared:
     def fresh(self, max_age_s: float) -> bool:
         if time.monotonic() - self.made > max_age_s:
             return False
-        if self.waiting is not None and self.waiting.status is not None:
-            return False
+        if self.waiting is not None:
+            pid = self.sandbox.host_pid(self.waiting)
+            if self.waiting.status is not None or pid is None or not warm.reading_stdin(pid):
+                return False  # it has ended, or is ending, or does something
         return self.sandbox.intact(self.members)
 
 
 Key = tuple[Shape, str]
+
+
+async def _started(sandbox: Sandbox, waiting: Process) -> None:
+    """Wait until the interpreter has started and waits for its program; SandboxError
+    if it does not within the set-up time."""
+    with anyio.move_on_after(SETUP_TIMEOUT_S):
+        while waiting.status is None:
+            pid = sandbox.host_pid(waiting)
+            if pid is not None and warm.reading_stdin(pid):
+                return
+            await anyio.sleep(STARTED_POLL_S)
+    raise SandboxError("the interpreter did not start")
 
 
 class Pool:
@@ -186,6 +201,9 @@ class Pool:
             command = warm.command(language)
             if command is not None:
                 waiting = await sandbox.start(command, early=True)
+                await _started(sandbox, waiting)
+                for name in command.files:  # read by now
+                    sandbox.forget(name)
             return Prepared(sandbox, waiting, members=sandbox.members())
         except BaseException:
             with anyio.CancelScope(shield=True):

@@ -35,6 +35,11 @@ EXECUTE = "/v1/sandbox/execute"
 WARM = (
     "print('warm' if b'-c' in open('/proc/self/cmdline', 'rb').read().split(b'\\0') else 'fresh')"
 )
+NODE_WARM = (
+    "console.log(require('fs').readFileSync('/proc/self/cmdline', 'latin1')"
+    ".split('\\0').includes('-r') ? 'warm' : 'fresh');"
+)
+PROBES = {"python": WARM, "node": NODE_WARM}
 # The same for any language: how long the sandbox's init had lived when the program ran.
 INIT_AGE = (
     "t=$(cut -d' ' -f22 /proc/1/stat); u=$(cut -d' ' -f1 /proc/uptime); "
@@ -50,11 +55,13 @@ def execute(client: httpx.Client, code: str, **fields: Any) -> dict[str, Any]:
 
 
 def warm_run(client: httpx.Client, code: str, within: float = 20, **fields: Any) -> dict[str, Any]:
-    """Run Python ``code`` (after the WARM probe) until it runs in a waiting interpreter
-    of the pool (the pool may still be refilling); its result, WARM's line removed."""
+    """Run ``code`` (Python unless ``language`` says, after its probe) until it runs in a
+    waiting interpreter of the pool (which may still be refilling); its result, the
+    probe's line removed."""
     deadline = time.monotonic() + within
+    probe = PROBES[fields.get("language", "python")]
     while True:
-        body = execute(client, f"{WARM}\n{textwrap.dedent(code)}", **fields)
+        body = execute(client, f"{probe}\n{textwrap.dedent(code)}", **fields)
         first, _, rest = body["stdout"].partition("\n")
         if first == "warm":
             body["stdout"] = rest
@@ -96,22 +103,37 @@ SAME = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(SAME))
+SAME_NODE = {
+    "identity": """
+        const env = Object.entries(process.env).sort();
+        console.log(process.argv.slice(1), process.execArgv, process.cwd(), __filename);
+        console.log(JSON.stringify(env), require.main === module, module.paths);
+        console.log(Object.keys(require.cache), process.stdin.isTTY);
+        """,
+    "throw": "function f() { throw new TypeError('no'); }\nconsole.log('before');\nf();\n",
+    "exit-code": "console.log('x'); process.exit(3);",
+    "rejection": "Promise.reject(new Error('late'));",
+}
+CASES = [("python", c) for c in sorted(SAME)] + [("node", c) for c in sorted(SAME_NODE)]
+
+
+@pytest.mark.parametrize(("language", "case"), CASES)
 def test_warm_interpreter_runs_a_program_as_a_fresh_one(
-    cold_server: Server, pooled: httpx.Client, case: str
+    cold_server: Server, pooled: httpx.Client, language: str, case: str
 ) -> None:
     env = {"GREETING": "hello", "EMPTY": ""}
+    source = (SAME if language == "python" else SAME_NODE)[case]
     if case == "syntax":  # no probe runs in a file that does not compile
         warm_run(pooled, "")
         time.sleep(1)  # refilled
-        warm = execute(pooled, SAME[case], env_vars=env)
+        warm = execute(pooled, source, env_vars=env)
         with cold_server.client() as cold_client:
-            cold = execute(cold_client, SAME[case], env_vars=env)
+            cold = execute(cold_client, source, env_vars=env)
     else:
-        warm = warm_run(pooled, SAME[case], env_vars=env)
+        warm = warm_run(pooled, source, env_vars=env, language=language)
         with cold_server.client() as cold_client:  # the same lines: the probe first
-            code = f"{WARM}\n{textwrap.dedent(SAME[case])}"
-            cold = execute(cold_client, code, env_vars=env)
+            code = f"{PROBES[language]}\n{textwrap.dedent(source)}"
+            cold = execute(cold_client, code, env_vars=env, language=language)
         assert cold["stdout"].startswith("fresh\n"), cold
         cold["stdout"] = cold["stdout"].removeprefix("fresh\n")
     for field in ("stdout", "stderr", "exit_code", "error", "success"):
@@ -182,12 +204,23 @@ def test_consecutive_pooled_executions_share_nothing(pooled_server: Server) -> N
             assert found["stdout"] == "[] []\n[]\nFalse False False\n", found
 
 
-def test_bash_and_node_are_served_prepared(pooled: httpx.Client) -> None:
-    """Their sandboxes were set up before the request: the init is older than it."""
+def test_bash_is_served_prepared(pooled: httpx.Client) -> None:
+    """Its sandbox was set up before the request: the init is older than it."""
     time.sleep(1.5)  # the pool is full by then
     assert init_age_s(pooled) > 0.5
-    body = execute(pooled, "console.log(process.argv.slice(1), process.cwd())", language="node")
-    assert body["stdout"] == "[ '/run/baponi/main.js' ] /home/baponi\n", body
+
+
+def test_node_shares_nothing_and_never_sees_its_bootstrap(pooled: httpx.Client) -> None:
+    leave = (
+        "require('fs').writeFileSync('/tmp/left', 'x'); globalThis.left = 1; console.log('left')"
+    )
+    find = (
+        "const fs = require('fs');"
+        "console.log(fs.readdirSync('/tmp'), fs.readdirSync('/run/baponi'), typeof left)"
+    )
+    assert warm_run(pooled, leave, language="node")["stdout"] == "left\n"
+    found = warm_run(pooled, find, language="node")
+    assert found["stdout"] == "[] [ 'init', 'main.js' ] undefined\n", found
 
 
 # -- refill, discard ----------------------------------------------------------------------

@@ -153,7 +153,21 @@ def test_bad_pool_sizes(spec: str) -> None:
         ({"GLIBC_TUNABLES": "glibc.malloc.check=3"}, False),
         ({"LANG": "en_US.UTF-8"}, False),
         ({"HOME": "/tmp"}, False),
+        ({"NODE_OPTIONS": "--max-old-space-size=64"}, True),  # Python's start-up ignores it
     ],
 )
-def test_which_requests_a_waiting_interpreter_serves(env: dict[str, str], serves: bool) -> None:
-    assert warm.serves({**BASE_ENV, **env}) is serves
+def test_which_requests_a_waiting_python_serves(env: dict[str, str], serves: bool) -> None:
+    assert warm.serves("python", {**BASE_ENV, **env}) is serves
+
+
+@pytest.mark.parametrize(
+    ("env", "serves"),
+    [
+        ({"GREETING": "hi"}, True),
+        ({"NODE_OPTIONS": "--max-old-space-size=64"}, False),
+        ({"UV_THREADPOOL_SIZE": "2"}, False),
+        ({"PYTHONSAFEPATH": "1"}, True),
+    ],
+)
+def test_which_requests_a_waiting_node_serves(env: dict[str, str], serves: bool) -> None:
+    assert warm.serves("node", {**BASE_ENV, **env}) is serves
