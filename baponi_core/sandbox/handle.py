@@ -8,7 +8,9 @@ Contract::
                                              # (the agent) waits, and nothing else runs
     await sandbox.attach(home, mounts)       # the request's mounts, once, before any
                                              # process: a thread home (None: a fresh
-                                             # tmpfs) and volumes under /data
+                                             # tmpfs) and volumes under /data (only the
+                                             # server's own start(..., early=True),
+                                             # a warm interpreter, may come before)
     process = await sandbox.start(command)   # any number, one after another or at once,
     await process.wait()                     # each with its own stdin, stdout, stderr
     sandbox.kill()                           # ends every process of the sandbox at once
