@@ -111,12 +111,15 @@ def sandbox_uid_processes(server: Server) -> list[str]:
     return [line for key, lines in found.items() if not (key and waiting[key]) for line in lines]
 
 
+BOOTS = (b"def _boot():", b"/run/baponi/.boot.js")  # the waiting Python's and Node's
+
+
 def _prepared(status: dict[str, str], cmdline: bytes) -> bool:
     """Whether a process is one a pooled sandbox holds before its request: bwrap, the
     init, the waiting interpreter (its bootstrap on the command line)."""
     if status.get("State", "").startswith("Z"):
         return False
-    return status.get("Name") in ("bwrap", "init") or b"def _boot():" in cmdline
+    return status.get("Name") in ("bwrap", "init") or any(boot in cmdline for boot in BOOTS)
 
 
 def assert_no_sandbox_processes(server: Server, grace_s: float = 2.0) -> None:
