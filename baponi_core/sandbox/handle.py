@@ -155,7 +155,16 @@ class Process:
 class Sandbox:
     """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
 
-    def __init__(self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        id: str,
+        shape: Shape,
+        slot: Slot,
+        uid: int | None,
+        *,
+        background: bool = False,
+    ) -> None:
         self.id = id
         self.shape = shape
         self.uid = uid  # its own host uid, until it is freed; None: the server's
@@ -175,6 +184,7 @@ class Sandbox:
         self._listening = False
         self._attached = False
         self._closed = False
+        self._background = background  # at the least CPU share until foreground()
         self._freed = anyio.Event()  # all it held has been given back
 
     # set-up
@@ -201,6 +211,8 @@ class Sandbox:
             own.append(control)
             fds = bwrap.Fds(etc=etc, seccomp=seccomp, info=info_w, control=control)
             self._group = host.cgroups.create(self.id, self.shape.limits) if host.cgroups else None
+            if self._group is not None and self._background:
+                self._group.weigh(background=True)
             argv = bwrap.command(
                 host.bwrap,
                 self.shape,
@@ -417,6 +429,12 @@ class Sandbox:
             self._slot.write(name, data)
         except (ValueError, FileExistsError) as exc:
             raise SandboxError(f"cannot give this file: {exc}") from None
+
+    def foreground(self) -> None:
+        """Give it the CPU share of any sandbox again (it was prepared in the background)."""
+        if self._background and self._group is not None:
+            self._group.weigh(background=False)
+        self._background = False
 
     def forget(self, name: str) -> None:
         """Remove /run/baponi/<name> again (what a waiting process has read already)."""

@@ -11,8 +11,9 @@ is the taker's to close; nothing is ever given back.
 Before hand-out each sandbox is checked: younger than ``max_age_s``, its init alive and
 listened to, its waiting interpreter still blocked reading its stdin, its cgroup holding
 exactly the processes it held when it was prepared. One that fails is discarded (closed), never
-repaired. Refills run in the background one at a time, so that on two cores they take
-at most one core from requests. A shape no request has used for ``SHAPE_IDLE_S`` is
+repaired. Refills run in the background one at a time, each sandbox at the least CPU
+share (``cpu.shares`` 2, ``cpu.weight`` 1) until it is handed out, so that preparing
+takes only the CPU requests leave idle. A shape no request has used for ``SHAPE_IDLE_S`` is
 forgotten and its sandboxes closed; so is the least recent one beyond ``MAX_SHAPES``.
 """
 
@@ -153,6 +154,7 @@ class Pool:
         while kept:
             prepared = kept.pop(0)
             if prepared.fresh(self.max_age_s):
+                prepared.sandbox.foreground()
                 return prepared
             self._discard(prepared)
         return None
@@ -195,7 +197,7 @@ class Pool:
             await prepared.sandbox.close()
 
     async def _prepare(self, shape: Shape, language: str) -> Prepared:
-        sandbox = await self.runtime.prepare(shape, ahead=True)
+        sandbox = await self.runtime.prepare(shape, ahead=True, background=True)
         try:
             waiting = None
             command = warm.command(language)

@@ -129,7 +129,9 @@ class SandboxRuntime:
             if cgroups is not None:
                 cgroups.close()
 
-    async def prepare(self, shape: Shape, *, ahead: bool = True) -> Sandbox:
+    async def prepare(
+        self, shape: Shape, *, ahead: bool = True, background: bool = False
+    ) -> Sandbox:
         """A sandbox of ``shape``, waiting for :meth:`Sandbox.attach`.
 
         ``ahead``: set it up now, before its request is known (as root; a server that is
@@ -137,7 +139,9 @@ class SandboxRuntime:
         at attach). Otherwise it is launched at attach, with the request's mounts bound as
         it is set up: what a caller that has its request already does, one round trip to
         the sandbox shorter. Raises SandboxError when it cannot be set up (then nothing of
-        it is left)."""
+        it is left). ``background``: at the least CPU share until
+        :meth:`Sandbox.foreground`, so that preparing ahead takes from requests only the
+        CPU they leave idle."""
         id = f"sbx-{secrets.token_hex(6)}"
         uids, slot = self._host.uids, self._host.slots.new(id)
         try:
@@ -145,7 +149,7 @@ class SandboxRuntime:
         except OSError as exc:
             slot.remove()
             raise SandboxError(str(exc)) from None
-        sandbox = Sandbox(self._host, id, shape, slot, uid)
+        sandbox = Sandbox(self._host, id, shape, slot, uid, background=background)
         self._host.live.add(sandbox)
         try:
             if uids is not None and uid is not None and not uids.mapped(uid):

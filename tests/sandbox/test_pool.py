@@ -48,6 +48,16 @@ def cgroup_dirs(sandbox_id: str) -> list[Path]:
     return [*root.glob(f"*/baponi/{server}/{sandbox_id}"), *root.glob(f"**/{server}/{sandbox_id}")]
 
 
+def cpu_share(sandbox_id: str) -> str:
+    """Its share of the CPU (cgroup v1 ``cpu.shares``; v2 ``cpu.weight`` as shares)."""
+    for directory in cgroup_dirs(sandbox_id):
+        if (directory / "cpu.shares").exists():
+            return (directory / "cpu.shares").read_text().strip()
+        if (directory / "cpu.weight").exists():
+            return {"1": "2", "100": "1024"}[(directory / "cpu.weight").read_text().strip()]
+    raise AssertionError(f"no cpu cgroup for {sandbox_id}")
+
+
 def test_close_ends_every_kept_sandbox(runtime: Opened) -> None:
     portal, sandboxes = runtime
 
@@ -82,8 +92,10 @@ def test_each_is_handed_out_once(runtime: Opened) -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(pool.run)
             await filled(pool, {"python": 1})
+            assert cpu_share(pool.kept()[0].sandbox.id) == "2"  # prepared in the background
             taken = pool.take(SHAPE, "python")
             assert taken is not None and taken.waiting is not None
+            assert cpu_share(taken.sandbox.id) == "1024"  # handed out: as any sandbox
             assert pool.take(SHAPE, "python") is None  # not until a new one is made
             assert pool.take(SHAPE, "bash") is None  # none of it kept
             assert pool.take(Shape(limits=Limits(pids=99)), "python") is None
