@@ -41,7 +41,7 @@ def server(cold_server: Server) -> Server:
     return cold_server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # module: each module's own `server` (on_both_paths)
 def sdk(server: Server) -> Iterator[Any]:
     """The official SDK with the session server's key."""
     client = server.sdk()
