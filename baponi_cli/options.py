@@ -15,6 +15,7 @@ from typing import Any
 
 from baponi_core.config import DEFAULT_THREAD_QUOTA
 from baponi_core.models import decimal
+from baponi_core.sandbox.pool import PoolSizes
 from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
 
 SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -56,6 +57,13 @@ def env_option(
         help=f"{text} (default: {shown}; or ${env_name(flag)})",
         **options,
     )
+
+
+def pool_sizes(text: str) -> PoolSizes:
+    try:
+        return PoolSizes.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--pool: {exc}") from None
 
 
 def port_number(text: str) -> int:

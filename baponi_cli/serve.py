@@ -20,6 +20,7 @@ from baponi_cli.options import (
     env_option,
     flag_from_env,
     interval,
+    pool_sizes,
     port_number,
     positive_seconds,
     seconds,
@@ -107,6 +108,16 @@ def add_command(commands: Any) -> None:
         type=interval,
         metavar="SECONDS",
     )
+    env_option(
+        serve,
+        "--pool",
+        "sandboxes prepared ahead of requests, each used once, per language for each "
+        "sandbox shape in use: python=N,node=N,bash=N, or a total spread over the three "
+        "(python first); 0 turns the pool off (root only; see docs/performance.md)",
+        default=str(DEFAULTS.pool),
+        type=pool_sizes,
+        metavar="SPEC",
+    )
     add_storage_arguments(serve)
     add_runtimes(serve)
     serve.set_defaults(run=run)
@@ -129,6 +140,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         shutdown_grace_s=args.shutdown_grace,
         public_url=args.public_url,
         retention_sweep_s=args.retention_sweep_interval,
+        pool=args.pool,
     )
     claim_home(settings.home)  # say so now, before the port is taken
     sock = listen(args.host, args.port)

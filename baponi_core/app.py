@@ -16,6 +16,7 @@ from baponi_core.homelock import lock_home
 from baponi_core.net.egress import Egress
 from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
+from baponi_core.sandbox.pool import Pool
 from baponi_core.sandbox.rootfs import STORAGE_UID
 from baponi_core.sealing import Keyring
 from baponi_core.services.admin import DEFAULT_RUNTIME, Admin
@@ -109,6 +110,9 @@ class Core:
                     egress=Egress(allow_private=self.settings.allow_private_egress),
                 )
             )
+            pool = Pool(self._runtime, self.settings.pool)
+            if pool.enabled:  # its sandboxes end before the runtime closes
+                stack.push_async_callback(_shielded, pool.close)
             stack.push_async_callback(_shielded, self.webhooks.close)
             quota = self.settings.thread_quota_bytes
             self._space = Space(self.settings.home, *([storage.disk.base] if storage.disk else []))
@@ -125,11 +129,14 @@ class Core:
                 self.connectors,
                 quota,
                 self._space,
+                pool if pool.enabled else None,
             )
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops
             await self._executions.start(tasks)
             tasks.start_soon(self.webhooks.run)
+            if pool.enabled:
+                tasks.start_soon(pool.run)
             tasks.start_soon(self._sweep, storage)
             tasks.start_soon(self.retention.run)
             if disks is not None:

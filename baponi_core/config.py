@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baponi_core.sandbox.pool import DEFAULT_SPEC, PoolSizes
 from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
 
 DEFAULT_PORT = 8080
 DEFAULT_THREAD_QUOTA = 10 << 30  # 10 GiB: one file of the largest size an upload may have
+DEFAULT_POOL = PoolSizes.parse(DEFAULT_SPEC)
 RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # webhook tries: six over about 43 min
 
 
@@ -36,6 +38,7 @@ class Settings:
     sampled_quota: bool = False  # homes as directories, sized by sampling, even as root
     retention_sweep_s: float = 3600.0  # how often executions past their retention are deleted
     runtimes_dir: Path | None = None  # the runtimes sandboxes run on (default: home/runtimes)
+    pool: PoolSizes = DEFAULT_POOL  # sandboxes prepared ahead (root only)
 
     def base_url(self, seen: str) -> str:
         """Where signed URLs point: ``public_url``, else the URL the client used."""

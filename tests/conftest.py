@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from baponi_core.store import Store
-from tests.harness import Server, cli, shared_runtimes, start_server, stop_server
+from tests.harness import COLD, POOLED, Server, cli, shared_runtimes, start_server, stop_server
 from tests.store.implementations import IMPLEMENTATIONS, Implementation
 
 pytest_plugins = ["tests.emulators"]  # s3_emulator, gcs_emulator, azure_emulator
@@ -31,19 +31,39 @@ def runtimes() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the session. Its environment holds a secret no sandbox may see.
-    ``BAPONI_TEST_NETWORK`` (say ``--network allowlist --allow 127.0.0.1``) gives its
-    default profile that network policy, to run a battery with egress on."""
-    running = start_server(tmp_path_factory.mktemp("home"))
-    network = os.environ.get("BAPONI_TEST_NETWORK")
-    if network:
-        cli(running.home, "profiles", "set", "default", *shlex.split(network))
+def cold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session, without a pool: every sandbox is set up at its
+    request. Its environment holds a secret no sandbox may see."""
+    running = with_test_network(start_server(tmp_path_factory.mktemp("home"), *COLD))
     yield running
     stop_server(running)
 
 
 @pytest.fixture(scope="session")
+def pooled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session with the default pool of prepared sandboxes."""
+    running = with_test_network(start_server(tmp_path_factory.mktemp("pooled"), *POOLED))
+    yield running
+    stop_server(running)
+
+
+def with_test_network(running: Server) -> Server:
+    """``BAPONI_TEST_NETWORK`` (say ``--network allowlist --allow 127.0.0.1``) gives the
+    server's default profile that network policy, to run a battery with egress on."""
+    network = os.environ.get("BAPONI_TEST_NETWORK")
+    if network:
+        cli(running.home, "profiles", "set", "default", *shlex.split(network))
+    return running
+
+
+@pytest.fixture(scope="session")
+def server(cold_server: Server) -> Server:
+    """The session's server; a module that runs on both paths overrides this fixture
+    with ``tests.harness.on_both_paths()``."""
+    return cold_server
+
+
+@pytest.fixture(scope="module")  # module: each module's own `server` (on_both_paths)
 def sdk(server: Server) -> Iterator[Any]:
     """The official SDK with the session server's key."""
     client = server.sdk()

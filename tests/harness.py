@@ -204,9 +204,17 @@ class Server:
         return Path(f"{self.home}.log").read_text(errors="replace")
 
 
+COLD = ("--pool", "0")  # every sandbox set up at its request
+POOLED = ("--pool", "python=2,node=1,bash=1")  # prepared ahead, as `baponi serve` does
+
+
 def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     """``baponi serve`` on a free loopback port with extra ``args``; its log goes to
-    ``<home>.log`` (a pipe nobody reads would stall a chatty server)."""
+    ``<home>.log`` (a pipe nobody reads would stall a chatty server). Without a
+    ``--pool`` among ``args`` it has none (``COLD``): tests that count sandboxes, uids or
+    processes count only their own; ``POOLED`` gives it the default pool."""
+    if "--pool" not in args:
+        args = (*args, *COLD)
     port = free_port()
     environ = {**os.environ, "BAPONI_TEST_SECRET": SERVER_SECRET, **(env or {})}
     if "--runtimes" not in args and "BAPONI_RUNTIMES" not in environ:
@@ -235,6 +243,20 @@ def start_server(home: Path, *args: str, env: dict[str, str] | None = None) -> S
     return Server(
         home=home, url=url, key=cli(home, "keys", "create", "--name", "tests"), process=process
     )
+
+
+def on_both_paths() -> Any:
+    """A ``server`` fixture for a test module whose every test runs on both paths: the
+    session's server without a pool (``cold``) and the one with it (``pooled``).
+    Assign it in the module: ``server = on_both_paths()``."""
+    import pytest
+
+    @pytest.fixture(scope="session", params=["cold", "pooled"])
+    def server(request: pytest.FixtureRequest) -> Server:
+        chosen: Server = request.getfixturevalue(f"{request.param}_server")
+        return chosen
+
+    return server
 
 
 def stop_server(server: Server) -> None:

@@ -66,6 +66,15 @@ class Cgroup:
             return [int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()]
         return []
 
+    def weigh(self, background: bool) -> None:
+        """Its share of the CPU against other groups: the least while ``background``
+        (a sandbox being prepared ahead takes only what requests leave idle), else the
+        default. Its quota (``cpus``) holds either way."""
+        if self.v2:
+            _write(self.dirs[0] / "cpu.weight", "1" if background else "100")
+        else:
+            _write(self.dirs[2] / "cpu.shares", "2" if background else "1024")
+
     def kill(self) -> None:
         """SIGKILL every process in the group, daemonised ones included."""
         if self.v2:

@@ -8,7 +8,9 @@ Contract::
                                              # (the agent) waits, and nothing else runs
     await sandbox.attach(home, mounts)       # the request's mounts, once, before any
                                              # process: a thread home (None: a fresh
-                                             # tmpfs) and volumes under /data
+                                             # tmpfs) and volumes under /data (only the
+                                             # server's own start(..., early=True),
+                                             # a warm interpreter, may come before)
     process = await sandbox.start(command)   # any number, one after another or at once,
     await process.wait()                     # each with its own stdin, stdout, stderr
     sandbox.kill()                           # ends every process of the sandbox at once
@@ -20,9 +22,11 @@ Contract::
 A sandbox is never given back: whoever prepared it closes it, and no state of one user
 can reach another. Processes are killed with the sandbox; a process's own end is
 reported by :meth:`Process.wait`, as a shell reports it (the exit code, or 128 + the
-signal). Set-up faults raise :class:`SandboxError`; a mount that cannot be made raises
-:class:`MountError`, secrets that cannot be written :class:`SecretsError`; none is ever
-the fault of code run in the sandbox.
+signal), and exactly by :attr:`Process.signal_number` (the signal that ended it, from
+the wait status the init reports; None: it exited, whatever its code). Set-up faults
+raise :class:`SandboxError`; a mount that cannot be made raises :class:`MountError`,
+secrets that cannot be written :class:`SecretsError`; none is ever the fault of code run
+in the sandbox.
 
 As root each sandbox runs as a host uid of its own (:mod:`uids`), taken at prepare and
 given back once nothing of it is left; its home and volumes are id-mapped to that uid.
@@ -47,6 +51,7 @@ import signal
 import socket
 import subprocess
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +134,9 @@ class Process:
         self.id = id
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.pid: int | None = None  # inside the sandbox
+        self.host_pid: int | None = None  # on the host, once asked for (Sandbox.host_pid)
         self.status: int | None = None
+        self.signal_number: int | None = None  # the signal that ended it; None: it exited
         self._sandbox = sandbox
         self._error: int | None = None  # errno of a failed start
         self._started = anyio.Event()
@@ -151,8 +158,8 @@ class Process:
             if pipe is not None:
                 pipe.close()
 
-    def _ended(self, status: int) -> None:
-        self.status = status
+    def _ended(self, status: int, signo: int | None) -> None:
+        self.status, self.signal_number = status, signo
         self._started.set()
         self._done.set()
 
@@ -161,7 +168,15 @@ class Sandbox:
     """A sandbox of one ``shape``; made by :meth:`SandboxRuntime.prepare`."""
 
     def __init__(
-        self, host: Host, id: str, shape: Shape, slot: Slot, uid: int | None, hold: Hold
+        self,
+        host: Host,
+        id: str,
+        shape: Shape,
+        slot: Slot,
+        uid: int | None,
+        hold: Hold,
+        *,
+        background: bool = False,
     ) -> None:
         self.id = id
         self.shape = shape
@@ -185,6 +200,7 @@ class Sandbox:
         self._listening = False
         self._attached = False
         self._closed = False
+        self._background = background  # at the least CPU share until foreground()
         self._freed = anyio.Event()  # all it held has been given back
 
     # set-up
@@ -218,6 +234,8 @@ class Sandbox:
             own.append(control)
             fds = bwrap.Fds(etc=etc, seccomp=seccomp, info=info_w, control=control)
             self._group = host.cgroups.create(self.id, self.shape.limits) if host.cgroups else None
+            if self._group is not None and self._background:
+                self._group.weigh(background=True)
             argv = bwrap.command(
                 host.bwrap,
                 self.shape,
@@ -378,9 +396,13 @@ class Sandbox:
 
     # processes
 
-    async def start(self, command: Command) -> Process:
-        """Start ``command``; raises SandboxError if it could not be executed."""
-        if not self._attached or self._closed:
+    async def start(self, command: Command, *, early: bool = False) -> Process:
+        """Start ``command``; raises SandboxError if it could not be executed.
+
+        ``early``: in a sandbox prepared ahead and not attached yet: the server's own
+        process that waits for a request (a warm interpreter, :mod:`warm`). It sees the
+        request's mounts appear once they are attached."""
+        if self._closed or not (self._attached or (early and self._bwrap is not None)):
             raise SandboxError("start needs an attached sandbox that is not closed")
         if self._gone.is_set():
             raise SandboxError("the sandbox has ended")
@@ -393,12 +415,7 @@ class Sandbox:
                 self._slot.write(name, data)
         except (ValueError, FileExistsError) as exc:
             raise SandboxError(f"cannot start this process: {exc}") from None
-        for path, secret in command.secrets.items():
-            try:
-                self._slot.write_secret(path, secret, self.uid)
-            except (ValueError, OSError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-                raise SecretsError(f"cannot write secret {path!r}: {reason}") from None
+        self.put_secrets(command.secrets)
         ends: list[int] = []  # the process's: closed here once the agent has them
         pipes: list[int] = []  # ours: closed by the process, or here on failure
         try:
@@ -441,6 +458,61 @@ class Sandbox:
             raise SandboxError(f"the sandbox ended: {self._setup_report()}")
         return process
 
+    def put(self, name: str, data: bytes) -> None:
+        """A file its processes read at /run/baponi/<name> (what ``Command.files`` are)."""
+        try:
+            self._slot.write(name, data)
+        except (ValueError, FileExistsError) as exc:
+            raise SandboxError(f"cannot give this file: {exc}") from None
+
+    def put_secrets(self, secrets: Mapping[str, bytes]) -> None:
+        """Files its processes read at /run/secrets/<path> (``Command.secrets``), the
+        sandbox's own to read alone."""
+        for path, secret in secrets.items():
+            try:
+                self._slot.write_secret(path, secret, self.uid)
+            except (ValueError, OSError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                raise SecretsError(f"cannot write secret {path!r}: {reason}") from None
+
+    def foreground(self) -> None:
+        """Give it the CPU share of any sandbox again (it was prepared in the background)."""
+        if self._background and self._group is not None:
+            self._group.weigh(background=False)
+        self._background = False
+
+    def forget(self, name: str) -> None:
+        """Remove /run/baponi/<name> again (what a waiting process has read already)."""
+        self._slot.unlink(name)
+
+    def host_pid(self, process: Process) -> int | None:
+        """The host's pid of one of its processes (found in its cgroup by the pid the
+        init reported: the last of its ``NSpid``)."""
+        if process.host_pid is not None:
+            return process.host_pid
+        for pid in self.members() or ():
+            with contextlib.suppress(OSError, ValueError, StopIteration):
+                status = Path(f"/proc/{pid}/status").read_text()
+                line = next(x for x in status.splitlines() if x.startswith("NSpid:"))
+                if int(line.split()[-1]) == process.pid:
+                    process.host_pid = pid
+                    return pid
+        return None
+
+    def members(self) -> frozenset[int] | None:
+        """The host pids in its cgroup (None: it has no cgroup)."""
+        return frozenset(self._group.pids()) if self._group is not None else None
+
+    def intact(self, members: frozenset[int] | None) -> bool:
+        """Whether it is still as it was left: launched, not attached, its init alive and
+        listened to, and its cgroup holding exactly ``members`` (what :meth:`members`
+        said then: no process came or went)."""
+        if self._closed or self._attached or self._gone.is_set() or self._init_pidfd is None:
+            return False
+        if select.select([self._init_pidfd], [], [], 0)[0]:  # readable: the init has exited
+            return False
+        return members is not None and self.members() == members
+
     async def _send(self, message: bytes, fds: list[int] | tuple[int, ...]) -> None:
         if self._control is None or self._gone.is_set():
             raise SandboxError("the sandbox has ended")
@@ -475,7 +547,7 @@ class Sandbox:
         finally:
             self._gone.set()
             for process in self._processes.values():
-                process._ended(KILLED)
+                process._ended(KILLED, signal.SIGKILL)
             self._processes.clear()
 
     def _dispatch(self, event: agent.Event) -> None:
@@ -496,9 +568,9 @@ class Sandbox:
         del self._processes[event.id]
         if event.kind is Kind.FAILED:
             process._error = event.value
-            process._ended(127)
+            process._ended(127, None)
         else:
-            process._ended(_shell_status(event.value))
+            process._ended(*_wait_status(event.value))
 
     # the end
 
@@ -605,10 +677,14 @@ class Sandbox:
                 log.error("sandbox %s: uid %d kept out of use", self.id, self.uid)
 
 
-def _shell_status(status: int) -> int:
+def _wait_status(status: int) -> tuple[int, int | None]:
+    """The shell's status (the exit code, or 128 + the signal) and the signal, if one
+    ended the process: ``exit(159)`` and a death by SIGSYS differ here, not in the first."""
     if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else KILLED
+        return 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return KILLED, signal.SIGKILL  # the init reports ends only: nothing else is sent
 
 
 async def _read_info(fd: int) -> dict[str, int] | None:

@@ -12,19 +12,19 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
 import anyio
 
-from baponi_core.sandbox import egress
+from baponi_core.sandbox import warm
 from baponi_core.sandbox.handle import KILLED, Process, Sandbox, SandboxError
 from baponi_core.sandbox.pipes import PipeReader
+from baponi_core.sandbox.pool import Pool
 from baponi_core.sandbox.runtime import SandboxRuntime
 from baponi_core.sandbox.spec import RUN_DIR, Command, MiB, Mount, Shape, Stream
 
-SIGSYS_STATUS = 128 + signal.SIGSYS
 STOP_WAIT_S = 10.0
 
 SCRIPTS = {"python": "main.py", "bash": "main.sh", "node": "main.js"}  # by language
@@ -55,7 +55,7 @@ class CodeRun:
             raise SandboxError(f"runtime {runtime.name} has no interpreter for {self.language}")
         return Command(
             argv=(*interpreter, f"{RUN_DIR}/{script}"),
-            env={**runtime.base_env(), **egress.env(self.shape.network), **self.env},
+            env={**warm.base_env(self.shape), **self.env},
             cwd=runtime.workdir,
             files={script: self.code},
             secrets=self.secrets,
@@ -78,7 +78,7 @@ class Ending(Enum):
 @dataclass(frozen=True)
 class Outcome:
     ending: Ending
-    exit_code: int
+    exit_code: int  # as a shell reports it: 128 + the signal for a signal
     stdout: bytes
     stderr: bytes
     duration_ms: int
@@ -91,6 +91,7 @@ class _Run:
     timed_out: bool = False
     overflowed: bool = False
     stopped: bool = False
+    signal_number: int | None = None  # the signal that ended the program, if one did
 
 
 @asynccontextmanager
@@ -100,18 +101,25 @@ async def run_code(
     *,
     on_output: OutputSink | None = None,
     stop: anyio.Event | None = None,
+    pool: Pool | None = None,
 ) -> AsyncIterator[Outcome]:
     """Run ``job`` to its end, passing output to ``on_output`` as it is written; the block
     gets the outcome. Setting ``stop`` kills the sandbox (ending ``STOPPED``); so does
     cancelling the caller. Raises SandboxError (MountError for a mount) if the sandbox
-    could not be set up.
+    could not be set up. With a ``pool``, a sandbox prepared ahead is used when it has
+    one of the job's shape and language (its waiting interpreter too, when the job's
+    variables let it serve); else one is set up now.
 
     The block runs as soon as the program has ended and its output is in, while its
     sandbox, killed, is still ending (a caller can record the outcome meanwhile); leaving
     the block waits until no process of the sandbox runs any more. What the sandbox held
     is freed after that, in the background."""
     started = time.monotonic()
-    sandbox = await runtime.prepare(job.shape, ahead=False)  # launched with its mounts
+    prepared = pool.take(job.shape, job.language) if pool is not None else None
+    if prepared is not None:
+        sandbox, waiting = prepared.sandbox, prepared.waiting
+    else:
+        sandbox, waiting = await runtime.prepare(job.shape, ahead=False), None  # at attach
     try:
         await sandbox.attach(job.home, job.mounts)
         run = _Run(sandbox)
@@ -121,7 +129,7 @@ async def run_code(
             if stop is not None:
                 watch.start_soon(_stop_on, stop, run)
             try:
-                code = await _supervise(run, job, streams, started, on_output)
+                code = await _supervise(run, job, streams, started, on_output, waiting)
             except SandboxError as exc:
                 failure = None if run.stopped else exc  # stopped while it was being started
                 code = KILLED
@@ -152,6 +160,7 @@ async def _supervise(
     streams: dict[Stream, bytearray],
     started: float,
     on_output: OutputSink | None,
+    waiting: Process | None,
 ) -> int:
     """Start the program and wait for its end under the deadline; its status."""
     remaining = job.timeout_s - (time.monotonic() - started)
@@ -159,7 +168,7 @@ async def _supervise(
     code = KILLED
     try:
         with anyio.move_on_after(max(remaining, 0)) as deadline:
-            process = await run.sandbox.start(job.command())
+            process = await _begin(run.sandbox, job, waiting)
             async with anyio.create_task_group() as pumps:
                 pipes: tuple[tuple[Stream, PipeReader], ...] = (
                     ("stdout", process.stdout),
@@ -175,10 +184,43 @@ async def _supervise(
             if process is not None:
                 with anyio.move_on_after(STOP_WAIT_S):
                     code = await process.wait()
+        if process is not None:
+            run.signal_number = process.signal_number
     finally:  # cancelled too (the core closed from a cancelled task): the pipes go
         if process is not None:
             process.close()
     return code
+
+
+async def _begin(sandbox: Sandbox, job: CodeRun, waiting: Process | None) -> Process:
+    """The program's process: the ``waiting`` interpreter given the program, when it can
+    run it as a fresh one would; else a fresh one (the waiting one killed first)."""
+    command = job.command()
+    if waiting is not None and warm.serves(job.language, job.shape, command.env):
+        for name, data in command.files.items():
+            sandbox.put(name, data)
+        sandbox.put_secrets(command.secrets)
+        command = replace(command, files={}, secrets={})  # given already
+        if await _hand_over(waiting, command):
+            return waiting
+        # it died as it was handed out (no code of anyone's ran): a fresh one, then
+    if waiting is not None:
+        waiting.close()
+        await waiting.signal(signal.SIGKILL)
+        await waiting.wait()
+    return await sandbox.start(command)
+
+
+async def _hand_over(waiting: Process, command: Command) -> bool:
+    """Give the waiting interpreter its program; whether it was still there to take it."""
+    assert waiting.stdin is not None
+    try:
+        await waiting.stdin.send(warm.request(command))
+    except BrokenPipeError:
+        return False
+    finally:
+        waiting.stdin.close()
+    return True
 
 
 async def _pump(
@@ -216,6 +258,6 @@ def _ending(run: _Run, code: int) -> Ending:
         return Ending.TIMEOUT
     if run.overflowed:
         return Ending.OUTPUT_LIMIT
-    if code == SIGSYS_STATUS:
+    if run.signal_number == signal.SIGSYS:  # the wait status: not an exit(159)
         return Ending.SECCOMP
     return Ending.EXITED

@@ -47,6 +47,16 @@ class SandboxRuntime:
     def bwrap_path(self) -> str:
         return self._host.bwrap
 
+    @property
+    def prepares_ahead(self) -> bool:
+        """Whether sandboxes can be set up before their request and checked while they
+        wait (root, with cgroups): what a pool needs."""
+        return self._host.root and self._host.cgroups is not None
+
+    def close_later(self, sandbox: Sandbox) -> None:
+        """Close ``sandbox`` in the background (the runtime's close waits for it)."""
+        self._host.tasks.start_soon(sandbox.close, name=f"closing sandbox {sandbox.id}")
+
     @classmethod
     @asynccontextmanager
     async def open(
@@ -129,7 +139,9 @@ class SandboxRuntime:
             if root:
                 mountns.release(base, bound)
 
-    async def prepare(self, shape: Shape, *, ahead: bool = True) -> Sandbox:
+    async def prepare(
+        self, shape: Shape, *, ahead: bool = True, background: bool = False
+    ) -> Sandbox:
         """A sandbox of ``shape``, waiting for :meth:`Sandbox.attach`.
 
         ``ahead``: set it up now, before its request is known (as root; a server that is
@@ -137,7 +149,9 @@ class SandboxRuntime:
         at attach). Otherwise it is launched at attach, with the request's mounts bound as
         it is set up: what a caller that has its request already does, one round trip to
         the sandbox shorter. Raises SandboxError when it cannot be set up (then nothing of
-        it is left)."""
+        it is left). ``background``: at the least CPU share until
+        :meth:`Sandbox.foreground`, so that preparing ahead takes from requests only the
+        CPU they leave idle."""
         id = f"sbx-{secrets.token_hex(6)}"
         try:
             hold = Hold(shape.runtime)
@@ -150,7 +164,7 @@ class SandboxRuntime:
             slot.remove()
             hold.release()
             raise SandboxError(str(exc)) from None
-        sandbox = Sandbox(self._host, id, shape, slot, uid, hold)
+        sandbox = Sandbox(self._host, id, shape, slot, uid, hold, background=background)
         self._host.live.add(sandbox)
         try:
             if uids is not None and uid is not None and not uids.mapped(uid):

@@ -106,6 +106,13 @@ class Slot:
                 os.fchown(out.fileno(), owner, -1)
             out.write(data)
 
+    def unlink(self, name: str) -> None:
+        """Remove a file :meth:`write` made (gone already: nothing to do)."""
+        if name in ("", ".", "..", "init") or "/" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not a file name a process can be given")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.run / name)
+
     def mount_point(self, target: str) -> Path:
         """The directory of ``data`` where a mount at ``target`` (/data/...) goes, made with
         its parents. Only the server writes here, and nothing is mounted yet below it."""

@@ -10,7 +10,9 @@ import httpx
 import pytest
 from baponi import RateLimitError, ThreadBusyError
 
-from tests.harness import Server, assert_error, cli, org_key, unique, wait_until
+from tests.harness import Server, assert_error, cli, on_both_paths, org_key, unique, wait_until
+
+server = on_both_paths()  # every test: without the pool and with it
 
 EXECUTE = "/v1/sandbox/execute"
 MiB = 1 << 20

@@ -28,12 +28,15 @@ from tests.harness import (
     assert_error,
     expire_events,
     marker_processes,
+    on_both_paths,
     org_key,
     sleep_marker,
     tagged_execution,
     unique,
     wait_until,
 )
+
+server = on_both_paths()  # every test: without the pool and with it
 
 EXECUTE = "/v1/sandbox/execute"
 NDJSON = {"Accept": "application/x-ndjson"}

@@ -7,6 +7,7 @@ a trivial execution, and left no process of the sandbox uid running on the host.
 
 from __future__ import annotations
 
+import re
 import socket
 import textwrap
 import threading
@@ -21,7 +22,9 @@ import pytest
 
 from baponi_core.sandbox.rootfs import STORAGE_UID
 from baponi_core.sandbox.uids import DEFAULT_UIDS
-from tests.harness import SERVER_SECRET, Server, unique, wait_until
+from tests.harness import SERVER_SECRET, Server, on_both_paths, unique, wait_until
+
+server = on_both_paths()  # every test: without the pool and with it
 
 SECRET_NAME = "BAPONI_TEST_SECRET"
 SECRET_VALUE = SERVER_SECRET  # in the environment of every server tests start
@@ -83,22 +86,40 @@ def sandbox_uid_processes(server: Server) -> list[str]:
     counts as ours when it sits in this server's cgroups (which sandboxed code cannot
     leave) or descends from the server process.
     """
-    found = []
+    found: dict[str, list[str]] = {}  # by sandbox (its cgroup), "" for none
+    waiting: dict[str, bool] = {}  # whether all of a sandbox's processes are a pool's
+    group = re.compile(rf"srv-{server.process.pid}/(sbx-[0-9a-f]+)")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = _status(entry.name)
             cgroups = (entry / "cgroup").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue  # exited while we looked
         if not any(int(uid) in DEFAULT_UIDS for uid in status.get("Uid", "").split()):
             continue
-        if f"srv-{server.process.pid}" in cgroups or _descends_from(entry.name, server.process.pid):
-            found.append(
-                f"{entry.name} {status.get('Name')} {status.get('State')} ppid={status.get('PPid')}"
-            )
-    return found
+        sandbox = group.search(cgroups)
+        if sandbox is None and not _descends_from(entry.name, server.process.pid):
+            continue
+        key = sandbox[1] if sandbox else ""
+        found.setdefault(key, []).append(
+            f"{entry.name} {status.get('Name')} {status.get('State')} ppid={status.get('PPid')}"
+        )
+        waiting[key] = waiting.get(key, True) and _prepared(status, cmdline)
+    return [line for key, lines in found.items() if not (key and waiting[key]) for line in lines]
+
+
+BOOTS = (b"def _boot():", b"/run/baponi/.boot.js")  # the waiting Python's and Node's
+
+
+def _prepared(status: dict[str, str], cmdline: bytes) -> bool:
+    """Whether a process is one a pooled sandbox holds before its request: bwrap, the
+    init, the waiting interpreter (its bootstrap on the command line)."""
+    if status.get("State", "").startswith("Z"):
+        return False
+    return status.get("Name") in ("bwrap", "init") or any(boot in cmdline for boot in BOOTS)
 
 
 def assert_no_sandbox_processes(server: Server, grace_s: float = 2.0) -> None:
@@ -544,8 +565,8 @@ SECCOMP_CASES = {
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
         "libc.syscall(101, 16, 1, 0, 0)  # ptrace(PTRACE_ATTACH, 1)\nprint('survived')",
     ),
-    # The last command: a script that goes on after a child's SIGSYS ends as it chooses.
-    "unshare-cli": ("bash", "unshare -Ur true"),
+    # exec: bash becomes the command, so the program itself is what the filter kills.
+    "unshare-cli": ("bash", "exec unshare -Ur true"),
     "unshare-syscall": (
         "python",
         "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
@@ -566,6 +587,32 @@ def test_dangerous_syscalls_are_killed(api: httpx.Client, case: str) -> None:
     assert body["status"] == "seccomp", body
     assert body["error"] == "security_policy_violation", body
     assert "survived" not in body["stdout"]
+
+
+# The ending is the program's own wait status: an exit with 159 is no violation.
+EXIT_159 = {
+    "python": "import sys; sys.exit(159)",
+    "bash": "exit 159",
+    "node": "process.exit(159)",
+    # a child killed by the filter, and the script that goes on and exits as it chooses
+    "bash-child": 'unshare -Ur true; echo "child: $?"; exit 159',
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXIT_159))
+def test_exit_159_is_a_failure_not_seccomp(api: httpx.Client, case: str) -> None:
+    body = run(api, EXIT_159[case], language=case.removesuffix("-child"), timeout=10)
+    assert body["status"] == "failed", body
+    assert body["exit_code"] == 159, body
+    assert body["error"] is None, body
+    if case == "bash-child":
+        assert body["stdout"] == "child: 159\n", body
+
+
+def test_sigsys_death_is_seccomp_with_its_exit_code(api: httpx.Client) -> None:
+    body = run(api, "import os, signal; os.kill(os.getpid(), signal.SIGSYS)", timeout=10)
+    assert body["status"] == "seccomp", body
+    assert body["exit_code"] == 159, body
 
 
 @pytest.mark.slow

@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 
-from tests.harness import ERRNO_PROBE, Server, org_id_of, unique
+from tests.harness import ERRNO_PROBE, Server, on_both_paths, org_id_of, unique
 from tests.isolation.test_escapes import run
+
+server = on_both_paths()  # every test: without the pool and with it
 
 ALLOWLIST = Path(__file__).with_name("readable_proc.txt")
 WALK_S = 30  # the walk stops there and says so; it takes about a second

@@ -26,6 +26,7 @@ from baponi_core.sandbox import (
     run_code,
     volume_mounts,
 )
+from baponi_core.sandbox.pool import Pool
 from baponi_core.sandbox.spec import MiB
 from baponi_core.services.connectors import Connectors, Injection
 from baponi_core.services.executions import status
@@ -54,6 +55,7 @@ class Lifecycle:
         connectors: Connectors,
         quota: int,
         live: dict[str, Run],
+        pool: Pool | None = None,
     ) -> None:
         self.store = store
         self.connectors = connectors
@@ -63,6 +65,9 @@ class Lifecycle:
         self.webhooks = webhooks
         self.quota = quota  # bytes a thread home may hold
         self.live = live  # the service's live runs; a run leaves it when it has settled
+        self.pool = pool  # sandboxes prepared ahead, taken by every kind of execution
+        if pool is not None:  # the default profile's, before its first request
+            pool.want(Shape(limits_for(Profile(id="", org_id="", name="default"))))
 
     async def __call__(self, run: Run) -> None:
         """Run ``run`` to its end; whatever happens, its record is finished."""
@@ -196,7 +201,9 @@ class Lifecycle:
             if thread is not None and thread.size is None:
                 tasks.start_soon(self._watch_quota, run, thread.workspace, quota)
             try:
-                observed = run_code(self.runtime, job, on_output=run.journal.output, stop=run.stop)
+                observed = run_code(
+                    self.runtime, job, on_output=run.journal.output, stop=run.stop, pool=self.pool
+                )
                 async with observed as outcome:
                     quota.cancel()
                     full = thread is not None and self.storage.full(thread)

@@ -22,6 +22,7 @@ from baponi_core.models import Cancelling, ExecuteRequest, ExecutionView
 from baponi_core.records import DeliveryMode, Execution, Principal
 from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
+from baponi_core.sandbox.pool import Pool
 from baponi_core.services.concurrency import ConcurrencyLimiter
 from baponi_core.services.connectors import Connectors
 from baponi_core.services.executions import admission
@@ -53,6 +54,7 @@ class Executions:
         connectors: Connectors,
         quota: int,
         space: Space,
+        pool: Pool | None = None,
     ) -> None:
         self.store = store
         self.space = space
@@ -65,7 +67,7 @@ class Executions:
         self.streams = OpenStreams()
         self._live: dict[str, Run] = {}
         self._lifecycle = Lifecycle(
-            store, runtime, storage, self.log, webhooks, connectors, quota, self._live
+            store, runtime, storage, self.log, webhooks, connectors, quota, self._live, pool
         )
         self._tasks: TaskGroup | None = None
 
