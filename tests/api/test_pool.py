@@ -245,7 +245,7 @@ def waiting_interpreters(server: Server) -> list[int]:
         try:
             if not entry.name.isdigit() or b"def _boot():" not in (entry / "cmdline").read_bytes():
                 continue
-            if f"srv-{server.process.pid}/" in (entry / "cgroup").read_text():
+            if f"srv-{server.process.pid}-" in (entry / "cgroup").read_text():
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -289,11 +289,12 @@ def test_dead_or_disturbed_prepared_sandboxes_are_discarded(pooled_server: Serve
 def test_stopping_the_server_ends_every_pooled_sandbox(tmp_path: Path) -> None:
     server = start_server(tmp_path / "home", *POOLED)
     try:
-        base = Path(f"/sys/fs/cgroup/pids/baponi/srv-{server.process.pid}")
+        ours = f"srv-{server.process.pid}-*/sbx-*"  # the server's runtime's sandboxes
+        base = Path("/sys/fs/cgroup/pids/baponi")
         if not base.exists():
-            base = Path(f"/sys/fs/cgroup/baponi/srv-{server.process.pid}")
+            base = Path("/sys/fs/cgroup/baponi")
         groups = wait_until(
-            lambda: len(found := sorted(base.glob("sbx-*"))) >= 4 and found, 30, "a full pool"
+            lambda: len(found := sorted(base.glob(ours))) >= 4 and found, 30, "a full pool"
         )
         members = [int(p) for g in groups for p in (g / "cgroup.procs").read_text().split()]
         assert len(members) >= 2 * 4 + 2, members  # bwrap and init each, two interpreters

@@ -88,7 +88,7 @@ def sandbox_uid_processes(server: Server) -> list[str]:
     """
     found: dict[str, list[str]] = {}  # by sandbox (its cgroup), "" for none
     waiting: dict[str, bool] = {}  # whether all of a sandbox's processes are a pool's
-    group = re.compile(rf"srv-{server.process.pid}/(sbx-[0-9a-f]+)")
+    group = re.compile(rf"srv-{server.process.pid}-[0-9]+/(sbx-[0-9a-f]+)")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

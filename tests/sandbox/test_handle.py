@@ -264,7 +264,6 @@ def test_files_are_given_read_only_under_run_baponi(sandboxes: Sandboxes) -> Non
 def test_secrets_are_given_read_only_under_run_secrets(sandboxes: Sandboxes) -> None:
     secrets = {"db/tls/ca.pem": b"CA\n", "db/token": b"T\n", "api/key": b"K\n"}
     sandbox, other = sandboxes.ready(), sandboxes.ready()
-    secret_dir = PRIVATE_BASE / "slots" / sandbox.id / "secrets"  # in the runtime's namespace
     probe = (
         "cd /run/secrets && find . -type f | sort && cat db/tls/ca.pem db/token && "
         "stat -c '%a %u' db/token db/tls && (echo x > db/token) 2>&1 | grep -c Read-only"
@@ -288,8 +287,10 @@ def test_secrets_are_given_read_only_under_run_secrets(sandboxes: Sandboxes) -> 
         for path in ("../x", "/abs", "a/./b", "a//b", "", "db/token"):  # the last: given
             with pytest.raises(SecretsError, match="cannot write secret"):
                 sandboxes.call(sandbox.start, replace(shell("true"), secrets={path: b"x"}))
-        secret_dir = sandboxes.inside(lambda: PRIVATE_BASE / "slots" / sandbox.id / "secrets")
-        assert sandboxes.inside(secret_dir.exists)
+        found = sandboxes.inside(lambda: list(PRIVATE_BASE.glob(f"runtime-*/slots/{sandbox.id}")))
+        assert len(found) == 1  # in the runtime's namespace
+        secret_dir = found[0] / "secrets"
+        assert sandboxes.inside(secret_dir.is_dir)
     finally:
         sandboxes.call(sandbox.close)
         sandboxes.call(other.close)

@@ -45,7 +45,7 @@ async def filled(pool: Pool, sizes: dict[str, int]) -> None:
 
 
 def cgroup_dirs(sandbox_id: str) -> list[Path]:
-    root, server = Path("/sys/fs/cgroup"), f"srv-{os.getpid()}"
+    root, server = Path("/sys/fs/cgroup"), f"srv-{os.getpid()}-*"  # one per runtime
     return [*root.glob(f"*/baponi/{server}/{sandbox_id}"), *root.glob(f"**/{server}/{sandbox_id}")]
 
 
@@ -70,11 +70,11 @@ def test_close_ends_every_kept_sandbox(runtime: Opened) -> None:
             kept = pool.kept()
             ids = [p.sandbox.id for p in kept]
             pids = [pid for p in kept for pid in p.members or ()]
-            slots_before = sorted(p.name for p in (PRIVATE_BASE / "slots").glob("sbx-*"))
+            slots_before = sorted(p.name for p in PRIVATE_BASE.glob("runtime-*/slots/sbx-*"))
             await pool.close()
             tasks.cancel_scope.cancel()
         assert set(ids) <= set(slots_before)
-        left = sorted(p.name for p in (PRIVATE_BASE / "slots").glob("sbx-*"))
+        left = sorted(p.name for p in PRIVATE_BASE.glob("runtime-*/slots/sbx-*"))
         return ids, pids, left
 
     ids, pids, slots_left = portal.call(scenario)
