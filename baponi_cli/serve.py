@@ -29,6 +29,7 @@ from baponi_cli.options import (
 from baponi_cli.startup import claim_home, known_failures, listen
 from baponi_core.app import Core
 from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
+from baponi_core.sandbox.pool import DEFAULT_SPEC
 from baponi_core.services.admin import DEFAULT_ORG
 from baponi_http.server import IDLE_TIMEOUT_S
 
@@ -114,7 +115,7 @@ def add_command(commands: Any) -> None:
         "sandboxes prepared ahead of requests, each used once, per language for each "
         "sandbox shape in use: python=N,node=N,bash=N, or a total spread over the three "
         "(python first); 0 turns the pool off (root only; see docs/performance.md)",
-        default=str(DEFAULTS.pool),
+        default=DEFAULT_SPEC,
         type=pool_sizes,
         metavar="SPEC",
     )

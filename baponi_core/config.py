@@ -7,17 +7,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baponi_core.sandbox.pool import DEFAULT_SPEC, PoolSizes
+from baponi_core.sandbox.pool import PoolSizes
 from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
 
 DEFAULT_PORT = 8080
 DEFAULT_THREAD_QUOTA = 10 << 30  # 10 GiB: one file of the largest size an upload may have
-DEFAULT_POOL = PoolSizes.parse(DEFAULT_SPEC)
+NO_POOL = PoolSizes.parse("0")
 RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # webhook tries: six over about 43 min
 
 
 def default_home() -> Path:
     return Path(os.environ.get("BAPONI_HOME") or Path.home() / ".baponi").expanduser()
+
+
+def default_runtimes(home: Path) -> Path:
+    """``$BAPONI_RUNTIMES`` (one directory shared by many homes), else the home's own."""
+    named = os.environ.get("BAPONI_RUNTIMES")
+    return Path(named).expanduser() if named else home / "runtimes"
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,10 @@ class Settings:
     thread_quota_bytes: int = DEFAULT_THREAD_QUOTA  # what one thread home may hold
     sampled_quota: bool = False  # homes as directories, sized by sampling, even as root
     retention_sweep_s: float = 3600.0  # how often executions past their retention are deleted
-    runtimes_dir: Path | None = None  # the runtimes sandboxes run on (default: home/runtimes)
-    pool: PoolSizes = DEFAULT_POOL  # sandboxes prepared ahead (root only)
+    runtimes_dir: Path | None = None  # the runtimes sandboxes run on (default_runtimes)
+    # Sandboxes prepared ahead (root only): off unless asked for (baponi serve asks for
+    # pool.DEFAULT_SPEC), so that an embedding program spends nothing it did not choose.
+    pool: PoolSizes = NO_POOL
 
     def base_url(self, seen: str) -> str:
         """Where signed URLs point: ``public_url``, else the URL the client used."""
@@ -54,7 +62,7 @@ class Settings:
 
     @property
     def runtimes(self) -> Path:
-        return self.runtimes_dir or self.home / "runtimes"
+        return self.runtimes_dir or default_runtimes(self.home)
 
     @property
     def connector_keys(self) -> Path:

@@ -447,8 +447,12 @@ class Sandbox:
         finally:
             for fd in (*ends, *pipes):
                 os.close(fd)
-        with anyio.move_on_after(SETUP_TIMEOUT_S):
-            await process._started.wait()
+        try:
+            with anyio.move_on_after(SETUP_TIMEOUT_S):
+                await process._started.wait()
+        except BaseException:  # cancelled: nobody will have the process to close
+            process.close()
+            raise
         if process.pid is None:
             process.close()
             if process._error:

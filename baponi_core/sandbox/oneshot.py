@@ -145,6 +145,8 @@ async def run_code(
             blocked=sandbox.egress_refused > 0,
         )
     finally:
+        if waiting is not None:  # not handed the program (a failed attach, a stop): ours
+            waiting.close()
         await sandbox.close(wait=False)
 
 

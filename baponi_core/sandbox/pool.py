@@ -183,7 +183,7 @@ class Pool:
                 await anyio.sleep(RETRY_S)
                 continue
             if self._closed or key[0] not in self._shapes:
-                await prepared.sandbox.close(wait=False)
+                await _end(prepared, wait=False)
             else:
                 self._ready.setdefault(key, []).append(prepared)
 
@@ -194,12 +194,12 @@ class Pool:
         kept = self.kept()
         self._ready.clear()
         for prepared in kept:
-            await prepared.sandbox.close()
+            await _end(prepared)
 
     async def _prepare(self, shape: Shape, language: str) -> Prepared:
         sandbox = await self.runtime.prepare(shape, ahead=True, background=True)
+        waiting = None
         try:
-            waiting = None
             command = warm.command(language, shape)
             if command is not None:
                 waiting = await sandbox.start(command, early=True)
@@ -209,7 +209,7 @@ class Pool:
             return Prepared(sandbox, waiting, members=sandbox.members())
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await sandbox.close(wait=False)
+                await _end(Prepared(sandbox, waiting), wait=False)
             raise
 
     def _next(self) -> Key | None:
@@ -257,3 +257,10 @@ class Pool:
         if prepared.waiting is not None:
             prepared.waiting.close()
         self.runtime.close_later(prepared.sandbox)
+
+
+async def _end(prepared: Prepared, wait: bool = True) -> None:
+    """Close a sandbox never handed out, and our ends of its waiting interpreter's pipes."""
+    if prepared.waiting is not None:
+        prepared.waiting.close()
+    await prepared.sandbox.close(wait=wait)

@@ -59,6 +59,11 @@ class Roots:
             self._mounted[generation] = (point, users - 1)
             self._forget_stale()
 
+    def mounted(self) -> list[Path]:
+        """Where roots are mounted, for the runtime to unmount as it closes."""
+        with self._lock:
+            return [point for point, _ in self._mounted.values()]
+
     def _forget_stale(self) -> None:
         for generation, (point, users) in list(self._mounted.items()):
             if users == 0 and stale(generation):

@@ -102,6 +102,7 @@ class SandboxRuntime:
             _bind_host_etc(etc, etc_binds)
             bound, etc_binds = [etc / name for name in etc_binds], []
         shared = tuple(shared)
+        roots = Roots(base / "roots") if root else None
         try:
             if pool is not None:
                 _check_idmaps(pool, shared)
@@ -115,7 +116,7 @@ class SandboxRuntime:
                     janitor=janitor,
                     etc=etc,
                     etc_binds=etc_binds,
-                    roots=Roots(base / "roots") if root else None,
+                    roots=roots,
                     seccomp=seccomp.program(),
                     slots=slots,
                     shared=shared,
@@ -136,6 +137,8 @@ class SandboxRuntime:
                 pool.close()
             if cgroups is not None:
                 cgroups.close()
+            if roots is not None:  # the image roots still current: no sandbox uses them
+                bound += roots.mounted()
             if root:
                 mountns.release(base, bound)
 
