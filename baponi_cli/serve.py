@@ -31,7 +31,7 @@ from baponi_core.app import Core
 from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
 from baponi_core.sandbox.pool import DEFAULT_SPEC
 from baponi_core.services.admin import DEFAULT_ORG
-from baponi_http.server import IDLE_TIMEOUT_S
+from baponi_http import IDLE_TIMEOUT_S
 
 DEFAULTS = Settings(home=Path())
 

@@ -15,9 +15,10 @@ from baponi_http._embedded import files_app, rest_app
 from baponi_http.app import Extension, app_url, create_app, create_files_app
 from baponi_http.errors import error_for
 from baponi_http.openapi import Answer, Operation
-from baponi_http.server import DrainingServer, IdleTimeoutH11, serving
+from baponi_http.server import IDLE_TIMEOUT_S, DrainingServer, IdleTimeoutH11, serving
 
 __all__ = [
+    "IDLE_TIMEOUT_S",
     "Answer",
     "DrainingServer",
     "Extension",

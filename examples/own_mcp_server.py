@@ -43,7 +43,8 @@ async def serve() -> None:
 
 async def client() -> None:
     # The stdio client passes on little of the environment: hand these over.
-    env = {name: os.environ[name] for name in ("BAPONI_HOME", "PYTHONPATH") if name in os.environ}
+    kept = ("BAPONI_HOME", "BAPONI_RUNTIMES", "PYTHONPATH")
+    env = {name: os.environ[name] for name in kept if name in os.environ}
     params = StdioServerParameters(command=sys.executable, args=[__file__, "serve"], env=env)
     async with Client(params) as session:
         tools = (await session.list_tools()).tools
