@@ -62,8 +62,9 @@ async def on_progress(progress: float, total: float | None, message: str | None)
 
 async def main() -> None:
     # The stdio client passes on only HOME, PATH and a few more: hand BAPONI_HOME over.
-    home = os.environ.get("BAPONI_HOME")
-    env = {"BAPONI_HOME": home} if home else None
+    # The stdio client passes on little of the environment: hand these over.
+    kept = ("BAPONI_HOME", "BAPONI_RUNTIMES")
+    env = {name: os.environ[name] for name in kept if name in os.environ} or None
     server = StdioServerParameters(command=BAPONI_MCP, env=env)
     async with Client(server) as client:
         tools = (await client.list_tools()).tools

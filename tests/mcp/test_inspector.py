@@ -8,6 +8,7 @@ on tools/list exits 6 when a tool's schema has portability errors.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,14 @@ def inspector(tmp_path: Path, *args: str) -> tuple[int, Any, str]:
 
 def stdio(tmp_path: Path) -> list[str]:
     """The stdio target: baponi-mcp with its home given through the environment."""
-    return [BAPONI_MCP, "-e", f"BAPONI_HOME={tmp_path / 'baponi'}"]
+    runtimes = os.environ["BAPONI_RUNTIMES"]  # the session's (conftest)
+    return [
+        BAPONI_MCP,
+        "-e",
+        f"BAPONI_HOME={tmp_path / 'baponi'}",
+        "-e",
+        f"BAPONI_RUNTIMES={runtimes}",
+    ]
 
 
 def test_stdio_tools_list_is_portable(tmp_path: Path) -> None:

@@ -37,10 +37,16 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # a baponi-mcp process for e
 PROTOCOLS = {"auto": "2026-07-28", "legacy": "2025-11-25"}
 
 
+def runtimes() -> dict[str, str]:
+    """The session's runtimes directory (conftest), which a stdio server's environment
+    lacks: the MCP SDK passes on only a few variables."""
+    return {"BAPONI_RUNTIMES": os.environ["BAPONI_RUNTIMES"]}
+
+
 def params(home: Path | None, *args: str, **env: str) -> StdioServerParameters:
     """``baponi-mcp`` with ``home`` (or none, to use ~/.baponi) and a HOME of its own."""
     where = ["--home", str(home)] if home is not None else []
-    environ = {"HOME": str(env.pop("HOME", home)), "PATH": os.environ["PATH"], **env}
+    environ = {"HOME": str(env.pop("HOME", home)), "PATH": os.environ["PATH"], **runtimes(), **env}
     return StdioServerParameters(command=BAPONI_MCP, args=[*where, *args], env=environ)
 
 
@@ -184,7 +190,7 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"], **runtimes()},
     )
     init = {
         "protocolVersion": "2025-11-25",
@@ -281,7 +287,7 @@ def test_ending_mid_call_kills_running_sandboxes(tmp_path: Path, how: str) -> No
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"], **runtimes()},
     )
     assert process.stdin is not None
     init = {
