@@ -31,11 +31,14 @@ async def main() -> None:
         session = baponi.session()
 
         async with session.stream(COUNTDOWN, thread_id="embedded-example") as execution:
+            partial = {"stdout": "", "stderr": ""}  # output comes in chunks, not in lines
             async for event in execution.events():
                 if isinstance(event, StatusEvent):
                     print(f"[seq {event.seq}] {event.trace_id} is {event.status}")
                 elif isinstance(event, OutputEvent):
-                    print(f"[{event.stream}] {event.data}", end="")
+                    *lines, partial[event.stream] = (partial[event.stream] + event.data).split("\n")
+                    for line in lines:
+                        print(f"[{event.stream}] {line}")
                 elif isinstance(event, ResultEvent):
                     print(
                         f"[seq {event.seq}] ended: {event.status}, exit code "

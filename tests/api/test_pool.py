@@ -206,8 +206,13 @@ def test_consecutive_pooled_executions_share_nothing(pooled_server: Server) -> N
 
 def test_bash_is_served_prepared(pooled: httpx.Client) -> None:
     """Its sandbox was set up before the request: the init is older than it."""
-    time.sleep(1.5)  # the pool is full by then
-    assert init_age_s(pooled) > 0.5
+    ages = []
+    for _ in range(4):  # a loaded machine may take more than one wait to refill the pool
+        time.sleep(1.5)
+        ages.append(init_age_s(pooled))
+        if ages[-1] > 0.5:
+            break
+    assert ages[-1] > 0.5, ages
 
 
 def test_node_shares_nothing_and_never_sees_its_bootstrap(pooled: httpx.Client) -> None:

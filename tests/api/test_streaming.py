@@ -187,7 +187,8 @@ def test_output_arrives_as_written(sdk: Any) -> None:
     # that arrived well before the sleep ends: it is the whole first line
     early = [e for at, e in events if at - started < 1.5]
     assert streamed(early, "stdout") == "before\n"
-    assert events[-1][0] - started >= 2
+    # the end comes with the sleep, not with the first line (less a loaded machine's jitter)
+    assert events[-1][0] - started >= 1.5
     assert events[-1][1].result.stdout == "before\nafter\n"
 
 
