@@ -18,6 +18,7 @@ from baponi_core.runtimes import Runtimes
 from baponi_core.sandbox import SandboxRuntime
 from baponi_core.sandbox.pool import Pool
 from baponi_core.sandbox.rootfs import STORAGE_UID
+from baponi_core.sandboxes.recovery import end_stranded
 from baponi_core.sealing import Keyring
 from baponi_core.services.admin import DEFAULT_RUNTIME, Admin
 from baponi_core.services.auth import Authenticator
@@ -85,6 +86,7 @@ class Core:
             stack.callback(os.close, lock_home(self.settings.home))
             await self.store.open()
             stack.push_async_callback(_shielded, self.store.close)
+            await end_stranded(self.store)
             # Stored files have one unprivileged owner when we are root (each sandbox sees
             # them as its own through an id-mapped mount), else they are ours.
             owner = STORAGE_UID if os.geteuid() == 0 else None

@@ -1,4 +1,5 @@
-"""The domain records: organisations, profiles, keys, volumes, executions, and the enums
+"""The domain records: organisations, profiles, keys, volumes, executions, long-lived
+sandboxes, and the enums
 their states take, used as they are from the store to the wire models."""
 
 from __future__ import annotations
@@ -149,3 +150,44 @@ class Execution:
     webhook_attempts: int = 0
     webhook_next_at: float | None = None
     connectors: list[str] = field(default_factory=list)  # names of those injected
+
+
+class SandboxState(StrEnum):
+    """A long-lived sandbox's life, in OpenSandbox's words (``status.state``)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSING = "Pausing"
+    PAUSED = "Paused"
+    STOPPING = "Stopping"
+    TERMINATED = "Terminated"
+    FAILED = "Failed"
+
+    @property
+    def live(self) -> bool:
+        """Whether the sandbox still holds (or is about to hold) processes on this server."""
+        return self not in (SandboxState.TERMINATED, SandboxState.FAILED)
+
+
+@dataclass
+class Sandbox:
+    """A sandbox kept open between requests until it is deleted, expires, or the server
+    stops. ``cpus``, ``memory_mb`` and ``pids`` are its own limits, within its key's
+    profile; ``env`` is given to every process it runs."""
+
+    id: str
+    org_id: str
+    key_id: str | None
+    runtime: str
+    created_at: float
+    expires_at: float
+    cpus: float
+    memory_mb: int
+    pids: int
+    state: SandboxState = SandboxState.PENDING
+    reason: str | None = None  # why it is in its state (OpenSandbox's ``status.reason``)
+    message: str | None = None
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    metadata: dict[str, str] = field(default_factory=dict)
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    ended_at: float | None = None

@@ -1,4 +1,5 @@
-"""Per-sandbox cgroups: memory, pids and CPU limits, and an exact OOM counter.
+"""Per-sandbox cgroups: memory, pids and CPU limits, an exact OOM counter, and (for the
+long-lived sandboxes that pause) the freezer.
 
 Both layouts are handled: cgroup v1 (one hierarchy per controller, as on this project's
 CI machines) and the unified cgroup v2. Each server gets its own base directory so that
@@ -15,6 +16,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,9 @@ log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
+V1_FREEZER = "freezer"  # a group of its own only for a sandbox that may pause
 CPU_PERIOD_US = 100_000
+FREEZE_WAIT_S = 2.0  # a task in uninterruptible sleep can hold a freeze up
 
 
 def _write(path: Path, value: str) -> None:
@@ -51,6 +55,7 @@ class Cgroup:
 
     dirs: tuple[Path, ...]
     v2: bool
+    freezable: bool = False  # on v1, the last of ``dirs`` is then its freezer group
 
     def attach(self, pid: int) -> None:
         for d in self.dirs:
@@ -76,7 +81,7 @@ class Cgroup:
             _write(self.dirs[2] / "cpu.shares", "2" if background else "1024")
 
     def kill(self) -> None:
-        """SIGKILL every process in the group, daemonised ones included."""
+        """SIGKILL every process in the group, daemonised ones included, frozen or not."""
         if self.v2:
             with contextlib.suppress(OSError):
                 _write(self.dirs[0] / "cgroup.kill", "1")
@@ -84,6 +89,51 @@ class Cgroup:
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if self.freezable:  # v1 delivers a frozen task's SIGKILL only once it is thawed
+            with contextlib.suppress(OSError):
+                self.thaw()
+
+    def freeze(self, wait_s: float = FREEZE_WAIT_S) -> bool:
+        """Stop every process of the group where it is (nothing it does is lost); whether
+        all of them are frozen within ``wait_s``. A group that is not yet frozen is still
+        freezing: :meth:`thaw` undoes either."""
+        if self.v2:
+            _write(self.dirs[0] / "cgroup.freeze", "1")
+            return self._settles(
+                lambda: _counter(self.dirs[0] / "cgroup.events", "frozen") == 1, wait_s
+            )
+        _write(self._freezer / "freezer.state", "FROZEN")
+        return self._settles(lambda: self.freezer_state() == "FROZEN", wait_s)
+
+    def thaw(self) -> None:
+        """Let the group's processes run again."""
+        if self.v2:
+            _write(self.dirs[0] / "cgroup.freeze", "0")
+        else:
+            _write(self._freezer / "freezer.state", "THAWED")
+
+    def freezer_state(self) -> str:
+        """``THAWED``, ``FREEZING`` or ``FROZEN`` (v1's words, used for v2 as well)."""
+        if self.v2:
+            frozen = _counter(self.dirs[0] / "cgroup.events", "frozen") == 1
+            wanted = (self.dirs[0] / "cgroup.freeze").read_text().strip() == "1"
+            return "FROZEN" if frozen else "FREEZING" if wanted else "THAWED"
+        return (self._freezer / "freezer.state").read_text().strip()
+
+    @property
+    def _freezer(self) -> Path:
+        if not self.freezable:
+            raise ValueError("this sandbox's group was created without a freezer")
+        return self.dirs[-1]
+
+    @staticmethod
+    def _settles(done: Callable[[], bool], wait_s: float) -> bool:
+        end = time.monotonic() + wait_s
+        while not done():
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.002)
+        return True
 
     def remove(self, deadline_s: float = 5.0) -> bool:
         """Kill what is left, wait for the group to empty, then delete it; whether it is
@@ -110,8 +160,9 @@ _runtimes = itertools.count()  # numbers the runtimes of this process
 class Cgroups:
     """Creates and removes the groups of one server."""
 
-    def __init__(self, bases: tuple[Path, ...], v2: bool) -> None:
+    def __init__(self, bases: tuple[Path, ...], v2: bool, freezer: Path | None = None) -> None:
         self.bases, self.v2 = bases, v2
+        self.freezer = freezer  # v1's freezer base, when the hierarchy is mounted
 
     @classmethod
     def detect(cls, root: Path = ROOT) -> Cgroups | None:
@@ -123,21 +174,34 @@ class Cgroups:
             if all((root / c / "cgroup.procs").exists() for c in V1_CONTROLLERS):
                 _favor_dynmods()
                 bases = tuple(root / c / "baponi" / server for c in V1_CONTROLLERS)
-                for base in bases:
+                freezer: Path | None = root / V1_FREEZER / "baponi" / server
+                if not (root / V1_FREEZER / "cgroup.procs").exists():
+                    freezer = None
+                # The freezer first: a dead server's frozen processes die only once thawed.
+                for base in (*([freezer] if freezer else []), *bases):
                     _clean_stale(base.parent)
                     base.mkdir(parents=True, exist_ok=True)
-                return cls(bases, v2=False)
+                return cls(bases, v2=False, freezer=freezer)
             if (root / "cgroup.controllers").exists():
                 return cls((_v2_base(root, server),), v2=True)
         except OSError as exc:
             log.warning("cgroups unavailable (%s); falling back to rlimits", exc)
         return None
 
-    def create(self, name: str, limits: Limits) -> Cgroup:
-        dirs = tuple(base / name for base in self.bases)
+    @property
+    def can_freeze(self) -> bool:
+        return self.v2 or self.freezer is not None
+
+    def create(self, name: str, limits: Limits, freezable: bool = False) -> Cgroup:
+        """The groups of sandbox ``name``; with a freezer when ``freezable`` (v1 gives
+        it a group of its own, which one-shot sandboxes need not pay for)."""
+        if freezable and not self.can_freeze:
+            raise OSError(errno.ENOTSUP, "the cgroup freezer is not mounted")
+        extra = (self.freezer / name,) if freezable and self.freezer else ()
+        dirs = tuple(base / name for base in self.bases) + extra
         for d in dirs:
             d.mkdir()
-        group = Cgroup(dirs, self.v2)
+        group = Cgroup(dirs, self.v2, freezable)
         try:
             self._limit(group, limits)
         except OSError:
@@ -156,7 +220,7 @@ class Cgroups:
             _write(d / "pids.max", str(limits.pids))
             _write(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
             return
-        memory, pids, cpu = group.dirs
+        memory, pids, cpu = group.dirs[:3]
         _write(memory / "memory.limit_in_bytes", str(limits.memory_bytes))
         with contextlib.suppress(FileNotFoundError):  # only present when swap is accounted
             _write(memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
@@ -165,10 +229,13 @@ class Cgroups:
         _write(cpu / "cpu.cfs_quota_us", str(quota))
 
     def close(self) -> None:
-        for base in self.bases:
+        bases = [(base, False) for base in self.bases]
+        if self.freezer is not None:  # first: a frozen process dies only once thawed
+            bases.insert(0, (self.freezer, True))
+        for base, freezer in bases:
             for child in base.iterdir() if base.exists() else ():
                 if child.is_dir():
-                    Cgroup((child,), self.v2).remove()
+                    Cgroup((child,), self.v2, freezable=freezer).remove()
             with contextlib.suppress(OSError):
                 base.rmdir()
 
@@ -196,7 +263,10 @@ def _clean_stale(parent: Path) -> None:
     for base in parent.glob("srv-*"):
         pid = base.name.removeprefix("srv-").partition("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            Cgroups((base,), v2=False).close()
+            if parent.parent.name == V1_FREEZER:
+                Cgroups((), v2=False, freezer=base).close()
+            else:
+                Cgroups((base,), v2=False).close()
 
 
 def _v2_base(root: Path, server: str) -> Path:

@@ -4,6 +4,7 @@ must pass."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from baponi_core.records import (
@@ -14,6 +15,8 @@ from baponi_core.records import (
     Org,
     Principal,
     Profile,
+    Sandbox,
+    SandboxState,
     Volume,
 )
 from baponi_core.sandbox.spec import Stream
@@ -123,4 +126,34 @@ class Store(Protocol):
     async def get_output(self, trace_id: str, stream: Stream, offset: int, size: int) -> str:
         """At most ``size`` characters of the recorded output of ``stream`` from
         ``offset`` ("" past its end, or without a record)."""
+        ...
+
+    async def insert_sandbox(self, sandbox: Sandbox) -> None: ...
+    async def update_sandbox(self, sandbox: Sandbox) -> None:
+        """Store the sandbox's state, limits, expiry and end (by id, within its org)."""
+        ...
+
+    async def get_sandbox(self, org_id: str, sandbox_id: str) -> Sandbox | None: ...
+    async def list_sandboxes(
+        self,
+        org_id: str,
+        states: Iterable[SandboxState] = (),
+        metadata: dict[str, str] | None = None,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> tuple[list[Sandbox], int]:
+        """One page of the organisation's sandboxes, newest first, and how many there are
+        in all: those in any of ``states`` (every one when empty) whose metadata holds
+        every pair of ``metadata``."""
+        ...
+
+    async def count_live_sandboxes(self, org_id: str | None = None) -> int:
+        """How many sandboxes have not ended, of the organisation (None: of every one)."""
+        ...
+
+    async def terminate_live_sandboxes(
+        self, reason: str, message: str, when: float
+    ) -> list[tuple[str, str]]:
+        """Mark every sandbox that has not ended as Terminated with ``reason`` (at a
+        start: none of their processes outlived the server); their (org id, id)."""
         ...

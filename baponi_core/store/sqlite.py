@@ -41,6 +41,8 @@ from baponi_core.records import (
     Org,
     Principal,
     Profile,
+    Sandbox,
+    SandboxState,
     Volume,
     WebhookStatus,
 )
@@ -179,6 +181,28 @@ ALTER TABLE executions ADD COLUMN connectors TEXT NOT NULL DEFAULT '[]';
     """
 ALTER TABLE profiles ADD COLUMN network TEXT;
 """,
+    """
+CREATE TABLE sandboxes (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    key_id TEXT,
+    runtime TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    cpus REAL NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    pids INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    env TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    network TEXT,
+    ended_at REAL
+);
+CREATE INDEX sandboxes_by_org ON sandboxes (org_id, created_at);
+CREATE INDEX sandboxes_live ON sandboxes (org_id) WHERE ended_at IS NULL;
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -191,6 +215,8 @@ KEY_FIELDS = [f.name for f in dataclasses.fields(ApiKey)]
 EXECUTION_FIELDS = [f.name for f in dataclasses.fields(Execution)]
 VOLUME_COLUMNS = ", ".join(f"v.{f.name}" for f in dataclasses.fields(Volume))
 CONNECTOR_COLUMNS = ", ".join(f"c.{f.name}" for f in dataclasses.fields(Connector))
+SANDBOX_FIELDS = [f.name for f in dataclasses.fields(Sandbox)]
+SANDBOX_COLUMNS = ", ".join(f"s.{name}" for name in SANDBOX_FIELDS)
 
 
 class SqliteStore:
@@ -652,6 +678,72 @@ class SqliteStore:
             f"UPDATE orgs SET webhook_secret = ? WHERE id = ?{condition}", (secret, org_id)
         )
 
+    # long-lived sandboxes
+
+    async def insert_sandbox(self, sandbox: Sandbox) -> None:
+        await self._insert("sandboxes", _sandbox_row(sandbox))
+
+    async def update_sandbox(self, sandbox: Sandbox) -> None:
+        row = _sandbox_row(sandbox)
+        sandbox_id, org_id = row.pop("id"), row.pop("org_id")
+        sets = ", ".join(f"{n} = ?" for n in row)
+        await self._change(
+            f"UPDATE sandboxes SET {sets} WHERE id = ? AND org_id = ?",
+            (*row.values(), sandbox_id, org_id),
+        )
+
+    async def get_sandbox(self, org_id: str, sandbox_id: str) -> Sandbox | None:
+        row = await self._one(
+            f"SELECT {SANDBOX_COLUMNS} FROM sandboxes s WHERE s.org_id = ? AND s.id = ?",
+            [org_id, sandbox_id],
+        )
+        return _sandbox(row) if row else None
+
+    async def list_sandboxes(
+        self,
+        org_id: str,
+        states: Iterable[SandboxState] = (),
+        metadata: dict[str, str] | None = None,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> tuple[list[Sandbox], int]:
+        where, args = ["s.org_id = ?"], [org_id]
+        wanted = [state.value for state in states]
+        if wanted:
+            where.append(f"s.state IN ({', '.join('?' for _ in wanted)})")
+            args += wanted
+        for key, value in (metadata or {}).items():  # keys and values bound, never spliced
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(s.metadata) m WHERE m.key = ? AND m.value = ?)"
+            )
+            args += [key, value]
+        condition = " AND ".join(where)
+        total = await self._one(f"SELECT COUNT(*) FROM sandboxes s WHERE {condition}", args)
+        rows = await self._all(
+            f"SELECT {SANDBOX_COLUMNS} FROM sandboxes s WHERE {condition} "
+            "ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [_sandbox(row) for row in rows], int(total[0]) if total else 0
+
+    async def count_live_sandboxes(self, org_id: str | None = None) -> int:
+        condition, args = ("AND org_id = ?", [org_id]) if org_id is not None else ("", [])
+        row = await self._one(
+            f"SELECT COUNT(*) FROM sandboxes WHERE ended_at IS NULL {condition}", args
+        )
+        return int(row[0]) if row else 0
+
+    async def terminate_live_sandboxes(
+        self, reason: str, message: str, when: float
+    ) -> list[tuple[str, str]]:
+        rows = await self._all(
+            "UPDATE sandboxes SET state = ?, reason = ?, message = ?, ended_at = ? "
+            "WHERE ended_at IS NULL RETURNING org_id, id",
+            (SandboxState.TERMINATED.value, reason, message, when),
+            write=True,
+        )
+        return [(row[0], row[1]) for row in rows]
+
     # execution events (the NDJSON stream, kept for reconnects)
 
     async def add_events(
@@ -774,4 +866,21 @@ def _execution_row(execution: Execution) -> dict[str, Any]:
     row = dataclasses.asdict(execution)
     row["metadata"] = json.dumps(row["metadata"])
     row["connectors"] = json.dumps(row["connectors"])
+    return row
+
+
+def _sandbox(row: Any) -> Sandbox:
+    values = dict(zip(SANDBOX_FIELDS, row, strict=True))
+    values["state"] = SandboxState(values["state"])
+    values["env"] = json.loads(values["env"])
+    values["metadata"] = json.loads(values["metadata"])
+    values["network"] = NetworkPolicy.from_json(values["network"])
+    return Sandbox(**values)
+
+
+def _sandbox_row(sandbox: Sandbox) -> dict[str, Any]:
+    row = dataclasses.asdict(sandbox)
+    row["env"] = json.dumps(sandbox.env)
+    row["metadata"] = json.dumps(sandbox.metadata)
+    row["network"] = sandbox.network.to_json()
     return row

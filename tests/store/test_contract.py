@@ -14,7 +14,14 @@ import pytest
 
 from baponi_core.ids import hash_key
 from baponi_core.net.policy import NetworkPolicy
-from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Execution, Profile
+from baponi_core.records import (
+    DEFAULT_RETENTION_DAYS,
+    ApiKey,
+    Execution,
+    Profile,
+    Sandbox,
+    SandboxState,
+)
 from baponi_core.services.admin import Admin
 from baponi_core.store import Store
 from tests.store.implementations import Implementation
@@ -348,3 +355,123 @@ async def test_profiles_are_found_by_the_runtime_they_name(store: Store) -> None
     assert stored is not None and stored.runtime == "slim"
     await store.save_profile(dataclasses.replace(stored, runtime="default"))
     assert (await store.profiles_by_runtime())["default"] == ["acme/small", "beta/big"]
+
+
+# -- long-lived sandboxes -------------------------------------------------------------------
+
+
+def sandbox(org_id: str, sandbox_id: str, **changes: Any) -> Sandbox:
+    now = time.time()
+    record = Sandbox(
+        id=sandbox_id,
+        org_id=org_id,
+        key_id="key_1",
+        runtime="default",
+        created_at=now,
+        expires_at=now + 600,
+        cpus=0.5,
+        memory_mb=512,
+        pids=64,
+        env={"TOKEN": "v ✓"},
+        metadata={"team": "a", "run": "1"},
+        network=NetworkPolicy.of("allowlist", ["*.example.com:443"], []),
+    )
+    return dataclasses.replace(record, **changes)
+
+
+async def test_sandbox_round_trip(store: Store) -> None:
+    org = await store.create_org("acme", 4)
+    record = sandbox(org.id, "sbx_1")
+    await store.insert_sandbox(record)
+    assert await store.get_sandbox(org.id, "sbx_1") == record
+
+    paused = dataclasses.replace(
+        record, state=SandboxState.PAUSED, reason="PAUSED", expires_at=record.expires_at + 60
+    )
+    await store.update_sandbox(paused)
+    found = await store.get_sandbox(org.id, "sbx_1")
+    assert found == paused and found is not None and found.state is SandboxState.PAUSED
+
+
+async def test_sandbox_of_another_org_is_not_found_nor_changed(store: Store) -> None:
+    acme = await store.create_org("acme", 4)
+    other = await store.create_org("other", 4)
+    record = sandbox(acme.id, "sbx_1")
+    await store.insert_sandbox(record)
+    assert await store.get_sandbox(other.id, "sbx_1") is None
+    await store.update_sandbox(dataclasses.replace(record, org_id=other.id, state="Failed"))
+    assert await store.get_sandbox(acme.id, "sbx_1") == record
+    assert await store.list_sandboxes(other.id) == ([], 0)
+
+
+async def test_sandboxes_listed_by_state_and_metadata_page_by_page(store: Store) -> None:
+    org = await store.create_org("acme", 4)
+    base = time.time()
+    for i in range(5):
+        await store.insert_sandbox(
+            sandbox(
+                org.id,
+                f"sbx_{i}",
+                created_at=base + i,
+                state=SandboxState.PAUSED if i % 2 else SandboxState.RUNNING,
+                metadata={"team": "a" if i < 3 else "b", "n": str(i)},
+            )
+        )
+    page, total = await store.list_sandboxes(org.id, limit=2)
+    assert [s.id for s in page] == ["sbx_4", "sbx_3"] and total == 5  # newest first
+    page, total = await store.list_sandboxes(org.id, offset=4, limit=2)
+    assert [s.id for s in page] == ["sbx_0"] and total == 5
+
+    paused, total = await store.list_sandboxes(org.id, states=[SandboxState.PAUSED])
+    assert [s.id for s in paused] == ["sbx_3", "sbx_1"] and total == 2
+    either, _ = await store.list_sandboxes(
+        org.id, states=[SandboxState.PAUSED, SandboxState.RUNNING]
+    )
+    assert len(either) == 5
+
+    team_a, total = await store.list_sandboxes(org.id, metadata={"team": "a"})
+    assert [s.id for s in team_a] == ["sbx_2", "sbx_1", "sbx_0"] and total == 3
+    both, _ = await store.list_sandboxes(
+        org.id, states=[SandboxState.RUNNING], metadata={"team": "a", "n": "2"}
+    )
+    assert [s.id for s in both] == ["sbx_2"]
+    # A key or value is matched as it is, never read as a JSON path or SQL.
+    for hostile in ({"team' OR 1=1 --": "a"}, {'$."team"': "a"}, {"team": "a' OR '1'='1"}):
+        assert await store.list_sandboxes(org.id, metadata=hostile) == ([], 0)
+
+
+async def test_live_sandboxes_counted_and_terminated_at_a_restart(
+    store: Store, implementation: Implementation, tmp_path: Path
+) -> None:
+    acme = await store.create_org("acme", 4)
+    other = await store.create_org("other", 4)
+    await store.insert_sandbox(sandbox(acme.id, "sbx_run", state=SandboxState.RUNNING))
+    await store.insert_sandbox(sandbox(acme.id, "sbx_paused", state=SandboxState.PAUSED))
+    await store.insert_sandbox(sandbox(other.id, "sbx_other", state=SandboxState.PENDING))
+    ended = sandbox(acme.id, "sbx_done", state=SandboxState.TERMINATED, reason="DELETED")
+    await store.insert_sandbox(dataclasses.replace(ended, ended_at=ended.created_at + 1))
+    assert await store.count_live_sandboxes(acme.id) == 2
+    assert await store.count_live_sandboxes(other.id) == 1
+    assert await store.count_live_sandboxes() == 3
+    await store.close()
+
+    again = implementation.make(tmp_path)  # the same data, as a restarted server sees it
+    await again.open()
+    try:
+        when = time.time()
+        stranded = await again.terminate_live_sandboxes(
+            "SERVER_STOPPED", "the server stopped", when
+        )
+        assert sorted(stranded) == sorted(
+            [(acme.id, "sbx_run"), (acme.id, "sbx_paused"), (other.id, "sbx_other")]
+        )
+        for org_id, sandbox_id in stranded:
+            found = await again.get_sandbox(org_id, sandbox_id)
+            assert found is not None and found.state is SandboxState.TERMINATED
+            assert found.reason == "SERVER_STOPPED" and found.ended_at == when
+        done = await again.get_sandbox(acme.id, "sbx_done")
+        assert done is not None and done.reason == "DELETED"  # an ended one is left as it was
+        assert await again.count_live_sandboxes() == 0
+        assert await again.terminate_live_sandboxes("SERVER_STOPPED", "again", when) == []
+    finally:
+        await again.close()

@@ -19,7 +19,7 @@ from baponi_core.records import DEFAULT_RETENTION_DAYS, Volume
 from baponi_core.services.admin import Admin
 from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from tests.harness import BAPONI, cli
-from tests.store.test_contract import execution
+from tests.store.test_contract import execution, sandbox
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,7 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
             (hash_key("sk-local-old"),),
         )
         old.execute("PRAGMA user_version=2")
-    assert SCHEMA_VERSION == 8
+    assert SCHEMA_VERSION == 9
     store = SqliteStore(path)
     await store.open()
     try:
@@ -107,7 +107,7 @@ async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
                 (trace_id, ended),
             )
         old.execute("PRAGMA user_version=3")
-    assert SCHEMA_VERSION == 8
+    assert SCHEMA_VERSION == 9
     store = SqliteStore(path)
     await store.open()
     try:
@@ -233,3 +233,25 @@ async def test_store_and_cli_process_write_at_once(tmp_path: Path) -> None:
         assert seen is not None and seen.status == "success"
     finally:
         await server.close()
+
+
+async def test_database_of_schema_8_is_migrated(tmp_path: Path) -> None:
+    """Long-lived sandboxes arrive: a database of schema 8 has none, and takes them."""
+    path = tmp_path / "v8.db"
+    with sqlite3.connect(path) as old:
+        for script in MIGRATIONS[:8]:
+            old.executescript(script)
+        old.execute(
+            "INSERT INTO orgs (id, name, max_concurrency, created_at) VALUES ('o', 'a', 1, 1.0)"
+        )
+        old.execute("PRAGMA user_version=8")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.list_sandboxes("o") == ([], 0)
+        await store.insert_sandbox(sandbox("o", "sbx_1"))
+        assert await store.count_live_sandboxes("o") == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
