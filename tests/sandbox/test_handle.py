@@ -497,7 +497,10 @@ def test_closing_the_runtime_ends_its_sandboxes(tmp_path: Path) -> None:
             sandbox = await runtime.prepare(Shape())
             await sandbox.attach(None)
             process = await sandbox.start(shell(f"exec -a {marker} sleep 60"))
-            assert len(marker_processes(marker)) == 1
+            # started is not yet renamed: wait for the exec
+            await wait_until_async(
+                lambda: len(marker_processes(marker)) == 1, within=10, what="the sleeper"
+            )
         status = await process.wait()
         process.close()
         try:
