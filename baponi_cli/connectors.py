@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from baponi_cli.options import name_value
-from baponi_core.config import Settings
-from baponi_core.records import Connector
-from baponi_core.sealing import Keyring
-from baponi_core.services.connectors import Connectors, Values
+from baponi_core._config import Settings
+from baponi_core._records import Connector
+from baponi_core._sealing import Keyring
+from baponi_core._services.connectors import Connectors, Values
 
 EPILOG = """\
 A connector holds credentials: environment variables and files. Executions of

@@ -9,8 +9,8 @@ from typing import NoReturn
 
 from baponi_cli import logs, manage, serve
 from baponi_cli.options import runtimes_dir
-from baponi_core.config import Settings
-from baponi_core.errors import BaponiError, CannotStart
+from baponi_core._config import Settings
+from baponi_core._errors import BaponiError, CannotStart
 
 DESCRIPTION = """\
 Baponi, self-hosted: a sandbox for AI agents' code that speaks Baponi's API.

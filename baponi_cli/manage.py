@@ -22,21 +22,21 @@ from baponi_cli.options import (
     size_text,
 )
 from baponi_cli.options import profile_limits as given_limits
-from baponi_core.config import Settings
-from baponi_core.errors import ValidationError
-from baponi_core.net.policy import Mode
-from baponi_core.records import DEFAULT_RETENTION_DAYS, Profile, Volume
-from baponi_core.runtimes import Runtimes
-from baponi_core.services.admin import (
+from baponi_core._config import Settings
+from baponi_core._errors import ValidationError
+from baponi_core._net.policy import Mode
+from baponi_core._records import DEFAULT_RETENTION_DAYS, Profile, Volume
+from baponi_core._runtimes import Runtimes
+from baponi_core._services.admin import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_ORG,
     DEFAULT_PROFILE,
     Admin,
     network_policy,
 )
-from baponi_core.services.runtimes import Listed, RuntimeAdmin, import_image
-from baponi_core.storage.signing import UrlSigner
-from baponi_core.store import store_for
+from baponi_core._services.runtimes import Listed, RuntimeAdmin, import_image
+from baponi_core._storage.signing import UrlSigner
+from baponi_core._store import store_for
 
 VOLUMES_EPILOG = """\
 A managed volume keeps its files on this server's disk (under --home). Each

@@ -26,11 +26,11 @@ from baponi_cli.options import (
     runtimes_dir,
     storage_settings,
 )
-from baponi_core.app import Core
-from baponi_core.config import Settings
-from baponi_core.errors import BaponiError, CannotStart
-from baponi_core.sandbox import SandboxError
-from baponi_core.services.admin import check_limits
+from baponi_core._app import Core
+from baponi_core._config import Settings
+from baponi_core._errors import BaponiError, CannotStart
+from baponi_core._sandbox import SandboxError
+from baponi_core._services.admin import check_limits
 from baponi_mcp import serve_stdio
 
 DESCRIPTION = """\

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from baponi_core.config import DEFAULT_THREAD_QUOTA
-from baponi_core.models import decimal
-from baponi_core.sandbox.pool import PoolSizes
-from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange
+from baponi_core._config import DEFAULT_THREAD_QUOTA
+from baponi_core._models import decimal
+from baponi_core._sandbox.pool import PoolSizes
+from baponi_core._sandbox.uids import DEFAULT_UIDS, UidRange
 
 SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

@@ -27,10 +27,10 @@ from baponi_cli.options import (
     storage_settings,
 )
 from baponi_cli.startup import claim_home, known_failures, listen
-from baponi_core.app import Core
-from baponi_core.config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
-from baponi_core.sandbox.pool import DEFAULT_SPEC
-from baponi_core.services.admin import DEFAULT_ORG
+from baponi_core._app import Core
+from baponi_core._config import DEFAULT_PORT, RETRY_DELAYS_S, Settings
+from baponi_core._sandbox.pool import DEFAULT_SPEC
+from baponi_core._services.admin import DEFAULT_ORG
 from baponi_http import IDLE_TIMEOUT_S
 
 DEFAULTS = Settings(home=Path())

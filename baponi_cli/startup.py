@@ -10,8 +10,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from baponi_core.errors import BaponiError, CannotStart
-from baponi_core.homelock import lock_home
+from baponi_core._errors import BaponiError, CannotStart
+from baponi_core._homelock import lock_home
 
 
 def claim_home(home: Path) -> None:

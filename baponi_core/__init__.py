@@ -7,14 +7,12 @@ organisations, keys, profiles and volumes, with no server in between.
         result = await baponi.session().execute("print(6 * 7)")
 
 The names below are the public API (docs/library.md says what is stable); every module
-of this package is internal, whatever its name.
+of this package is private by name (``baponi_core._sandbox``...) and may change.
 """
 
+from baponi_core._config import Settings
 from baponi_core._embedded import Embedded
-from baponi_core._management import Management, ProfileLimits
-from baponi_core._session import Execution, RunOptions, Session
-from baponi_core.config import Settings
-from baponi_core.errors import (
+from baponi_core._errors import (
     BaponiError,
     CannotStart,
     Conflict,
@@ -26,11 +24,13 @@ from baponi_core.errors import (
     Unavailable,
     ValidationError,
 )
-from baponi_core.events import Event, KeepaliveEvent, OutputEvent, ResultEvent, StatusEvent
-from baponi_core.homelock import HomeInUse
-from baponi_core.models import ExecutionView, FileEntry, SandboxResult
-from baponi_core.records import ApiKey, ExecutionStatus, Org, Profile, Volume
-from baponi_core.sandbox.uids import UidRange
+from baponi_core._events import Event, KeepaliveEvent, OutputEvent, ResultEvent, StatusEvent
+from baponi_core._homelock import HomeInUse
+from baponi_core._management import Management, ProfileLimits
+from baponi_core._models import ExecutionView, FileEntry, SandboxResult
+from baponi_core._records import ApiKey, ExecutionStatus, Org, Profile, Volume
+from baponi_core._sandbox.uids import UidRange
+from baponi_core._session import Execution, RunOptions, Session
 
 __all__ = [
     "ApiKey",

@@ -18,11 +18,11 @@ from typing import Any
 
 import anyio
 
+from baponi_core._app import Core
+from baponi_core._config import Settings
 from baponi_core._management import Management
+from baponi_core._services.admin import DEFAULT_ORG, DEFAULT_PROFILE
 from baponi_core._session import Session
-from baponi_core.app import Core
-from baponi_core.config import Settings
-from baponi_core.services.admin import DEFAULT_ORG, DEFAULT_PROFILE
 
 Companion = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 

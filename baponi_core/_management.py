@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict, Unpack
 
-from baponi_core.app import Core
-from baponi_core.records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Profile, Volume
-from baponi_core.services.admin import DEFAULT_MAX_CONCURRENCY, DEFAULT_PROFILE
+from baponi_core._app import Core
+from baponi_core._records import DEFAULT_RETENTION_DAYS, ApiKey, Org, Profile, Volume
+from baponi_core._services.admin import DEFAULT_MAX_CONCURRENCY, DEFAULT_PROFILE
 
 
 class ProfileLimits(TypedDict, total=False):

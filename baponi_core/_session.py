@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
-from baponi_core.app import Core
-from baponi_core.errors import ValidationError
-from baponi_core.events import Event
-from baponi_core.models import (
+from baponi_core._app import Core
+from baponi_core._errors import ValidationError
+from baponi_core._events import Event
+from baponi_core._models import (
     ExecuteRequest,
     ExecutionView,
     FileEntry,
@@ -24,8 +24,8 @@ from baponi_core.models import (
     SandboxResult,
     parse,
 )
-from baponi_core.records import DeliveryMode, Principal
-from baponi_core.services.executions import Submission
+from baponi_core._records import DeliveryMode, Principal
+from baponi_core._services.executions import Submission
 
 if TYPE_CHECKING:
     from baponi_core._embedded import Embedded

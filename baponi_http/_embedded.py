@@ -7,7 +7,7 @@ from starlette.applications import Starlette
 
 from baponi_core import Embedded
 from baponi_core._embedded import internal_core
-from baponi_http.app import create_files_app, create_mounted_app
+from baponi_http._app import create_files_app, create_mounted_app
 
 
 def rest_app(embedded: Embedded) -> Starlette:

@@ -1,4 +1,4 @@
-"""The MCP adapter: one server definition (:mod:`baponi_mcp.server`) over the core's
+"""The MCP adapter: one server definition (:mod:`baponi_mcp._server`) over the core's
 services, served on stdio (:func:`serve_stdio`) and over streamable HTTP at ``/mcp`` of
 the REST app (:class:`McpEndpoint`).
 
@@ -7,9 +7,9 @@ program's own MCP server) and :func:`mcp_app` (the HTTP endpoint, to mount).
 """
 
 from baponi_mcp._embedded import add_tools, mcp_app
-from baponi_mcp.http import McpEndpoint
-from baponi_mcp.server import Access, Caller, LocalAccess, build_server
-from baponi_mcp.stdio import serve_stdio
+from baponi_mcp._http import McpEndpoint
+from baponi_mcp._server import Access, Caller, LocalAccess, build_server
+from baponi_mcp._stdio import serve_stdio
 
 __all__ = [
     "Access",

@@ -12,8 +12,8 @@ from baponi_core import Embedded, Session
 from baponi_core._embedded import internal_core
 from baponi_core._session import principal_of
 from baponi_http import create_files_app
-from baponi_mcp.http import McpEndpoint
-from baponi_mcp.server import Caller, register_tools
+from baponi_mcp._http import McpEndpoint
+from baponi_mcp._server import Caller, register_tools
 
 
 class SessionAccess:

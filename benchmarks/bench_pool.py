@@ -232,8 +232,8 @@ def memory(server: Server) -> dict[str, Any]:
 def cgroup_costs(runs: int = 50) -> dict[str, float]:
     """Median ms of joining a sandbox's cgroups (create, limit, attach, remove) and of
     what stays on the request path (the OOM counter), with this server's code."""
-    from baponi_core.sandbox.cgroups import Cgroups
-    from baponi_core.sandbox.spec import Limits
+    from baponi_core._sandbox.cgroups import Cgroups
+    from baponi_core._sandbox.spec import Limits
 
     groups = Cgroups.detect()
     if groups is None:

@@ -16,8 +16,8 @@ esac
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: bubblewrap (the sandbox), a C compiler and static libc (the sandbox's
-# init and gate are built once from baponi_core/sandbox/agent.c and gate.c), the sandboxed interpreters
-# (python3 with pip, bash, node with npm), venv for the server itself.
+# init and gate are built once from baponi_core/_sandbox/agent.c and gate.c), the
+# sandboxed interpreters (python3 with pip, bash, node with npm), venv for the server.
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v cc >/dev/null || need+=(gcc)
@@ -53,7 +53,7 @@ extra=""
 [ "$mode" = test ] && extra="[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
 # Build the sandbox's init and gate now rather than at the server's first start.
-.venv/bin/python -c 'from baponi_core.sandbox import agent, gate; agent.binary(); gate.binary()'
+.venv/bin/python -c 'from baponi_core._sandbox import agent, gate; agent.binary(); gate.binary()'
 
 # The default runtime: an OCI image layout built once per set of pinned inputs
 # (scripts/runtime/) into a cache outside the checkout, then imported as `default`.
@@ -92,7 +92,7 @@ npm ci --no-audit --no-fund --loglevel=error >/dev/null
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-cc -fsyntax-only -Wall -Wextra -Werror baponi_core/sandbox/agent.c baponi_core/sandbox/gate.c
+cc -fsyntax-only -Wall -Wextra -Werror baponi_core/_sandbox/agent.c baponi_core/_sandbox/gate.c
 # Two workers, each with its own session servers (tests/harness.py is built for runs side
 # by side): most of the suite waits on sandboxes and servers, so two halve its time here.
 .venv/bin/python -m pytest -n 2 "$@"

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core.store import Store
+from baponi_core._store import Store
 from tests.harness import COLD, POOLED, Server, cli, shared_runtimes, start_server, stop_server
 from tests.store.implementations import IMPLEMENTATIONS, Implementation
 

@@ -40,15 +40,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import httpx
 
-from baponi_core.records import ExecutionStatus
-from baponi_http.errors import HTTP_CODES
+from baponi_core._records import ExecutionStatus
+from baponi_http._errors import HTTP_CODES
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
 
-    from baponi_core.records import Execution
-    from baponi_core.sandbox import SandboxRuntime
-    from baponi_core.store import Store
+    from baponi_core._records import Execution
+    from baponi_core._sandbox import SandboxRuntime
+    from baponi_core._store import Store
 
 T = TypeVar("T")
 
@@ -119,7 +119,7 @@ def shared_runtimes() -> Path:
         TEST_RUNTIMES.mkdir(parents=True, exist_ok=True)
         with open(TEST_RUNTIMES.with_name(TEST_RUNTIMES.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            from baponi_core.runtimes import Runtimes
+            from baponi_core._runtimes import Runtimes
 
             image = default_image()
             source = "host:" if image is None else f"oci:{image}"
@@ -293,8 +293,8 @@ def runtime_on_a_thread(
     namespace stays there): the portal to call it through, and the runtime."""
     from anyio.from_thread import start_blocking_portal
 
-    from baponi_core.sandbox import SandboxRuntime
-    from baponi_core.sandbox.libc import call
+    from baponi_core._sandbox import SandboxRuntime
+    from baponi_core._sandbox.libc import call
 
     pr_set_child_subreaper = 36
     with start_blocking_portal() as portal:
@@ -462,8 +462,8 @@ def files_call(client: httpx.Client, action: str, **body: Any) -> httpx.Response
 async def opened_store(home: Path) -> AsyncIterator[Store]:
     """The store of ``home``, as the server opens it (a second connection beside a
     running server is fine), closed afterwards."""
-    from baponi_core.config import Settings
-    from baponi_core.store import store_for
+    from baponi_core._config import Settings
+    from baponi_core._store import store_for
 
     store = store_for(Settings.at(home))
     await store.open()
@@ -521,7 +521,7 @@ def stored_events(home: Path, trace_id: str) -> list[dict[str, Any]]:
 
 
 def _database(home: Path) -> sqlite3.Connection:
-    from baponi_core.config import Settings
+    from baponi_core._config import Settings
 
     return sqlite3.connect(Settings.at(home).database, timeout=10)
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import trustme
 
-from baponi_core.records import Connector
-from baponi_core.sealing import Keyring
-from baponi_core.services.connectors import Connectors, Values
-from baponi_core.store import Store
+from baponi_core._records import Connector
+from baponi_core._sealing import Keyring
+from baponi_core._services.connectors import Connectors, Values
+from baponi_core._store import Store
 from tests.harness import (
     Server,
     cli,

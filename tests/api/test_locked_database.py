@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from baponi_core.config import Settings
+from baponi_core._config import Settings
 from tests.harness import (
     Server,
     assert_error,

@@ -11,7 +11,7 @@ import json
 import httpx
 import pytest
 
-from baponi_core.models import decimal
+from baponi_core._models import decimal
 from tests.harness import Server, assert_error, files_call, unique
 
 # Percent-encoded as they would arrive in a URL: non-ASCII letters, a byte that is not UTF-8,

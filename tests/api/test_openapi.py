@@ -20,10 +20,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks
 from starlette.routing import Route
 
-from baponi_core import limits
-from baponi_core.config import Settings
+from baponi_core import _limits as limits
+from baponi_core._config import Settings
 from baponi_http import create_app
-from baponi_http.openapi import NDJSON, OPERATIONS, TRACE_ID
+from baponi_http._openapi import NDJSON, OPERATIONS, TRACE_ID
 from baponi_mcp import McpEndpoint
 from tests.harness import Server, assert_error, cli, start_server, stop_server
 

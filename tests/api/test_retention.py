@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from baponi_core.records import Execution
-from baponi_core.store import Store
+from baponi_core._records import Execution
+from baponi_core._store import Store
 from tests.harness import (
     Server,
     assert_error,

@@ -13,8 +13,8 @@ from baponi._base import validate_execute_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baponi_core.errors import ValidationError
-from baponi_core.models import ExecuteRequest, parse
+from baponi_core._errors import ValidationError
+from baponi_core._models import ExecuteRequest, parse
 from tests.core.strategies import any_json as json_values
 from tests.harness import assert_error
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from baponi_core.config import Settings
+from baponi_core._config import Settings
 from tests.harness import BAPONI, cli, free_port, tmpfs
 
 START_TIMEOUT_S = 60  # a process still there by then never exits on its own

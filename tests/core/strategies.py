@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from baponi_core import limits
+from baponi_core import _limits as limits
 
 scalars = (
     st.none()

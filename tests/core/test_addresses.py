@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from baponi_core.net.addresses import GuardedBackend, RefusedTarget, is_public, literal, reachable
-from baponi_core.net.names import normal_name
+from baponi_core._net.addresses import GuardedBackend, RefusedTarget, is_public, literal, reachable
+from baponi_core._net.names import normal_name
 
 PRIVATE_V4 = [
     "127.0.0.1",

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from baponi_core.errors import Conflict, NotFound, ValidationError
-from baponi_core.services.admin import Admin
-from baponi_core.store import Store
+from baponi_core._errors import Conflict, NotFound, ValidationError
+from baponi_core._services.admin import Admin
+from baponi_core._store import Store
 
 pytestmark = pytest.mark.anyio
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from baponi_core.errors import Conflict, CredentialError, NotFound, ValidationError
-from baponi_core.sealing import Keyring
-from baponi_core.services.admin import Admin
-from baponi_core.services.connectors import Connectors, Injection, Values
-from baponi_core.store import Store
+from baponi_core._errors import Conflict, CredentialError, NotFound, ValidationError
+from baponi_core._sealing import Keyring
+from baponi_core._services.admin import Admin
+from baponi_core._services.connectors import Connectors, Injection, Values
+from baponi_core._store import Store
 
 pytestmark = pytest.mark.anyio
 

@@ -6,11 +6,11 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from baponi_core.events import OutputEvent, ResultEvent, StatusEvent
-from baponi_core.models import SandboxResult
-from baponi_core.records import ExecutionStatus
-from baponi_core.services import journal as journal_module
-from baponi_core.services.journal import Journal
+from baponi_core._events import OutputEvent, ResultEvent, StatusEvent
+from baponi_core._models import SandboxResult
+from baponi_core._records import ExecutionStatus
+from baponi_core._services import journal as journal_module
+from baponi_core._services.journal import Journal
 
 pytestmark = pytest.mark.anyio
 

@@ -15,13 +15,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from baponi_core import limits
-from baponi_core.errors import ValidationError
-from baponi_core.models import ExecuteRequest, FileRequest, parse
-from baponi_core.sandbox.spec import DATA, volume_mounts
-from baponi_core.storage.backend import ensure_workspace
-from baponi_core.storage.cloud import CloudBackend
-from baponi_core.storage.paths import parts
+from baponi_core import _limits as limits
+from baponi_core._errors import ValidationError
+from baponi_core._models import ExecuteRequest, FileRequest, parse
+from baponi_core._sandbox.spec import DATA, volume_mounts
+from baponi_core._storage.backend import ensure_workspace
+from baponi_core._storage.cloud import CloudBackend
+from baponi_core._storage.paths import parts
 from tests.core.strategies import (
     any_json,
     execute_bodies,

@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from baponi_core.errors import RateLimited
-from baponi_core.records import SandboxState
-from baponi_core.sandboxes.admission import Admission, SandboxLimits
-from baponi_core.store.sqlite import SqliteStore
+from baponi_core._errors import RateLimited
+from baponi_core._records import SandboxState
+from baponi_core._sandboxes.admission import Admission, SandboxLimits
+from baponi_core._store.sqlite import SqliteStore
 from tests.store.test_contract import sandbox
 
 pytestmark = pytest.mark.anyio

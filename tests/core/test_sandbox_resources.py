@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from baponi_core.errors import ValidationError
-from baponi_core.records import Profile
-from baponi_core.sandboxes.resources import Resources, resources_for
+from baponi_core._errors import ValidationError
+from baponi_core._records import Profile
+from baponi_core._sandboxes.resources import Resources, resources_for
 
 PROFILE = Profile(id="prf_1", org_id="org_1", name="default", cpus=2.0, memory_mb=1024, pids=99)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from baponi_core.net.policy import Mode, NetworkPolicy, Rule
+from baponi_core._net.policy import Mode, NetworkPolicy, Rule
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from baponi_core.net.egress import Egress, EgressLimits, Tap
-from baponi_core.net.policy import NetworkPolicy
+from baponi_core._net.egress import Egress, EgressLimits, Tap
+from baponi_core._net.policy import NetworkPolicy
 from tests.harness import wait_until_async
 
 pytestmark = pytest.mark.anyio

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core.sandbox.rootfs import STORAGE_UID
-from baponi_core.sandbox.uids import DEFAULT_UIDS
+from baponi_core._sandbox.rootfs import STORAGE_UID
+from baponi_core._sandbox.uids import DEFAULT_UIDS
 from tests.harness import SERVER_SECRET, Server, on_both_paths, unique, wait_until
 
 server = on_both_paths()  # every test: without the pool and with it

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core.sandbox.uids import CLAIMS, DEFAULT_UIDS
+from baponi_core._sandbox.uids import CLAIMS, DEFAULT_UIDS
 from tests.harness import (
     Server,
     marker_processes,

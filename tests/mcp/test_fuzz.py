@@ -26,10 +26,10 @@ from mcp import Client, MCPError
 from mcp.server.mcpserver import MCPServer
 from mcp.types import INVALID_PARAMS, PARSE_ERROR, CallToolResult, TextContent
 
-from baponi_core.app import Core
-from baponi_core.config import Settings
+from baponi_core._app import Core
+from baponi_core._config import Settings
 from baponi_mcp import LocalAccess, build_server
-from baponi_mcp.errors import CODES
+from baponi_mcp._errors import CODES
 from tests.core.strategies import any_json, names, odd_text
 from tests.harness import HOST_DETAILS, Server, shared_runtimes, unique
 

@@ -21,7 +21,7 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import TextContent
 
-from baponi_mcp.errors import CODES
+from baponi_mcp._errors import CODES
 from tests.harness import (
     Server,
     assert_error,

@@ -26,15 +26,15 @@ from mcp import Client, MCPError
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent
 
-from baponi_core.app import Core
-from baponi_core.config import Settings
-from baponi_core.errors import ValidationError
-from baponi_core.models import ExecuteRequest, SandboxResult, parse
-from baponi_core.records import Principal
+from baponi_core._app import Core
+from baponi_core._config import Settings
+from baponi_core._errors import ValidationError
+from baponi_core._models import ExecuteRequest, SandboxResult, parse
+from baponi_core._records import Principal
 from baponi_http import create_files_app, serving
 from baponi_mcp import LocalAccess, build_server
-from baponi_mcp.content import image_type, result_text
-from baponi_mcp.errors import CODES
+from baponi_mcp._content import image_type, result_text
+from baponi_mcp._errors import CODES
 from tests.harness import (
     marker_processes,
     shared_runtimes,

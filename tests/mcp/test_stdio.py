@@ -19,7 +19,7 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import TextContent
 
-from baponi_mcp.errors import CODES
+from baponi_mcp._errors import CODES
 from tests.emulators import Emulator
 from tests.harness import (
     BAPONI_MCP,

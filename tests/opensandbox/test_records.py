@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from baponi_core.records import SandboxState
-from baponi_core.sandboxes.recovery import SERVER_STOPPED
-from baponi_core.store import Store
+from baponi_core._records import SandboxState
+from baponi_core._sandboxes.recovery import SERVER_STOPPED
+from baponi_core._store import Store
 from tests.harness import opened_store, org_id_of, read_store, start_server, stop_server
 from tests.store.test_contract import sandbox
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from baponi_core.sandbox import agent
+from baponi_core._sandbox import agent
 from tests.harness import import_runtime, run_probe
 from tests.runtimes.images import write_layout
 from tests.runtimes.test_sandboxes import marked

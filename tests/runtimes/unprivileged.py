@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.runtimes import Runtimes
-from baponi_core.sandbox import CodeRun, SandboxRuntime, Shape, run_to_end
+from baponi_core._runtimes import Runtimes
+from baponi_core._sandbox import CodeRun, SandboxRuntime, Shape, run_to_end
 
 SCRIPT = b"cat /marker; echo; echo $MARKER; pwd; id -u; test -e /usr/bin/python3 || echo no-python"
 

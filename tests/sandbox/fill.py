@@ -8,9 +8,9 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.sandbox import Command, Limits, SandboxRuntime, Shape
-from baponi_core.sandbox.rootfs import BASE_ENV
-from baponi_core.sandbox.spec import MiB
+from baponi_core._sandbox import Command, Limits, SandboxRuntime, Shape
+from baponi_core._sandbox.rootfs import BASE_ENV
+from baponi_core._sandbox.spec import MiB
 
 LIMITS = Limits(tmp_bytes=8 * MiB, shm_bytes=4 * MiB, home_bytes=6 * MiB)
 PROBE = """

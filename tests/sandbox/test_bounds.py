@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from baponi_core.sandbox import agent, gate
+from baponi_core._sandbox import agent, gate
 from tests.harness import run_probe
 from tests.sandbox.fill import LIMITS
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from baponi_core.sandbox.cgroups import Cgroup, Cgroups
-from baponi_core.sandbox.spec import Limits
+from baponi_core._sandbox.cgroups import Cgroup, Cgroups
+from baponi_core._sandbox.spec import Limits
 from tests.harness import wait_until
 
 COUNTER = """
@@ -107,8 +107,8 @@ def test_a_one_shot_group_has_no_freezer_of_its_own(cgroups: Cgroups) -> None:
 
 DYING_SERVER = """
 import subprocess, sys, os
-from baponi_core.sandbox.cgroups import Cgroups
-from baponi_core.sandbox.spec import Limits
+from baponi_core._sandbox.cgroups import Cgroups
+from baponi_core._sandbox.spec import Limits
 cgroups = Cgroups.detect()
 group = cgroups.create("frz-stale", Limits(), freezable=True)
 child = subprocess.Popen(

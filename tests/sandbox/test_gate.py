@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from baponi_core.sandbox import gate
-from baponi_core.sandbox.gate import Gate
+from baponi_core._sandbox import gate
+from baponi_core._sandbox.gate import Gate
 
 
 def started(opened: bool, marker: Path) -> tuple[int, str, int]:

@@ -23,7 +23,7 @@ import anyio
 import anyio.from_thread
 import pytest
 
-from baponi_core.sandbox import (
+from baponi_core._sandbox import (
     Command,
     Mount,
     Process,
@@ -34,10 +34,10 @@ from baponi_core.sandbox import (
     Shape,
     agent,
 )
-from baponi_core.sandbox.libc import call
-from baponi_core.sandbox.mountns import PRIVATE_BASE
-from baponi_core.sandbox.rootfs import BASE_ENV, STORAGE_UID
-from baponi_core.sandbox.uids import DEFAULT_UIDS
+from baponi_core._sandbox.libc import call
+from baponi_core._sandbox.mountns import PRIVATE_BASE
+from baponi_core._sandbox.rootfs import BASE_ENV, STORAGE_UID
+from baponi_core._sandbox.uids import DEFAULT_UIDS
 from tests.harness import (
     marker_processes,
     run_probe,

@@ -12,10 +12,10 @@ import anyio
 import pytest
 from anyio.from_thread import BlockingPortal
 
-from baponi_core.sandbox import Limits, Shape, warm
-from baponi_core.sandbox.mountns import PRIVATE_BASE
-from baponi_core.sandbox.pool import Pool, PoolSizes
-from baponi_core.sandbox.runtime import SandboxRuntime
+from baponi_core._sandbox import Limits, Shape, warm
+from baponi_core._sandbox.mountns import PRIVATE_BASE
+from baponi_core._sandbox.pool import Pool, PoolSizes
+from baponi_core._sandbox.runtime import SandboxRuntime
 from tests.harness import runtime_on_a_thread, wait_until_async
 
 BASE_ENV = warm.base_env(Shape())  # what a sandbox of the host runtime starts with

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from baponi_core.sandbox.uids import DEFAULT_UIDS, UidRange, running_as
+from baponi_core._sandbox.uids import DEFAULT_UIDS, UidRange, running_as
 from tests.harness import run_cli
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 
-from baponi_core.sandbox import Command, Mount, SandboxRuntime, Shape
-from baponi_core.sandbox.rootfs import BASE_ENV
+from baponi_core._sandbox import Command, Mount, SandboxRuntime, Shape
+from baponi_core._sandbox.rootfs import BASE_ENV
 
 SCRIPT = (
     "id -u; cat /data/v/in.txt; echo w > made.txt; touch /data/v/x 2>&1 | grep -c Read-only; "

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from baponi_core.storage.disks import Disks
+from baponi_core._storage.disks import Disks
 
 SIZE = 1 << 20
 

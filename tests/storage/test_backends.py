@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baponi_core.storage import places, sync
+from baponi_core._storage import places, sync
 from tests.emulators import Emulator
 from tests.harness import Server, cli, start_server, stop_server
 

@@ -1,4 +1,4 @@
-"""The mounts of thread homes' filesystems (:mod:`baponi_core.storage.disks`), driven
+"""The mounts of thread homes' filesystems (:mod:`baponi_core._storage.disks`), driven
 directly in a mount namespace of their own so that nothing shows on the host."""
 
 from __future__ import annotations

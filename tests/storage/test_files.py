@@ -26,9 +26,9 @@ import httpx
 import pytest
 from baponi import APIValidationError, BaponiError
 
-from baponi_core.sandbox.rootfs import STORAGE_UID
-from baponi_core.storage.local import MAX_DEPTH
-from baponi_core.storage.signing import Grant, UrlSigner
+from baponi_core._sandbox.rootfs import STORAGE_UID
+from baponi_core._storage.local import MAX_DEPTH
+from baponi_core._storage.signing import Grant, UrlSigner
 from tests.harness import (
     Server,
     assert_error,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from baponi_core.errors import ValidationError
-from baponi_core.storage.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, parts
+from baponi_core._errors import ValidationError
+from baponi_core._storage.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, parts
 from tests.harness import Server, unique
 
 ROOT = "/srv/storage/root"

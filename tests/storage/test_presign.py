@@ -25,7 +25,7 @@ import httpx
 import pytest
 from fsspec.implementations.dirfs import DirFileSystem
 
-from baponi_core.storage.presign import PresignUnsupported, presign
+from baponi_core._storage.presign import PresignUnsupported, presign
 from tests.emulators import Emulator, random_bytes
 
 pytestmark = pytest.mark.slow  # the emulators (Azurite is a node process)

@@ -16,7 +16,7 @@ from typing import Any
 import anyio.from_thread
 import pytest
 
-from baponi_core.sandbox import (
+from baponi_core._sandbox import (
     CodeRun,
     Mount,
     MountError,
@@ -26,7 +26,7 @@ from baponi_core.sandbox import (
     run_to_end,
     volume_mounts,
 )
-from baponi_core.sandbox.rootfs import STORAGE_UID
+from baponi_core._sandbox.rootfs import STORAGE_UID
 from tests.harness import ERRNO_PROBE, runtime_on_a_thread, unique
 
 # -- mounts: pure parts -----------------------------------------------------------------------

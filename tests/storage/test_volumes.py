@@ -22,9 +22,9 @@ import httpx
 import pytest
 from baponi import APIValidationError, ForbiddenError
 
-from baponi_core.errors import NotFound
-from baponi_core.sandbox.rootfs import STORAGE_UID
-from baponi_core.storage.local import LocalTree
+from baponi_core._errors import NotFound
+from baponi_core._sandbox.rootfs import STORAGE_UID
+from baponi_core._storage.local import LocalTree
 from tests.harness import (
     ERRNO_PROBE,
     Server,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from baponi_core.store import Store
-from baponi_core.store.sqlite import SqliteStore
+from baponi_core._store import Store
+from baponi_core._store.sqlite import SqliteStore
 
 
 @dataclass(frozen=True)

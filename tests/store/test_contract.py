@@ -12,9 +12,9 @@ from typing import Any
 import anyio
 import pytest
 
-from baponi_core.ids import hash_key
-from baponi_core.net.policy import NetworkPolicy
-from baponi_core.records import (
+from baponi_core._ids import hash_key
+from baponi_core._net.policy import NetworkPolicy
+from baponi_core._records import (
     DEFAULT_RETENTION_DAYS,
     ApiKey,
     Execution,
@@ -22,8 +22,8 @@ from baponi_core.records import (
     Sandbox,
     SandboxState,
 )
-from baponi_core.services.admin import Admin
-from baponi_core.store import Store
+from baponi_core._services.admin import Admin
+from baponi_core._store import Store
 from tests.store.implementations import Implementation
 
 pytestmark = pytest.mark.anyio

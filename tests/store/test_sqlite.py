@@ -13,11 +13,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from baponi_core.ids import hash_key
-from baponi_core.net.policy import NetworkPolicy
-from baponi_core.records import DEFAULT_RETENTION_DAYS, Volume
-from baponi_core.services.admin import Admin
-from baponi_core.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from baponi_core._ids import hash_key
+from baponi_core._net.policy import NetworkPolicy
+from baponi_core._records import DEFAULT_RETENTION_DAYS, Volume
+from baponi_core._services.admin import Admin
+from baponi_core._store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from tests.harness import BAPONI, cli
 from tests.store.test_contract import execution, sandbox
 
