@@ -213,6 +213,7 @@ class Sandbox:
         host = self._host
         own: list[int] = []  # closed here once bwrap has its copies
         gate: Gate | None = None
+        info_r = -1
         try:
             if egress.forwards(self.shape.network):
                 try:
@@ -252,12 +253,20 @@ class Sandbox:
                 argv = gate.wrap(host.gate, argv)
                 passed.append(gate.held)
             try:
-                self._bwrap = await host.spawner.call(self.uid, _popen, argv, errors_w, passed)
+                # Shielded: cancelled while the spawner's thread starts bwrap, we would
+                # never learn its pid, and it would outlive everything that ends sandboxes.
+                with anyio.CancelScope(shield=True):
+                    started = await host.spawner.call(self.uid, _popen, argv, errors_w, passed)
+                self._bwrap = started
                 if gate is not None and self._group is not None:
                     self._group.attach(self._bwrap.pid)  # bwrap, and all it will start
                     gate.open()
             except OSError as exc:
                 raise SandboxError(f"could not start bwrap: {exc}") from exc
+        except BaseException:
+            if info_r >= 0:
+                os.close(info_r)
+            raise
         finally:
             for fd in own:
                 os.close(fd)
@@ -274,14 +283,18 @@ class Sandbox:
             os.close(info_r)
 
     async def _confine(self, info_r: int, ready: bool) -> None:
-        confined = False
-        with anyio.move_on_after(SETUP_TIMEOUT_S):
+        confined, info = False, None
+        deadline = anyio.current_time() + SETUP_TIMEOUT_S
+        # Shielded: cancelled before bwrap tells it, the init's pid would be lost, and with
+        # it the way to reap the init once bwrap is gone (it would stay our zombie).
+        with anyio.CancelScope(shield=True, deadline=deadline):
             info = await _read_info(info_r)
-            if info is not None:
-                pid = int(info["child-pid"])
-                self._init_pidfd = os.pidfd_open(pid)
-                confined = True
-                if ready:
+        if info is not None:
+            pid = int(info["child-pid"])
+            self._init_pidfd = os.pidfd_open(pid)
+            confined = True
+            if ready:
+                with anyio.CancelScope(deadline=deadline):
                     await self._ready_or_exit()
         if not confined or (ready and not self._ready.is_set()):
             raise SandboxError(f"sandbox set-up failed: {self._setup_report()}")

@@ -178,7 +178,8 @@ class SandboxRuntime:
             if ahead and self._host.root:
                 await sandbox._launch(None, ready=True)
         except BaseException:
-            await sandbox.close()
+            with anyio.CancelScope(shield=True):  # a cancelled prepare leaves nothing either
+                await sandbox.close()
             raise
         return sandbox
 

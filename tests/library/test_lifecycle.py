@@ -5,6 +5,7 @@ cores on two homes in one process; a second core on a home already open refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import anyio
 import pytest
 
 from baponi_core import Embedded, ExecutionStatus, HomeInUse, Session, Settings
+from baponi_core._sandbox.pool import DEFAULT_SPEC, PoolSizes
 from tests.harness import marker_processes, sleep_marker, wait_until_async
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +43,8 @@ class Snapshot:
     def take(cls) -> Snapshot:
         children = set()
         for task in Path("/proc/self/task").iterdir():
-            children |= set((task / "children").read_text().split())
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                children |= set((task / "children").read_text().split())
         return cls(
             fds=frozenset(os.listdir("/proc/self/fd")),
             threads=frozenset(
@@ -61,15 +64,27 @@ def new_since(before: Snapshot) -> dict[str, object]:
     not the core's doing)."""
     now = Snapshot.take()
     new: dict[str, object] = {
-        "fds": sorted(now.fds - before.fds),
+        "fds": sorted(f"{fd} {_target(fd)}" for fd in now.fds - before.fds),
         "threads": [
             t.name for t in threading.enumerate() if t.ident in now.threads - before.threads
         ],
         "tasks": now.tasks - before.tasks,
-        "children": sorted(now.children - before.children),
+        "children": sorted(f"{pid} {_command(pid)}" for pid in now.children - before.children),
         "mounts": max(now.mounts - before.mounts, 0),
     }
     return {what: held for what, held in new.items() if held}
+
+
+def _target(fd: str) -> str:
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/self/fd/{fd}")
+    return "(closed)"
+
+
+def _command(pid: str) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:80].decode()
+    return "(ended)"
 
 
 async def settled(before: Snapshot) -> None:
@@ -92,11 +107,13 @@ async def use(baponi: Embedded, thread: str) -> None:
 
 
 @pytest.mark.slow
-async def test_nothing_is_left_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["0", DEFAULT_SPEC], ids=["cold", "pooled"])
+async def test_nothing_is_left_behind(tmp_path: Path, pool: str) -> None:
     async with Embedded(tmp_path / "warm-up") as warm:  # imports, the agent's build
         await warm.session().execute("print(1)")
     before = Snapshot.take()
-    async with Embedded(tmp_path / "home") as baponi:
+    settings = Settings.at(tmp_path / "home", pool=PoolSizes.parse(pool))
+    async with Embedded(settings=settings) as baponi:
         await use(baponi, "lifecycle")
         assert new_since(before)  # the check sees what a core holds
     await settled(before)
