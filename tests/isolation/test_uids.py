@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core._sandbox.uids import CLAIMS, DEFAULT_UIDS
+from baponi_core._sandbox.uids import CLAIMS, UidRange
 from tests.harness import (
     Server,
     marker_processes,
@@ -106,12 +106,25 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         for which, soft in LOW_LIMITS.items():
             resource.setrlimit(which, (soft, saved[which][1]))
-        running = start_server(tmp_path_factory.mktemp("uids"))
+        running = start_server(
+            tmp_path_factory.mktemp("uids"), "--sandbox-uids", f"{OWN_UIDS.first}-{OWN_UIDS.last}"
+        )
     finally:
         for which, limits in saved.items():
             resource.setrlimit(which, limits)
     yield running
     stop_server(running)
+
+
+def own_uids() -> UidRange:
+    """A uid range no other server of the run takes from (one per pytest-xdist worker):
+    these tests count on which uid a sandbox gets next."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    first = 200_000 + 1_000 * worker
+    return UidRange(first, first + 999)
+
+
+OWN_UIDS = own_uids()
 
 
 def execute(server: Server, key: str, code: str, **options: Any) -> dict[str, Any]:
@@ -207,9 +220,9 @@ def test_a_sandbox_exhausting_a_per_user_limit_does_not_starve_another(
     one, other = org_key(limited, "uids-one"), org_key(limited, "uids-other")
     full, probing = sleep_marker(HOLD_S), sleep_marker(1)
     with running(limited, one, exhaust(resource_name, full), full) as holder:
-        assert holder.uid in DEFAULT_UIDS
+        assert holder.uid in OWN_UIDS
         with running(limited, other, probe(resource_name, probing), probing) as prober:
-            assert prober.uid in DEFAULT_UIDS
+            assert prober.uid in OWN_UIDS
             assert prober.uid != holder.uid
         assert prober.stdout == ["ok"]
     got, reason = holder.stdout[0].split(" ", 1)
