@@ -75,7 +75,7 @@ def prepared(server: Server) -> dict[str, list[int]]:
     """Each sandbox of the server's cgroups: its host pids (all of them waiting ones when
     nothing runs)."""
     found: dict[str, list[int]] = {}
-    for base in Path("/sys/fs/cgroup").glob(f"*/baponi/srv-{server.process.pid}"):
+    for base in Path("/sys/fs/cgroup").glob(f"*/baponi/srv-{server.process.pid}-*"):
         for group in base.glob("sbx-*"):
             pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
             found.setdefault(group.name, []).extend(
