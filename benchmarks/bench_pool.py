@@ -211,10 +211,10 @@ def pss_kib(pid: int) -> int:
 def memory(server: Server) -> dict[str, Any]:
     """Idle cost per prepared sandbox, by language (MiB), and the pool's total."""
     by_language: dict[str, list[tuple[float, float]]] = {}
-    root = Path("/sys/fs/cgroup/memory/baponi") / f"srv-{server.process.pid}"
+    root = Path("/sys/fs/cgroup/memory/baponi")
     for name, pids in prepared(server).items():
-        usage = root / name / "memory.usage_in_bytes"
-        cgroup_mib = int(usage.read_text()) / 2**20 if usage.exists() else float("nan")
+        usage = next(root.glob(f"srv-{server.process.pid}-*/{name}/memory.usage_in_bytes"), None)
+        cgroup_mib = int(usage.read_text()) / 2**20 if usage is not None else float("nan")
         pss_mib = sum(pss_kib(p) for p in pids) / 1024
         by_language.setdefault(language_of(pids), []).append((cgroup_mib, pss_mib))
     total_cgroup = sum(c for rows in by_language.values() for c, _ in rows)
