@@ -283,7 +283,7 @@ class Sandbox:
             os.close(info_r)
 
     async def _confine(self, info_r: int, ready: bool) -> None:
-        confined, info = False, None
+        info = None
         deadline = anyio.current_time() + SETUP_TIMEOUT_S
         # Shielded: cancelled before bwrap tells it, the init's pid would be lost, and with
         # it the way to reap the init once bwrap is gone (it would stay our zombie).
@@ -292,11 +292,10 @@ class Sandbox:
         if info is not None:
             pid = int(info["child-pid"])
             self._init_pidfd = os.pidfd_open(pid)
-            confined = True
             if ready:
                 with anyio.CancelScope(deadline=deadline):
                     await self._ready_or_exit()
-        if not confined or (ready and not self._ready.is_set()):
+        if info is None or (ready and not self._ready.is_set()):
             raise SandboxError(f"sandbox set-up failed: {self._setup_report()}")
 
     async def _ready_or_exit(self) -> None:
