@@ -234,7 +234,11 @@ class Sandbox:
             control = theirs.detach()
             own.append(control)
             fds = bwrap.Fds(etc=etc, seccomp=seccomp, info=info_w, control=control)
-            self._group = host.cgroups.create(self.id, self.shape.limits) if host.cgroups else None
+            self._group = (
+                host.cgroups.create(self.id, self.shape.limits, self.shape.freezable)
+                if host.cgroups
+                else None
+            )
             if self._group is not None and self._background:
                 self._group.weigh(background=True)
             argv = bwrap.command(
@@ -600,6 +604,37 @@ class Sandbox:
             self._bwrap.kill()
         if self._group is not None:
             self._group.kill()
+
+    async def freeze(self) -> None:
+        """Stop every process of the sandbox where it is, memory and files kept; raises
+        SandboxError if they are not all stopped in time (then it is thawed again)."""
+        group = self._freezer()
+        if not await anyio.to_thread.run_sync(group.freeze):
+            await self.thaw()
+            raise SandboxError("the sandbox's processes did not all stop in time")
+
+    async def thaw(self) -> None:
+        """Let every process of a frozen sandbox run on from where it was."""
+        await anyio.to_thread.run_sync(self._freezer().thaw)
+
+    def _freezer(self) -> Cgroup:
+        if self._group is None or not self.shape.freezable or self._gone.is_set():
+            raise SandboxError("this sandbox cannot be paused")
+        return self._group
+
+    @property
+    def cgroup(self) -> Cgroup | None:
+        """Its cgroup, to read what it uses; None without cgroups."""
+        return self._group
+
+    @property
+    def ended(self) -> bool:
+        """Whether its init has gone, and with it every process it ran."""
+        return self._gone.is_set()
+
+    async def wait_ended(self) -> None:
+        """Return once its init has gone (killed from inside, or the sandbox closed)."""
+        await self._gone.wait()
 
     @property
     def egress_refused(self) -> int:

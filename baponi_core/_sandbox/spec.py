@@ -43,6 +43,7 @@ class Shape:
     runtime: Runtime = HOST
     # none (the default): no way out of the sandbox at all
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    freezable: bool = False  # its processes can be paused (a long-lived sandbox's)
 
 
 @dataclass(frozen=True)
