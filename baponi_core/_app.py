@@ -18,7 +18,9 @@ from baponi_core._runtimes import Runtimes
 from baponi_core._sandbox import SandboxRuntime
 from baponi_core._sandbox.pool import Pool
 from baponi_core._sandbox.rootfs import STORAGE_UID
+from baponi_core._sandboxes.admission import SandboxLimits
 from baponi_core._sandboxes.recovery import end_stranded
+from baponi_core._sandboxes.service import Sandboxes
 from baponi_core._sealing import Keyring
 from baponi_core._services.admin import DEFAULT_RUNTIME, Admin
 from baponi_core._services.auth import Authenticator
@@ -59,6 +61,7 @@ class Core:
         self._runtime: SandboxRuntime | None = None
         self._executions: Executions | None = None
         self._files: Files | None = None
+        self._sandboxes: Sandboxes | None = None
         self._space: Space | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -73,6 +76,12 @@ class Core:
         if self._executions is None:
             raise RuntimeError("core is not open")
         return self._executions
+
+    @property
+    def sandboxes(self) -> Sandboxes:
+        if self._sandboxes is None:
+            raise RuntimeError("core is not open")
+        return self._sandboxes
 
     @property
     def files(self) -> Files:
@@ -133,9 +142,19 @@ class Core:
                 self._space,
                 pool if pool.enabled else None,
             )
+            self._sandboxes = Sandboxes(
+                self.store,
+                self._runtime,
+                self.runtimes,
+                SandboxLimits(self.settings.sandboxes_per_org, self.settings.sandboxes_per_server),
+                self.settings.sandbox_max_lifetime_s,
+            )
+            # They end after their housekeeping stops, before the runtime closes.
+            stack.push_async_callback(_shielded, self._sandboxes.close)
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)  # runs first on close: housekeeping stops
             await self._executions.start(tasks)
+            await tasks.start(self._sandboxes.run)
             tasks.start_soon(self.webhooks.run)
             if pool.enabled:
                 tasks.start_soon(pool.run)

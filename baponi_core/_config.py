@@ -47,6 +47,9 @@ class Settings:
     # Sandboxes prepared ahead (root only): off unless asked for (baponi serve asks for
     # pool.DEFAULT_SPEC), so that an embedding program spends nothing it did not choose.
     pool: PoolSizes = NO_POOL
+    sandboxes_per_org: int = 10  # long-lived sandboxes alive at once, per organisation
+    sandboxes_per_server: int = 50  # and on the whole server
+    sandbox_max_lifetime_s: float = 86400.0  # the longest a long-lived sandbox may live
 
     def base_url(self, seen: str) -> str:
         """Where signed URLs point: ``public_url``, else the URL the client used."""

@@ -191,3 +191,4 @@ class Sandbox:
     metadata: dict[str, str] = field(default_factory=dict)
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     ended_at: float | None = None
+    entrypoint: list[str] = field(default_factory=list)  # started at create, kept running

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
@@ -15,7 +14,6 @@ from starlette.routing import BaseRoute, Route
 from baponi_core._app import Core
 from baponi_core._config import Settings
 from baponi_core._errors import ValidationError
-from baponi_core._limits import MAX_REQUEST_BYTES
 from baponi_core._models import (
     Deleted,
     ExecuteRequest,
@@ -30,33 +28,10 @@ from baponi_core._models import (
 from baponi_core._records import DeliveryMode, Principal
 from baponi_http._errors import HANDLERS, error_response
 from baponi_http._openapi import OPERATIONS, Operation, document
+from baponi_http._opensandbox import opensandbox_mount
+from baponi_http._requests import core_of, json_body, principal_of
 
 NDJSON = "application/x-ndjson"
-
-
-def core_of(request: Request) -> Core:
-    core: Core = request.app.state.core
-    return core
-
-
-async def principal_of(request: Request) -> Principal:
-    client = request.client.host if request.client else None
-    return await core_of(request).auth.authenticate(request.headers.get("authorization"), client)
-
-
-async def json_body(request: Request) -> Any:
-    declared = decimal(request.headers.get("content-length", ""))
-    if declared is not None and declared > MAX_REQUEST_BYTES:
-        raise ValidationError("request body too large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_REQUEST_BYTES:
-            raise ValidationError("request body too large")
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise ValidationError("request body is not valid JSON") from None
 
 
 def delivery_mode(request: Request) -> DeliveryMode:
@@ -254,6 +229,7 @@ def api_routes(extensions: Sequence[Extension]) -> list[BaseRoute]:
         *SIGNED_ROUTES,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        opensandbox_mount(),
         openapi_route([*OPERATIONS, *(o for e in extensions for o in e.operations())]),
         *(route for extension in extensions for route in extension.routes()),
     ]

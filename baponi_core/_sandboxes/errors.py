@@ -15,6 +15,10 @@ class ContextNotFound(NotFound):
     code = "CONTEXT_NOT_FOUND"
 
 
+class UnknownCommand(NotFound):
+    code = "INVALID_REQUEST_BODY"  # execd's code for the status of an unknown command
+
+
 class MissingQuery(ValidationError):
     code = "MISSING_QUERY"
 

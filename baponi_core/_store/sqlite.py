@@ -203,6 +203,9 @@ CREATE TABLE sandboxes (
 CREATE INDEX sandboxes_by_org ON sandboxes (org_id, created_at);
 CREATE INDEX sandboxes_live ON sandboxes (org_id) WHERE ended_at IS NULL;
 """,
+    """
+ALTER TABLE sandboxes ADD COLUMN entrypoint TEXT NOT NULL DEFAULT '[]';
+""",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -875,6 +878,7 @@ def _sandbox(row: Any) -> Sandbox:
     values["env"] = json.loads(values["env"])
     values["metadata"] = json.loads(values["metadata"])
     values["network"] = NetworkPolicy.from_json(values["network"])
+    values["entrypoint"] = json.loads(values["entrypoint"])
     return Sandbox(**values)
 
 
@@ -883,4 +887,5 @@ def _sandbox_row(sandbox: Sandbox) -> dict[str, Any]:
     row["env"] = json.dumps(sandbox.env)
     row["metadata"] = json.dumps(sandbox.metadata)
     row["network"] = sandbox.network.to_json()
+    row["entrypoint"] = json.dumps(sandbox.entrypoint)
     return row

@@ -69,7 +69,7 @@ async def test_database_of_schema_2_is_migrated(tmp_path: Path) -> None:
             (hash_key("sk-local-old"),),
         )
         old.execute("PRAGMA user_version=2")
-    assert SCHEMA_VERSION == 9
+    assert SCHEMA_VERSION == 10
     store = SqliteStore(path)
     await store.open()
     try:
@@ -107,7 +107,7 @@ async def test_database_of_schema_3_is_migrated(tmp_path: Path) -> None:
                 (trace_id, ended),
             )
         old.execute("PRAGMA user_version=3")
-    assert SCHEMA_VERSION == 9
+    assert SCHEMA_VERSION == 10
     store = SqliteStore(path)
     await store.open()
     try:

@@ -1,0 +1,54 @@
+"""A sandbox's execd API, served by this server under ``/opensandbox/execd/{id}``: each
+request is let in only with that sandbox's own token (``X-EXECD-ACCESS-TOKEN``, from the
+lifecycle API's ``endpoints/44772``), checked before any route; the handlers find their
+sandbox with :func:`live_of`."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from baponi_core._app import Core
+from baponi_core._sandboxes.live import Live
+
+LIVE = "baponi.live"  # the scope key of the request's sandbox
+UNAUTHORIZED = {"error": "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN"}
+
+
+class TokenGuard:
+    """Lets a request through to ``app`` only with the token of the sandbox it names."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        core: Core = scope["app"].state.core
+        token = Request(scope).headers.get("x-execd-access-token", "")
+        live = core.sandboxes.opened(scope["path_params"].get("sandbox_id", ""))
+        if live is None or not token or not live.grants(token):
+            response = JSONResponse(UNAUTHORIZED, status_code=401)
+            await response(scope, receive, send)
+            return
+        scope[LIVE] = live
+        await self.app(scope, receive, send)
+
+
+def live_of(request: Request) -> Live:
+    live: Live = request.scope[LIVE]
+    return live
+
+
+async def ping(request: Request) -> Response:
+    live_of(request).check_usable()
+    return Response(status_code=200)
+
+
+def execd_app(routes: list[Route]) -> TokenGuard:
+    return TokenGuard(
+        Router([Route("/ping", ping, methods=["GET"]), *routes], redirect_slashes=False)
+    )
