@@ -112,6 +112,13 @@ def positive_seconds(text: str) -> int:
     return int(text)
 
 
+def count(text: str) -> int:
+    """A whole number from 1."""
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1")
+    return int(text)
+
+
 def delays(text: str) -> tuple[float, ...]:
     return tuple(seconds(part) for part in text.split(","))
 

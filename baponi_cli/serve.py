@@ -15,6 +15,7 @@ from baponi_cli.options import (
     add_home,
     add_runtimes,
     add_storage_arguments,
+    count,
     delays,
     delays_text,
     env_option,
@@ -119,6 +120,31 @@ def add_command(commands: Any) -> None:
         type=pool_sizes,
         metavar="SPEC",
     )
+    env_option(
+        serve,
+        "--sandboxes-per-org",
+        "long-lived (OpenSandbox) sandboxes one organisation may have alive at once",
+        default=f"{DEFAULTS.sandboxes_per_org}",
+        type=count,
+        metavar="N",
+    )
+    env_option(
+        serve,
+        "--sandboxes-per-server",
+        "long-lived sandboxes alive at once on the whole server",
+        default=f"{DEFAULTS.sandboxes_per_server}",
+        type=count,
+        metavar="N",
+    )
+    env_option(
+        serve,
+        "--sandbox-max-lifetime",
+        "the longest a long-lived sandbox may live, renewals included; longer timeouts "
+        "are shortened to it",
+        default=f"{DEFAULTS.sandbox_max_lifetime_s:g}",
+        type=positive_seconds,
+        metavar="SECONDS",
+    )
     add_storage_arguments(serve)
     add_runtimes(serve)
     serve.set_defaults(run=run)
@@ -142,6 +168,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         public_url=args.public_url,
         retention_sweep_s=args.retention_sweep_interval,
         pool=args.pool,
+        sandboxes_per_org=args.sandboxes_per_org,
+        sandboxes_per_server=args.sandboxes_per_server,
+        sandbox_max_lifetime_s=float(args.sandbox_max_lifetime),
     )
     claim_home(settings.home)  # say so now, before the port is taken
     sock = listen(args.host, args.port)
