@@ -1,0 +1,177 @@
+"""Long-lived (OpenSandbox) sandboxes on a real ``baponi serve``, in one run:
+
+* create to first command output: ``POST /v1/sandboxes``, ``GET .../endpoints/44772``,
+  ``POST /command`` (``echo 1``) read until its first ``stdout`` event, over raw HTTP on
+  one keep-alive connection; p50 and p99, against the bare ``bash -c 'echo 1'`` measured
+  in the same run (the issue's target: at most 50 ms);
+* the same through the official SDK (``SandboxSync.create`` with its health check, then
+  ``commands.run``), which adds its own polling;
+* a command in a live sandbox (``echo 1`` to its end): p50 against bare ``bash``;
+* 100 sandboxes created at once, each answering ``/ping``: the time until the last one
+  does (target: within 3 s on 2 cores), and the memory an idle sandbox costs (the drop
+  of ``MemAvailable`` over the 100, per sandbox).
+
+Run from the repository root, as root::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --runs 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.stats import percentile
+from tests.harness import Server, start_server, stop_server
+
+RUNTIME = "default"
+KEY_HEADER = "OPEN-SANDBOX-API-KEY"
+
+
+def bare_bash(runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run(["bash", "-c", "echo 1"], check=True, capture_output=True, env={})
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+def first_output(client: httpx.Client, base: str) -> tuple[float, str, dict[str, str]]:
+    """Seconds from create to the first stdout of ``echo 1``; the sandbox and its endpoint."""
+    began = time.perf_counter()
+    created = client.post(f"{base}/v1/sandboxes", json={"image": {"uri": RUNTIME}})
+    created.raise_for_status()
+    sandbox_id = created.json()["id"]
+    endpoint = client.get(f"{base}/v1/sandboxes/{sandbox_id}/endpoints/44772").json()
+    execd, headers = f"http://{endpoint['endpoint']}", endpoint["headers"]
+    with client.stream(
+        "POST", f"{execd}/command", json={"command": "echo 1"}, headers=headers
+    ) as r:
+        for line in r.iter_lines():
+            if line and json.loads(line)["type"] == "stdout":
+                elapsed = time.perf_counter() - began
+                break
+        else:
+            raise RuntimeError("no output")
+    return elapsed, sandbox_id, {"execd": execd, **headers}
+
+
+def command_to_end(client: httpx.Client, execd: str, headers: dict[str, str]) -> float:
+    began = time.perf_counter()
+    with client.stream(
+        "POST", f"{execd}/command", json={"command": "echo 1"}, headers=headers
+    ) as r:
+        events = [json.loads(line)["type"] for line in r.iter_lines() if line]
+    if events[-1] != "execution_complete":
+        raise RuntimeError(f"command failed: {events}")
+    return time.perf_counter() - began
+
+
+def sdk_first_output(server: Server) -> float:
+    from opensandbox import SandboxSync
+    from opensandbox.config.connection_sync import ConnectionConfigSync
+
+    config = ConnectionConfigSync(domain=f"{server.url}/opensandbox", api_key=server.key)
+    began = time.perf_counter()
+    box = SandboxSync.create(RUNTIME, connection_config=config)
+    done = box.commands.run("echo 1")
+    elapsed = time.perf_counter() - began
+    assert done.logs.stdout[0].text == "1\n"
+    box.kill()
+    return elapsed
+
+
+async def many_at_once(server: Server, count: int) -> tuple[float, float]:
+    """Seconds until ``count`` sandboxes created at once all answer /ping; MiB per sandbox."""
+    base = f"{server.url}/opensandbox"
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(headers={KEY_HEADER: server.key}, timeout=60, limits=limits) as c:
+
+        async def one() -> str:
+            created = await c.post(f"{base}/v1/sandboxes", json={"image": {"uri": RUNTIME}})
+            if created.status_code != 202:
+                raise RuntimeError(f"create: {created.status_code} {created.text}")
+            sandbox_id = created.json()["id"]
+            ep = (await c.get(f"{base}/v1/sandboxes/{sandbox_id}/endpoints/44772")).json()
+            ping = await c.get(f"http://{ep['endpoint']}/ping", headers=ep["headers"])
+            ping.raise_for_status()
+            return str(sandbox_id)
+
+        before = available_mib()
+        began = time.perf_counter()
+        ids = await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - began
+        await asyncio.sleep(1)
+        per_sandbox = (before - available_mib()) / count
+        for chunk in range(0, count, 20):
+            await asyncio.gather(
+                *(c.delete(f"{base}/v1/sandboxes/{i}") for i in ids[chunk : chunk + 20])
+            )
+    return elapsed, per_sandbox
+
+
+def available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no MemAvailable")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--at-once", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        limit = str(max(args.at_once, 10))
+        server = start_server(
+            Path(scratch) / "home", "--sandboxes-per-org", limit, "--sandboxes-per-server", limit
+        )
+        try:
+            bare = bare_bash(args.runs)
+            created, commands = [], []
+            base = f"{server.url}/opensandbox"
+            with httpx.Client(headers={KEY_HEADER: server.key}, timeout=60) as client:
+                _, warm_up, _ = first_output(client, base)
+                client.delete(f"{base}/v1/sandboxes/{warm_up}")
+                for _ in range(args.runs):
+                    elapsed, sandbox_id, reach = first_output(client, base)
+                    created.append(elapsed)
+                    execd = reach.pop("execd")
+                    commands.append(command_to_end(client, execd, reach))
+                    client.delete(f"{base}/v1/sandboxes/{sandbox_id}")
+            sdk = [sdk_first_output(server) for _ in range(min(args.runs, 20))]
+            at_once, per_sandbox = asyncio.run(many_at_once(server, args.at_once))
+        finally:
+            stop_server(server)
+    b50 = percentile(bare, 50)
+    rows = [
+        ("bare bash -c 'echo 1'", bare, ""),
+        ("create to first output (HTTP)", created, "target <= 50 ms"),
+        ("create to first output (SDK)", sdk, ""),
+        ("command in a live sandbox", commands, ""),
+    ]
+    print(f"{'case':34} {'p50':>10} {'p99':>10} {'p50/bare':>9}")
+    for name, samples, target in rows:
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        print(f"{name:34} {ms(p50):>10} {ms(p99):>10} {p50 / b50:>8.2f}x  {target}")
+    print(f"{args.at_once} sandboxes at once, all answering /ping: {at_once:.2f} s (target <= 3 s)")
+    print(f"memory of an idle sandbox: {per_sandbox:.1f} MiB (MemAvailable drop / {args.at_once})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
