@@ -41,6 +41,7 @@ import anyio
 import httpx
 
 from baponi_core._records import ExecutionStatus
+from baponi_core._sandbox.uids import UidRange
 from baponi_http._errors import HTTP_CODES
 
 if TYPE_CHECKING:
@@ -285,6 +286,15 @@ def marker_processes(marker: str) -> list[bytes]:
     return found
 
 
+def own_uids(part: int) -> UidRange:
+    """A uid range no other server or runtime of the run takes from: ``part`` 0 or 1 of
+    this pytest-xdist worker's own. For tests that count on which uid a sandbox gets
+    next, which another worker's sandboxes would take."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    first = 200_000 + 2_000 * worker + 1_000 * part
+    return UidRange(first, first + 999)
+
+
 @contextlib.contextmanager
 def runtime_on_a_thread(
     run: Path, shared: list[Path]
@@ -298,7 +308,9 @@ def runtime_on_a_thread(
 
     pr_set_child_subreaper = 36
     with start_blocking_portal() as portal:
-        opened = portal.wrap_async_context_manager(SandboxRuntime.open(run, shared))
+        opened = portal.wrap_async_context_manager(
+            SandboxRuntime.open(run, shared, uids=own_uids(1))
+        )
         try:
             with opened as runtime:
                 yield portal, runtime

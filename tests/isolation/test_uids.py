@@ -25,11 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
-from baponi_core._sandbox.uids import CLAIMS, UidRange
+from baponi_core._sandbox.uids import CLAIMS
 from tests.harness import (
     Server,
     marker_processes,
     org_key,
+    own_uids,
     sleep_marker,
     start_server,
     stop_server,
@@ -116,15 +117,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(running)
 
 
-def own_uids() -> UidRange:
-    """A uid range no other server of the run takes from (one per pytest-xdist worker):
-    these tests count on which uid a sandbox gets next."""
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    first = 200_000 + 1_000 * worker
-    return UidRange(first, first + 999)
-
-
-OWN_UIDS = own_uids()
+OWN_UIDS = own_uids(0)
 
 
 def execute(server: Server, key: str, code: str, **options: Any) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from baponi_core._sandbox import (
 from baponi_core._sandbox.libc import call
 from baponi_core._sandbox.mountns import PRIVATE_BASE
 from baponi_core._sandbox.rootfs import BASE_ENV, STORAGE_UID
-from baponi_core._sandbox.uids import DEFAULT_UIDS
 from tests.harness import (
     marker_processes,
+    own_uids,
     run_probe,
     runtime_on_a_thread,
     wait_until,
@@ -472,7 +472,7 @@ def test_each_live_sandbox_has_a_host_uid_of_its_own(sandboxes: Sandboxes) -> No
         wait_until(lambda: all(map(sleepers, markers)), within=10, what="both to run")
         assert [uids_of(m) for m in markers] == [{first.uid}, {second.uid}]
         assert first.uid != second.uid
-        assert first.uid in DEFAULT_UIDS and second.uid in DEFAULT_UIDS
+        assert first.uid in own_uids(1) and second.uid in own_uids(1)
         status, _, _ = run(sandboxes, first, shell("echo made > ~/by-first"))
         assert status == 0
     finally:
