@@ -4,53 +4,23 @@ line, no ``data:`` prefix, ``timestamp`` on every event, ``init`` first, a ``pin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from tests.harness import Server, start_server, stop_server
+from tests.opensandbox.clients import Execd, opened
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Execd:
-    client: httpx.Client
-    sandbox_id: str
-
-    def events(self, body: dict[str, object]) -> tuple[list[str], list[dict[str, object]]]:
-        """The raw lines of ``POST /command`` and the events they hold."""
-        with self.client.stream("POST", "/command", json=body) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            lines = list(response.iter_lines())
-        return lines, [json.loads(line) for line in lines if line]
 
 
 @pytest.fixture(scope="module")
 def execd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Execd]:
     server: Server = start_server(tmp_path_factory.mktemp("wire") / "home")
-    lifecycle = httpx.Client(
-        base_url=f"{server.url}/opensandbox/v1",
-        headers={"OPEN-SANDBOX-API-KEY": server.key},
-        timeout=30,
-    )
-    created = lifecycle.post("/sandboxes", json={"image": {"uri": "default"}})
-    assert created.status_code == 202, created.text
-    sandbox_id = created.json()["id"]
-    endpoint = lifecycle.get(f"/sandboxes/{sandbox_id}/endpoints/44772").json()
-    client = httpx.Client(
-        base_url=f"http://{endpoint['endpoint']}", headers=endpoint["headers"], timeout=30
-    )
     try:
-        yield Execd(client, sandbox_id)
+        with opened(server) as execd:
+            yield execd
     finally:
-        client.close()
-        lifecycle.delete(f"/sandboxes/{sandbox_id}")
-        lifecycle.close()
         stop_server(server)
 
 

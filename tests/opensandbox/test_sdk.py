@@ -19,9 +19,9 @@ from opensandbox.exceptions import SandboxException
 from opensandbox.models.execd import RunCommandOpts
 
 from tests.harness import Server, org_key, start_server, stop_server, unique, wait_until
+from tests.opensandbox.clients import RUNTIME, lifecycle
 
 pytestmark = pytest.mark.slow
-RUNTIME = "default"  # the test image, imported into the shared runtimes (tests/harness.py)
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,6 @@ def sandbox(osb_server: Server) -> Iterator[SandboxSync]:
     yield box
     with contextlib.suppress(SandboxException):  # a test may have ended it
         box.kill()
-
-
-def lifecycle(server: Server, key: str | None = None) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"{server.url}/opensandbox/v1",
-        headers={"OPEN-SANDBOX-API-KEY": key or server.key},
-        timeout=30,
-    )
 
 
 def test_a_foreground_command_streams_its_output_and_exit_code(sandbox: SandboxSync) -> None:
