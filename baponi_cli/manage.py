@@ -10,7 +10,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from baponi_cli import connectors
+from baponi_cli import connectors, sandboxes
 from baponi_cli.options import (
     add_home,
     add_profile_options,
@@ -133,6 +133,7 @@ def add_commands(commands: Any) -> None:
     _volumes(commands, home, org)
     _profiles(commands, home, org)
     _runtimes(commands, home)
+    sandboxes.add_commands(commands, home)
 
 
 # keys

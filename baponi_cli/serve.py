@@ -145,6 +145,14 @@ def add_command(commands: Any) -> None:
         type=positive_seconds,
         metavar="SECONDS",
     )
+    env_option(
+        serve,
+        "--sandbox-idle-timeout",
+        "end a long-lived sandbox that has had no request and run no command for this long",
+        default=f"{DEFAULTS.sandbox_idle_s:g}",
+        type=positive_seconds,
+        metavar="SECONDS",
+    )
     add_storage_arguments(serve)
     add_runtimes(serve)
     serve.set_defaults(run=run)
@@ -171,6 +179,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sandboxes_per_org=args.sandboxes_per_org,
         sandboxes_per_server=args.sandboxes_per_server,
         sandbox_max_lifetime_s=float(args.sandbox_max_lifetime),
+        sandbox_idle_s=float(args.sandbox_idle_timeout),
     )
     claim_home(settings.home)  # say so now, before the port is taken
     sock = listen(args.host, args.port)

@@ -121,6 +121,11 @@ class Commands:
             raise RateLimited(f"this sandbox runs {MAX_COMMANDS} commands already", 1)
         del self._runs[min(finished, key=lambda r: r.started_at).id]
 
+    @property
+    def busy(self) -> bool:
+        """Whether any of its commands still runs."""
+        return any(run.running for run in self._runs.values())
+
     def get(self, command_id: str) -> CommandRun | None:
         return self._runs.get(command_id)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class Live:
         self.handle = handle
         self.token = secrets.token_urlsafe(32)
         self.paused_at: float | None = None  # since when it is frozen
+        self.last_used = time.time()  # its last request (its idle lifetime counts from it)
         self.changing = anyio.Lock()  # one pause, resume or end at a time
 
     @property
@@ -69,6 +71,9 @@ class Live:
 
     def grants(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.token.encode())
+
+    def touch(self) -> None:
+        self.last_used = time.time()
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return {**base_env(self.handle.shape), **self.record.env, **(extra or {})}

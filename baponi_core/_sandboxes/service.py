@@ -38,10 +38,12 @@ log = logging.getLogger(__name__)
 
 EXPIRY_CHECK_S = 0.5  # how late past its expiry a sandbox may end
 DEFAULT_TIMEOUT_S = 600  # OpenSandbox's default lifetime
-Ending = Literal["DELETED", "EXPIRED", "SANDBOX_EXITED", "SERVER_STOPPED"]
+Ending = Literal["DELETED", "EXPIRED", "IDLE", "KILLED", "SANDBOX_EXITED", "SERVER_STOPPED"]
 MESSAGES: dict[Ending, str] = {
     "DELETED": "deleted",
     "EXPIRED": "its expiry came",
+    "IDLE": "no request and no command for its idle lifetime",
+    "KILLED": "killed by the server's operator",
     "SANDBOX_EXITED": "its init ended (killed from inside?); its processes ended with it",
     "SERVER_STOPPED": STOPPED_MESSAGE,
 }
@@ -68,10 +70,11 @@ class Sandboxes:
         runtimes: Runtimes,
         limits: SandboxLimits | None = None,
         max_lifetime_s: float = 86400.0,
+        idle_s: float = 1800.0,
     ) -> None:
         self.store, self.runtime, self.runtimes = store, runtime, runtimes
         self.admission = Admission(store, limits or SandboxLimits())
-        self.max_lifetime_s = max_lifetime_s
+        self.max_lifetime_s, self.idle_s = max_lifetime_s, idle_s
         self._live: dict[str, Live] = {}
         self._commands: dict[str, Commands] = {}
         self._tasks: TaskGroup | None = None
@@ -85,12 +88,31 @@ class Sandboxes:
                 task_status.started()
                 while True:
                     await anyio.sleep(EXPIRY_CHECK_S)
-                    now = time.time()
-                    for live in list(self._live.values()):
-                        if live.paused_at is None and live.record.expires_at <= now:
-                            self._tasks.start_soon(self._end, live, "EXPIRED")
+                    for live, why in await self._due():
+                        self._tasks.start_soon(self._end, live, why)
         finally:
             self._tasks = None
+
+    async def _due(self) -> list[tuple[Live, Ending]]:
+        """The open sandboxes to end now: expired, idle too long, or killed by an
+        operator (``baponi sandboxes kill``, from another process, through the store)."""
+        now = time.time()
+        due: list[tuple[Live, Ending]] = []
+        try:
+            killed = set(await self.store.sandbox_ends_requested()) if self._live else set()
+        except BaponiError as exc:
+            log.warning("could not read the sandboxes operators killed: %s", exc.message)
+            killed = set()
+        for live in list(self._live.values()):
+            if live.id in killed:
+                due.append((live, "KILLED"))
+            elif live.paused_at is not None:
+                continue  # paused time counts against neither its expiry nor its idleness
+            elif live.record.expires_at <= now:
+                due.append((live, "EXPIRED"))
+            elif now - live.last_used > self.idle_s and not self._commands[live.id].busy:
+                due.append((live, "IDLE"))
+        return due
 
     # the lifecycle
 
@@ -210,6 +232,7 @@ class Sandboxes:
         live = self._live.get(sandbox_id)
         if live is None or live.record.org_id != org_id:
             raise NotFound(f"sandbox {sandbox_id} not found or not running")
+        live.touch()
         return live
 
     def commands(self, live: Live) -> Commands:

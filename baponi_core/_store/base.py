@@ -151,6 +151,19 @@ class Store(Protocol):
         """How many sandboxes have not ended, of the organisation (None: of every one)."""
         ...
 
+    async def request_sandbox_end(self, sandbox_id: str, when: float) -> Sandbox | None:
+        """Ask the server that runs it to end the sandbox (an operator's kill, from
+        another process); the record, or None if there is no live sandbox of that id."""
+        ...
+
+    async def sandbox_ends_requested(self) -> list[str]:
+        """The ids of live sandboxes whose end an operator asked for."""
+        ...
+
+    async def all_sandboxes(self, live_only: bool) -> list[Sandbox]:
+        """Every organisation's sandboxes, newest first (at most 1,000): for operators."""
+        ...
+
     async def terminate_live_sandboxes(
         self, reason: str, message: str, when: float
     ) -> list[tuple[str, str]]:

@@ -205,6 +205,7 @@ CREATE INDEX sandboxes_live ON sandboxes (org_id) WHERE ended_at IS NULL;
 """,
     """
 ALTER TABLE sandboxes ADD COLUMN entrypoint TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE sandboxes ADD COLUMN end_requested_at REAL;
 """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -735,6 +736,31 @@ class SqliteStore:
             f"SELECT COUNT(*) FROM sandboxes WHERE ended_at IS NULL {condition}", args
         )
         return int(row[0]) if row else 0
+
+    async def request_sandbox_end(self, sandbox_id: str, when: float) -> Sandbox | None:
+        rows = await self._all(
+            "UPDATE sandboxes SET end_requested_at = ? WHERE id = ? AND ended_at IS NULL "
+            "RETURNING org_id",
+            (when, sandbox_id),
+            write=True,
+        )
+        return await self.get_sandbox(rows[0][0], sandbox_id) if rows else None
+
+    async def sandbox_ends_requested(self) -> list[str]:
+        rows = await self._all(
+            "SELECT id FROM sandboxes WHERE ended_at IS NULL AND end_requested_at IS NOT NULL",
+            (),
+        )
+        return [row[0] for row in rows]
+
+    async def all_sandboxes(self, live_only: bool) -> list[Sandbox]:
+        condition = "WHERE s.ended_at IS NULL " if live_only else ""
+        rows = await self._all(
+            f"SELECT {SANDBOX_COLUMNS} FROM sandboxes s {condition}"
+            "ORDER BY s.created_at DESC, s.id LIMIT 1000",
+            (),
+        )
+        return [_sandbox(row) for row in rows]
 
     async def terminate_live_sandboxes(
         self, reason: str, message: str, when: float

@@ -34,6 +34,7 @@ class TokenGuard:
             response = JSONResponse(UNAUTHORIZED, status_code=401)
             await response(scope, receive, send)
             return
+        live.touch()
         scope[LIVE] = live
         await self.app(scope, receive, send)
 

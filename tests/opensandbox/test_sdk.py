@@ -18,7 +18,16 @@ from opensandbox.config.connection_sync import ConnectionConfigSync
 from opensandbox.exceptions import SandboxException
 from opensandbox.models.execd import RunCommandOpts
 
-from tests.harness import Server, org_key, start_server, stop_server, unique, wait_until
+from tests.harness import (
+    Server,
+    cli,
+    org_key,
+    run_cli,
+    start_server,
+    stop_server,
+    unique,
+    wait_until,
+)
 from tests.opensandbox.clients import RUNTIME, lifecycle
 
 pytestmark = pytest.mark.slow
@@ -273,3 +282,31 @@ def test_after_a_restart_a_sandbox_reads_terminated(tmp_path: Path) -> None:
         assert status["state"] == "Terminated" and status["reason"] == "SERVER_STOPPED"
     finally:
         stop_server(again)
+
+
+def test_operators_list_and_kill_sandboxes(osb_server: Server, sandbox: SandboxSync) -> None:
+    listed = cli(osb_server.home, "sandboxes", "list")
+    line = next(line for line in listed.splitlines() if line.startswith(sandbox.id))
+    assert "Running" in line and f"runtime={RUNTIME}" in line
+    said = cli(osb_server.home, "sandboxes", "kill", sandbox.id)
+    assert sandbox.id in said
+    wait_until(lambda: sandbox.get_info().status.state == "Terminated", within=10)
+    assert sandbox.get_info().status.reason == "KILLED"
+    assert sandbox.id not in cli(osb_server.home, "sandboxes", "list")
+    assert sandbox.id in cli(osb_server.home, "sandboxes", "list", "--all")
+    refused = run_cli(osb_server.home, "sandboxes", "kill", sandbox.id)
+    assert refused.returncode != 0 and "no live sandbox" in refused.stderr
+
+
+def test_an_idle_sandbox_ends_and_a_busy_one_does_not(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "home", "--sandbox-idle-timeout", "1")
+    try:
+        idle = SandboxSync.create(RUNTIME, connection_config=config(server))
+        busy = SandboxSync.create(RUNTIME, connection_config=config(server))
+        busy.commands.run("sleep 4", opts=RunCommandOpts(background=True))
+        wait_until(lambda: idle.get_info().status.state == "Terminated", within=10)
+        assert idle.get_info().status.reason == "IDLE"
+        assert busy.get_info().status.state == "Running"
+        busy.kill()
+    finally:
+        stop_server(server)
