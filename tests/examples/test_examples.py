@@ -327,3 +327,23 @@ def test_example_receiver_refuses_odd_signatures(header: str) -> None:
     assert receiver.verify(header, b"{}", "whsec_x", now=1) is False
     good = hmac.new(b"whsec_x", b"1.{}", hashlib.sha256).hexdigest()
     assert receiver.verify(f"t=1,v1={good}", b"{}", "whsec_x", now=1) is True
+
+
+@pytest.mark.slow
+def test_opensandbox_quickstart(server: Server, org_env: dict[str, str]) -> None:
+    env = {
+        "OPEN_SANDBOX_API_KEY": org_env["BAPONI_API_KEY"],
+        "OPEN_SANDBOX_DOMAIN": f"{server.url}/opensandbox",
+    }
+    out = lines(output("opensandbox_quickstart", env))
+    assert re.fullmatch(r"created sbx_[0-9a-f]{16}: Running", out[0])
+    assert out[1:] == [
+        "hello",
+        "kept between commands",
+        "step 1",
+        "step 2",
+        "step 3",
+        "paused: Paused",
+        "resumed: Running; kept between commands",
+        "killed: Terminated",
+    ]
