@@ -153,6 +153,13 @@ def add_command(commands: Any) -> None:
         type=positive_seconds,
         metavar="SECONDS",
     )
+    serve.add_argument(
+        "--sandbox-paused-time-counts",
+        action="store_true",
+        default=flag_from_env("--sandbox-paused-time-counts"),
+        help="let a paused long-lived sandbox's expiry come all the same (default: paused "
+        "time is added to its lifetime; or $BAPONI_SANDBOX_PAUSED_TIME_COUNTS=1)",
+    )
     add_storage_arguments(serve)
     add_runtimes(serve)
     serve.set_defaults(run=run)
@@ -180,6 +187,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sandboxes_per_server=args.sandboxes_per_server,
         sandbox_max_lifetime_s=float(args.sandbox_max_lifetime),
         sandbox_idle_s=float(args.sandbox_idle_timeout),
+        sandbox_paused_time_counts=args.sandbox_paused_time_counts,
     )
     claim_home(settings.home)  # say so now, before the port is taken
     sock = listen(args.host, args.port)

@@ -149,6 +149,7 @@ class Core:
                 SandboxLimits(self.settings.sandboxes_per_org, self.settings.sandboxes_per_server),
                 self.settings.sandbox_max_lifetime_s,
                 self.settings.sandbox_idle_s,
+                self.settings.sandbox_paused_time_counts,
             )
             # They end after their housekeeping stops, before the runtime closes.
             stack.push_async_callback(_shielded, self._sandboxes.close)

@@ -51,6 +51,7 @@ class Settings:
     sandboxes_per_server: int = 50  # and on the whole server
     sandbox_max_lifetime_s: float = 86400.0  # the longest a long-lived sandbox may live
     sandbox_idle_s: float = 1800.0  # one with no request and no command for this long ends
+    sandbox_paused_time_counts: bool = False  # a paused sandbox's expiry comes all the same
 
     def base_url(self, seen: str) -> str:
         """Where signed URLs point: ``public_url``, else the URL the client used."""

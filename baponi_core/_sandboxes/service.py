@@ -71,10 +71,12 @@ class Sandboxes:
         limits: SandboxLimits | None = None,
         max_lifetime_s: float = 86400.0,
         idle_s: float = 1800.0,
+        paused_counts: bool = False,
     ) -> None:
         self.store, self.runtime, self.runtimes = store, runtime, runtimes
         self.admission = Admission(store, limits or SandboxLimits())
         self.max_lifetime_s, self.idle_s = max_lifetime_s, idle_s
+        self.paused_counts = paused_counts  # paused time counts against the expiry
         self._live: dict[str, Live] = {}
         self._commands: dict[str, Commands] = {}
         self._tasks: TaskGroup | None = None
@@ -106,10 +108,10 @@ class Sandboxes:
         for live in list(self._live.values()):
             if live.id in killed:
                 due.append((live, "KILLED"))
-            elif live.paused_at is not None:
-                continue  # paused time counts against neither its expiry nor its idleness
-            elif live.record.expires_at <= now:
+            elif live.record.expires_at <= now and (live.paused_at is None or self.paused_counts):
                 due.append((live, "EXPIRED"))
+            elif live.paused_at is not None:
+                continue  # paused time counts against its idleness never
             elif now - live.last_used > self.idle_s and not self._commands[live.id].busy:
                 due.append((live, "IDLE"))
         return due
@@ -273,8 +275,8 @@ class Sandboxes:
             if live.record.state is not SandboxState.PAUSED or live.paused_at is None:
                 raise Conflict(f"sandbox {sandbox_id} is not paused ({live.record.state.value})")
             await live.handle.thaw()
-            # Paused time does not count against its lifetime.
-            live.record.expires_at += time.time() - live.paused_at
+            if not self.paused_counts:  # paused time does not count against its lifetime
+                live.record.expires_at += time.time() - live.paused_at
             live.paused_at = None
             await self._set(live, SandboxState.RUNNING)
         return live.record

@@ -310,3 +310,33 @@ def test_an_idle_sandbox_ends_and_a_busy_one_does_not(tmp_path: Path) -> None:
         busy.kill()
     finally:
         stop_server(server)
+
+
+def test_paused_time_does_not_count_against_the_expiry(osb_server: Server) -> None:
+    box = SandboxSync.create(
+        RUNTIME, connection_config=config(osb_server), timeout=timedelta(seconds=3)
+    )
+    try:
+        first = box.get_info().expires_at
+        box.pause()
+        time.sleep(4)  # past its expiry, paused
+        assert box.get_info().status.state == "Paused"
+        box = SandboxSync.resume(box.id, connection_config=config(osb_server))
+        later = box.get_info().expires_at
+        assert first is not None and later is not None
+        assert (later - first).total_seconds() >= 3.5  # the paused time was added
+    finally:
+        box.kill()
+
+
+def test_the_operator_can_let_paused_time_count(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "home", "--sandbox-paused-time-counts")
+    try:
+        box = SandboxSync.create(
+            RUNTIME, connection_config=config(server), timeout=timedelta(seconds=2)
+        )
+        box.pause()
+        wait_until(lambda: box.get_info().status.state == "Terminated", within=10)
+        assert box.get_info().status.reason == "EXPIRED"
+    finally:
+        stop_server(server)
