@@ -1,5 +1,5 @@
 """Per-sandbox cgroups: memory, pids and CPU limits, an exact OOM counter, and (for the
-long-lived sandboxes that pause) the freezer.
+long-lived sandboxes that pause) the freezer and the CPU and memory use their metrics show.
 
 Both layouts are handled: cgroup v1 (one hierarchy per controller, as on this project's
 CI machines) and the unified cgroup v2. Each server gets its own base directory so that
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 V1_FREEZER = "freezer"  # a group of its own only for a sandbox that may pause
+# CPU time used, on v1: in the cpu group when the two are mounted together, else a
+# hierarchy of its own, where (like the freezer) only a long-lived sandbox gets a group
+V1_CPUACCT = "cpuacct"
 CPU_PERIOD_US = 100_000
 FREEZE_WAIT_S = 2.0  # a task in uninterruptible sleep can hold a freeze up
 
@@ -56,6 +59,7 @@ class Cgroup:
     dirs: tuple[Path, ...]
     v2: bool
     freezable: bool = False  # on v1, the last of ``dirs`` is then its freezer group
+    cpuacct: Path | None = None  # on v1, the group that counts its CPU time, if any
 
     def attach(self, pid: int) -> None:
         for d in self.dirs:
@@ -65,6 +69,31 @@ class Cgroup:
         if self.v2:
             return _counter(self.dirs[0] / "memory.events", "oom_kill")
         return _counter(self.dirs[0] / "memory.oom_control", "oom_kill")
+
+    def cpu_used_ns(self) -> int | None:
+        """The CPU time its processes have used so far (the ended ones' included), or
+        None when nothing counts it (v1 without a cpuacct group for it)."""
+        if self.v2:
+            return _counter(self.dirs[0] / "cpu.stat", "usage_usec") * 1000
+        if self.cpuacct is None:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.cpuacct / "cpuacct.usage").read_text())
+        return None
+
+    def memory_used(self) -> int:
+        """The memory its processes hold, in bytes: what is charged to it less the file
+        cache it could drop at once (as ``docker stats`` counts it)."""
+        if self.v2:
+            charged = self.dirs[0] / "memory.current"
+            inactive = _counter(self.dirs[0] / "memory.stat", "inactive_file")
+        else:
+            charged = self.dirs[0] / "memory.usage_in_bytes"
+            inactive = _counter(self.dirs[0] / "memory.stat", "total_inactive_file")
+        try:
+            return max(0, int(charged.read_text()) - inactive)
+        except (OSError, ValueError):
+            return 0
 
     def pids(self) -> list[int]:
         with contextlib.suppress(OSError):  # every directory holds the same processes
@@ -160,9 +189,16 @@ _runtimes = itertools.count()  # numbers the runtimes of this process
 class Cgroups:
     """Creates and removes the groups of one server."""
 
-    def __init__(self, bases: tuple[Path, ...], v2: bool, freezer: Path | None = None) -> None:
+    def __init__(
+        self,
+        bases: tuple[Path, ...],
+        v2: bool,
+        freezer: Path | None = None,
+        cpuacct: Path | None = None,
+    ) -> None:
         self.bases, self.v2 = bases, v2
         self.freezer = freezer  # v1's freezer base, when the hierarchy is mounted
+        self.cpuacct = cpuacct  # v1's cpuacct base, when mounted apart from cpu
 
     @classmethod
     def detect(cls, root: Path = ROOT) -> Cgroups | None:
@@ -177,11 +213,16 @@ class Cgroups:
                 freezer: Path | None = root / V1_FREEZER / "baponi" / server
                 if not (root / V1_FREEZER / "cgroup.procs").exists():
                     freezer = None
+                cpuacct: Path | None = root / V1_CPUACCT / "baponi" / server
+                apart = not (root / "cpu" / "cpuacct.usage").exists()
+                if not (apart and (root / V1_CPUACCT / "cgroup.procs").exists()):
+                    cpuacct = None
                 # The freezer first: a dead server's frozen processes die only once thawed.
-                for base in (*([freezer] if freezer else []), *bases):
+                extra = [cpuacct] if cpuacct else []
+                for base in (*([freezer] if freezer else []), *bases, *extra):
                     _clean_stale(base.parent)
                     base.mkdir(parents=True, exist_ok=True)
-                return cls(bases, v2=False, freezer=freezer)
+                return cls(bases, v2=False, freezer=freezer, cpuacct=cpuacct)
             if (root / "cgroup.controllers").exists():
                 return cls((_v2_base(root, server),), v2=True)
         except OSError as exc:
@@ -197,11 +238,18 @@ class Cgroups:
         it a group of its own, which one-shot sandboxes need not pay for)."""
         if freezable and not self.can_freeze:
             raise OSError(errno.ENOTSUP, "the cgroup freezer is not mounted")
-        extra = (self.freezer / name,) if freezable and self.freezer else ()
-        dirs = tuple(base / name for base in self.bases) + extra
+        dirs = tuple(base / name for base in self.bases)
+        # v1 counts CPU time in the cpu group when cpuacct is mounted with it (when it is
+        # not mounted at all, the reader finds no counter there and says so)
+        cpuacct = None if self.v2 else dirs[2]
+        if self.cpuacct is not None:
+            cpuacct = self.cpuacct / name if freezable else None
+            dirs += (cpuacct,) if cpuacct else ()
+        if freezable and self.freezer:
+            dirs += (self.freezer / name,)  # the last, as Cgroup expects
         for d in dirs:
             d.mkdir()
-        group = Cgroup(dirs, self.v2, freezable)
+        group = Cgroup(dirs, self.v2, freezable, cpuacct)
         try:
             self._limit(group, limits)
         except OSError:
@@ -230,6 +278,8 @@ class Cgroups:
 
     def close(self) -> None:
         bases = [(base, False) for base in self.bases]
+        if self.cpuacct is not None:
+            bases.append((self.cpuacct, False))
         if self.freezer is not None:  # first: a frozen process dies only once thawed
             bases.insert(0, (self.freezer, True))
         for base, freezer in bases:
