@@ -211,10 +211,11 @@ def temporary(path: str) -> str:
 
 
 async def stat(live: Live, path: str, *, follow: bool) -> FileInfo:
-    """``path``'s FileInfo (its target's when ``follow``); FileNotFound when missing."""
+    """``path``'s FileInfo (its target's when ``follow``); FileNotFound when missing (or
+    a link to nothing, when ``follow``)."""
     argv = ["find", *(["-H"] if follow else []), path, "-maxdepth", "0", "-printf", FORMAT]
     found = parse((await _run(live, argv, output_bytes=1 << 16)).stdout)
-    if len(found) != 1 or found[0].path != path:
+    if len(found) != 1 or found[0].path != path or (follow and found[0].type == "symlink"):
         raise FileNotFound(f"no such file or directory: {path}")
     return found[0]
 

@@ -22,7 +22,7 @@ from baponi_core._sandbox import Process
 from baponi_core._sandboxes import files
 from baponi_core._sandboxes.errors import InvalidFileContent, RangeNotSatisfiable
 from baponi_core._sandboxes.filesinfo import FileType
-from baponi_core._sandboxes.live import Completed, Drain, Live
+from baponi_core._sandboxes.live import DRAIN_S, Completed, Drain, Live
 
 RANGE = re.compile(r"bytes=\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*(?:,.*)?")
 KILL_WAIT_S = 5.0  # for an upload's process to end once killed
@@ -138,13 +138,13 @@ async def upload(
     argv += permission.args()
     limit = live.handle.shape.limits.file_size_bytes
     process = await live.start(argv, env=files.TOOLS_ENV, stdin=True)
-    err = bytearray()
     try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(Drain(process.stdout, bytearray(), 0).run)
-            tasks.start_soon(Drain(process.stderr, err, 4096).run)
-            await _feed(process, chunks, limit, path)
-            status = await process.wait()
+        await _feed(process, chunks, limit, path)
+        status = await process.wait()
+        # The script's tools say at most a line each; its stdout is cat's, redirected.
+        err = bytearray()
+        with anyio.move_on_after(DRAIN_S):
+            await Drain(process.stderr, err, 4096).run()
     except BaseException:
         with anyio.CancelScope(shield=True):
             await _abandon(live, process, temp)
