@@ -12,23 +12,26 @@ from __future__ import annotations
 import posixpath
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
+from typing import TypeVar
 
 from baponi_core._errors import ValidationError
 from baponi_core._sandbox.rootfs import HOME
 from baponi_core._sandboxes.errors import FileNotFound, MissingQuery, RuntimeFailure
-from baponi_core._sandboxes.filesinfo import FORMAT, FileInfo, FileType, parse
+from baponi_core._sandboxes.filesinfo import FORMAT, NAME, FileInfo, FileType, parse
 from baponi_core._sandboxes.live import Completed, Live
 
 # Our processes find the runtime's tools, never ones the sandbox's environment points at,
 # and speak in the C locale (byte order, plain messages).
 TOOLS_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+MAX_PATHS = 256  # of one request: every one is an argument of one process
+PATH_BYTES = 4096  # PATH_MAX
 LISTING_BYTES = 32 << 20  # a list or search that says more is refused (about 200k files)
 EDIT_BYTES = 64 << 20  # the largest file /files/replace rewrites (it is held in memory)
 MISSING, EXISTS, IS_DIRECTORY = 3, 4, 5  # exit statuses of the scripts below
+S = TypeVar("S", bound=Sized)
 VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-OWNER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}\$?")
 
 # own FILE MODE OWNER GROUP: each of the three that is not empty applied to FILE.
 OWN = """own() {
@@ -66,12 +69,17 @@ if test -d "$d" && ! test -L "$d"; then exit {IS_DIRECTORY}; fi
 REWRITE = """{ cat > "$1" && chmod --reference="$2" -- "$1" && mv -f -T -- "$1" "$2"; } ||
 { rm -f -- "$1"; exit 1; }
 """
-# MKDIR PATH MODE OWNER GROUP CREATED...: mkdir -p, then the CREATED ones owned.
+# MKDIR PATH MODE OWNER GROUP: mkdir -p PATH (normalised), then owned: PATH and each of
+# its parents up to the topmost that was missing, no other.
 MKDIR = (
-    OWN
-    + """p=$1 m=$2 o=$3 g=$4; shift 4
+    EXISTS_TEST
+    + OWN
+    + """p=$1 top= d=$1
+while ! there "$d"; do top=$d d=${d%/*}; test -n "$d" || break; done
 mkdir -p -- "$p" || exit 1
-for d; do own "$d" "$m" "$o" "$g" || exit 1; done
+test -n "$top" || exit 0
+d=$p
+until own "$d" "$2" "$3" "$4" || exit 1; test "$d" = "$top"; do d=${d%/*}; done
 """
 )
 
@@ -103,9 +111,11 @@ def resolve(live: Live, path: str) -> str:
         path = home + path[1:]
     path = VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), ""), path)
     try:
-        path.encode()
+        size = len(path.encode())
     except UnicodeEncodeError:
         raise ValidationError("a path must be valid UTF-8") from None
+    if size > PATH_BYTES:
+        raise ValidationError(f"a path is at most {PATH_BYTES} bytes")
     return posixpath.join(home, path) if path else home
 
 
@@ -191,16 +201,13 @@ async def make_directories(live: Live, dirs: Mapping[str, Permission]) -> None:
     """``mkdir -p`` each; its permission applied to the directories it created only."""
     for given, permission in dirs.items():
         path = posixpath.normpath(resolve(live, given))
-        chain = [path[: i or 1] for i, c in enumerate(path) if c == "/" and i] + [path]
-        existing = await _stat(live, {p: p for p in chain})
-        created = [p for p in chain if existing[p] is None]
-        argv = ["sh", "-c", MKDIR, "sh", path, *permission.args(), *created]
+        argv = ["sh", "-c", MKDIR, "sh", path, *permission.args()]
         check(await _run(live, argv), given)
 
 
 async def remove_directories(live: Live, paths: Sequence[str]) -> None:
     """``rm -rf`` each (what is missing is no error)."""
-    resolved = [resolve(live, p) for p in paths]
+    resolved = [resolve(live, p) for p in _bounded(paths)]
     if resolved:
         check(await _run(live, ["rm", "-rf", "--", *resolved]), "remove")
 
@@ -215,7 +222,7 @@ async def stat(live: Live, path: str, *, follow: bool) -> FileInfo:
     a link to nothing, when ``follow``)."""
     argv = ["find", *(["-H"] if follow else []), path, "-maxdepth", "0", "-printf", FORMAT]
     found = parse((await _run(live, argv, output_bytes=1 << 16)).stdout)
-    if len(found) != 1 or found[0].path != path or (follow and found[0].type == "symlink"):
+    if len(found) != 1 or found[0].path != path or (follow and found[0].type is FileType.SYMLINK):
         raise FileNotFound(f"no such file or directory: {path}")
     return found[0]
 
@@ -224,6 +231,7 @@ async def _stat(live: Live, paths: Mapping[str, str]) -> dict[str, FileInfo | No
     """Each given path's FileInfo (by lstat) or None when missing: one find for all."""
     if not paths:
         return {}
+    _bounded(paths)
     argv = ["find", *paths.values(), "-maxdepth", "0", "-printf", FORMAT]
     by_path = {f.path: f for f in await _listing(live, argv)}
     return {given: by_path.get(path) for given, path in paths.items()}
@@ -243,6 +251,12 @@ async def _listing(live: Live, argv: list[str]) -> list[FileInfo]:
     if len(done.stdout) >= LISTING_BYTES:
         raise RuntimeFailure(f"the listing is larger than {LISTING_BYTES >> 20} MiB")
     return parse(done.stdout)
+
+
+def _bounded(paths: S) -> S:
+    if len(paths) > MAX_PATHS:
+        raise ValidationError(f"at most {MAX_PATHS} paths at once")
+    return paths
 
 
 def _sorted(found: list[FileInfo]) -> list[FileInfo]:
@@ -284,6 +298,6 @@ def _mode(mode: int) -> str:
 def _owner(name: str | None) -> str:
     if name is None or name == "":
         return ""
-    if not OWNER.fullmatch(name):
+    if not NAME.fullmatch(name.encode()):
         raise ValidationError(f"{name!r} is not a user or group name")
     return name

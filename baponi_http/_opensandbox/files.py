@@ -130,7 +130,7 @@ async def download(request: Request) -> Response:
     )
     if found.lines:
         return StreamingResponse(found.chunks, media_type="text/plain; charset=utf-8")
-    name = found.name.replace("\\", "_").replace('"', "_").encode("ascii", "replace").decode()
+    name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in found.name)
     headers = {
         "Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''"
         + quote(found.name, safe=""),

@@ -134,6 +134,13 @@ def test_download_status_codes_and_headers(execd: httpx.Client) -> None:
         "/files/download", params={"path": "~/dl/ten", "offset": 1}, headers={"Range": "bytes=0-1"}
     )
     assert both.status_code == 400
+    odd = {"path": '~/dl/new\nline"q ü'}
+    files = [("metadata", ("metadata", json.dumps(odd), "application/json"))]
+    assert execd.post("/files/upload", files=[*files, ("file", ("x", b"odd"))]).status_code == 200
+    named = execd.get("/files/download", params=odd)
+    assert named.content == b"odd"
+    disposition = named.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename=\"new_line_q _\"; filename*=UTF-8''new%0A")
     lines = execd.get("/files/download", params={"path": "~/dl/ten", "offset": 1, "limit": 1})
     assert lines.status_code == 200 and lines.headers["content-type"].startswith("text/plain")
 
