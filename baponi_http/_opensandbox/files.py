@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -128,8 +129,11 @@ async def download(request: Request) -> Response:
         offset=number(request, "offset"),
         limit=number(request, "limit"),
     )
+    done_with = BackgroundTask(found.close)  # a HEAD reads nothing: its process ends here
     if found.lines:
-        return StreamingResponse(found.chunks, media_type="text/plain; charset=utf-8")
+        return StreamingResponse(
+            found.chunks, media_type="text/plain; charset=utf-8", background=done_with
+        )
     name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in found.name)
     headers = {
         "Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''"
@@ -138,9 +142,11 @@ async def download(request: Request) -> Response:
         "Content-Length": str(found.span.length if found.span else found.size),
     }
     if found.span is None:
-        return StreamingResponse(found.chunks, headers=headers, media_type=OCTETS)
+        return StreamingResponse(
+            found.chunks, headers=headers, media_type=OCTETS, background=done_with
+        )
     headers["Content-Range"] = f"bytes {found.span.start}-{found.span.last}/{found.size}"
-    return StreamingResponse(found.chunks, 206, headers=headers, media_type=OCTETS)
+    return StreamingResponse(found.chunks, 206, headers, OCTETS, done_with)
 
 
 async def list_directory(request: Request) -> Response:

@@ -123,6 +123,8 @@ def test_download_status_codes_and_headers(execd: httpx.Client) -> None:
     whole = execd.get("/files/download", params={"path": "~/dl/ten"})
     assert whole.status_code == 200 and whole.content == b"0123456789"
     assert whole.headers["content-length"] == "10"
+    head = execd.head("/files/download", params={"path": "~/dl/ten"})
+    assert head.status_code == 200 and head.headers["content-length"] == "10"
     assert whole.headers["content-disposition"].startswith('attachment; filename="ten"')
     part = execd.get("/files/download", params={"path": "~/dl/ten"}, headers={"Range": "bytes=3-"})
     assert part.status_code == 206 and part.content == b"3456789"
