@@ -20,7 +20,7 @@ from baponi_core._errors import ValidationError
 from baponi_core._sandbox.rootfs import HOME
 from baponi_core._sandboxes.errors import FileNotFound, MissingQuery, RuntimeFailure
 from baponi_core._sandboxes.filesinfo import FORMAT, NAME, FileInfo, FileType, parse
-from baponi_core._sandboxes.live import Completed, Live
+from baponi_core._sandboxes.live import RUN_TIMEOUT_S, Completed, Live
 
 # Our processes find the runtime's tools, never ones the sandbox's environment points at,
 # and speak in the C locale (byte order, plain messages).
@@ -116,7 +116,9 @@ def resolve(live: Live, path: str) -> str:
         raise ValidationError("a path must be valid UTF-8") from None
     if size > PATH_BYTES:
         raise ValidationError(f"a path is at most {PATH_BYTES} bytes")
-    return posixpath.join(home, path) if path else home
+    if not path:  # "$UNSET" is no path: never the home (an rm -rf of it, say)
+        raise ValidationError("the path is empty once its variables are expanded")
+    return posixpath.join(home, path)
 
 
 async def info(live: Live, paths: Sequence[str]) -> dict[str, FileInfo]:
@@ -134,7 +136,8 @@ async def delete_files(live: Live, paths: Sequence[str]) -> None:
     for given, file in found.items():
         if file.type is FileType.DIRECTORY:
             raise RuntimeFailure(f"{given} is a directory")
-    check(await _run(live, ["rm", "-f", "--", *(f.path for f in found.values())]), "delete")
+    if found:
+        check(await _run(live, ["rm", "-f", "--", *(f.path for f in found.values())]), "delete")
 
 
 async def move(live: Live, moves: Sequence[tuple[str, str]]) -> None:
@@ -190,6 +193,9 @@ async def replace(live: Live, edits: Mapping[str, tuple[str, str]]) -> dict[str,
         if len(read.stdout) > EDIT_BYTES:
             raise ValidationError(f"{given} is larger than {EDIT_BYTES >> 20} MiB")
         counts[given] = read.stdout.count(old.encode())
+        grows = counts[given] * (len(new.encode()) - len(old.encode()))
+        if len(read.stdout) + grows > EDIT_BYTES:  # checked before it is made
+            raise ValidationError(f"{given} would be larger than {EDIT_BYTES >> 20} MiB")
         if counts[given]:
             edited = read.stdout.replace(old.encode(), new.encode())
             argv = ["sh", "-c", REWRITE, "sh", temporary(file.path), file.path]
@@ -266,7 +272,10 @@ def _sorted(found: list[FileInfo]) -> list[FileInfo]:
 async def _run(
     live: Live, argv: list[str], *, stdin: bytes | None = None, output_bytes: int = 1 << 16
 ) -> Completed:
-    return await live.run(argv, stdin=stdin, env=TOOLS_ENV, output_bytes=output_bytes)
+    done = await live.run(argv, stdin=stdin, env=TOOLS_ENV, output_bytes=output_bytes)
+    if done.timed_out:
+        raise RuntimeFailure(f"{argv[0]} took longer than {RUN_TIMEOUT_S:g} s: gave up")
+    return done
 
 
 def check(done: Completed, what: str) -> None:

@@ -151,6 +151,10 @@ def test_replace_counts_every_occurrence_and_keeps_the_mode(
         sandboxes.call(files.replace, live, {"~/r": ("", "x")})
     with pytest.raises(FileNotFound):
         sandboxes.call(files.replace, live, {"~/absent": ("a", "b")})
+    sh(sandboxes, live, "head -c 1048576 /dev/zero | tr '\\0' a > ~/many")
+    with pytest.raises(ValidationError):  # 1 MiB of "a" each made 100 bytes: refused
+        sandboxes.call(files.replace, live, {"~/many": ("a", "b" * 100)})
+    assert sh(sandboxes, live, "tr -d a < ~/many | wc -c") == "0\n"  # as it was
 
 
 def test_mkdir_applies_the_mode_to_what_it_creates_only(sandboxes: Sandboxes, live: Live) -> None:
@@ -177,6 +181,11 @@ def test_delete_removes_files_only_and_rm_rf_removes_trees(
         sandboxes.call(files.delete_files, live, ["~/g"])
     sandboxes.call(files.remove_directories, live, ["~/d", "~/never-was"])
     assert sh(sandboxes, live, "ls -A ~") == ""
+    sh(sandboxes, live, "touch ~/kept")
+    with pytest.raises(ValidationError):  # an unset variable is no path, not the home
+        sandboxes.call(files.remove_directories, live, ["$UNSET"])
+    assert sh(sandboxes, live, "ls -A ~") == "kept\n"
+    sandboxes.call(files.delete_files, live, [])
 
 
 def test_downloads_whole_by_range_and_by_lines(sandboxes: Sandboxes, live: Live) -> None:
