@@ -25,9 +25,9 @@ from opensandbox.models.filesystem import (
 )
 
 from tests.harness import Server, start_server, stop_server, unique
+from tests.opensandbox.clients import RUNTIME, opened
 
 pytestmark = pytest.mark.slow
-RUNTIME = "default"
 HOME = "/home/baponi"
 
 
@@ -52,17 +52,10 @@ def sandbox(osb_server: Server) -> Iterator[SandboxSync]:
 
 
 @pytest.fixture(scope="module")
-def execd(osb_server: Server, sandbox: SandboxSync) -> Iterator[httpx.Client]:
-    """A raw client of the sandbox's execd, with the headers its endpoint gives."""
-    with httpx.Client(
-        base_url=f"{osb_server.url}/opensandbox/v1",
-        headers={"OPEN-SANDBOX-API-KEY": osb_server.key},
-    ) as lifecycle:
-        endpoint = lifecycle.get(f"/sandboxes/{sandbox.id}/endpoints/44772").json()
-    with httpx.Client(
-        base_url=f"http://{endpoint['endpoint']}", headers=endpoint["headers"], timeout=30
-    ) as client:
-        yield client
+def execd(osb_server: Server) -> Iterator[httpx.Client]:
+    """A raw client of another sandbox's execd, with the headers its endpoint gives."""
+    with opened(osb_server) as execd:
+        yield execd.client
 
 
 def test_write_read_info_list_search_and_replace(sandbox: SandboxSync) -> None:
