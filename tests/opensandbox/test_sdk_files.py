@@ -25,7 +25,7 @@ from opensandbox.models.filesystem import (
 )
 
 from tests.harness import Server, start_server, stop_server, unique
-from tests.opensandbox.clients import RUNTIME, opened
+from tests.opensandbox.clients import RUNTIME, lifecycle, opened
 
 pytestmark = pytest.mark.slow
 HOME = "/home/baponi"
@@ -191,3 +191,14 @@ def test_metrics_watch_sends_bare_json_frames(execd: httpx.Client) -> None:
         frames = response.iter_lines()
         first = json.loads(next(frames))
     assert set(first) == {"cpu_count", "cpu_used_pct", "mem_total_mib", "mem_used_mib", "timestamp"}
+
+
+def test_metrics_watch_ends_with_an_error_frame_when_its_sandbox_ends(osb_server: Server) -> None:
+    with opened(osb_server) as other, other.client.stream("GET", "/metrics/watch") as response:
+        frames = response.iter_lines()
+        assert "cpu_used_pct" in json.loads(next(frames))
+        with lifecycle(osb_server) as api:
+            assert api.delete(f"/sandboxes/{other.sandbox_id}").status_code == 204
+        last = [json.loads(line) for line in frames if line]
+    assert 1 <= len(last) <= 2, last  # one sample may have been under way
+    assert set(last[-1]) == {"error"} and "ended" in last[-1]["error"]
