@@ -88,16 +88,16 @@ async def download(
     offset: int | None = None,
     limit: int | None = None,
 ) -> Download:
-    """Open ``path`` for reading: whole, a byte range, or lines ``offset`` (from 1) to
-    ``offset + limit``."""
+    """Open ``path`` for reading: whole, a byte range, or ``limit`` lines (all when None)
+    from line ``offset`` (counted from 1)."""
     lines = offset is not None or limit is not None
     if lines and range_header:
         raise ValidationError("a Range header and offset/limit cannot be combined")
     if (offset is not None and offset < 1) or (limit is not None and limit < 0):
         raise ValidationError("offset counts lines from 1; limit is 0 or more")
     file = await files.stat(live, files.resolve(live, path), follow=True)
-    if file.type is FileType.DIRECTORY:
-        raise ValidationError(f"{path} is a directory")
+    if file.type is not FileType.FILE:  # a FIFO would hold its reader up for good
+        raise ValidationError(f"{path} is not a regular file")
     name = posixpath.basename(file.path.rstrip("/")) or "download"
     span = byte_range(range_header, file.size) if range_header else None
     if lines:
@@ -166,7 +166,7 @@ async def _feed(process: Process, chunks: AsyncIterable[bytes], limit: int, path
             raise InvalidFileContent(f"{path} is larger than the sandbox's {limit >> 20} MiB")
         try:
             await process.stdin.send(chunk)
-        except (BrokenPipeError, OSError):
+        except OSError:  # a broken pipe: it has ended
             return
     process.stdin.close()
 

@@ -215,8 +215,10 @@ def test_downloads_whole_by_range_and_by_lines(sandboxes: Sandboxes, live: Live)
         download(sandboxes, live, "~/lines", offset=0)
     with pytest.raises(FileNotFound):
         download(sandboxes, live, "~/absent")
-    with pytest.raises(ValidationError):
-        download(sandboxes, live, "~")
+    sh(sandboxes, live, "mkfifo ~/fifo")
+    for not_a_file in ("~", "~/fifo", "/dev/zero"):
+        with pytest.raises(ValidationError):
+            download(sandboxes, live, not_a_file)
 
 
 def test_hostile_names_are_only_ever_names(sandboxes: Sandboxes, live: Live) -> None:
