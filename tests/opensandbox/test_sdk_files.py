@@ -9,6 +9,7 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -202,3 +203,41 @@ def test_metrics_watch_ends_with_an_error_frame_when_its_sandbox_ends(osb_server
         last = [json.loads(line) for line in frames if line]
     assert 1 <= len(last) <= 2, last  # one sample may have been under way
     assert set(last[-1]) == {"error"} and "ended" in last[-1]["error"]
+
+
+def vm(pid: int, field: str) -> int:
+    """A VmXXX figure of /proc/<pid>/status, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_the_server_streams_a_chunked_upload_without_holding_it(
+    osb_server: Server, execd: httpx.Client
+) -> None:
+    size, chunk, boundary = 128 << 20, bytes(range(256)) * 256, "b0undary"
+
+    def body() -> Iterator[bytes]:
+        yield f"--{boundary}\r\n".encode()
+        yield b'Content-Disposition: form-data; name="metadata"; filename="metadata"\r\n\r\n'
+        yield b'{"path": "~/streamed"}\r\n'
+        yield f"--{boundary}\r\n".encode()
+        yield b"Content-Disposition: form-data; name=file; filename=s\r\n\r\n"
+        for _ in range(size // len(chunk)):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    pid = osb_server.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak RSS starts again from now
+    before = vm(pid, "VmRSS")
+    uploaded = execd.post(
+        "/files/upload",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        timeout=120,
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    assert vm(pid, "VmHWM") - before < 32 << 20  # of 128 MiB that passed through it
+    found = execd.get("/files/info", params={"path": "~/streamed"}).json()
+    assert found["~/streamed"]["size"] == size
