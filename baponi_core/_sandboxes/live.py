@@ -28,6 +28,7 @@ from baponi_core._sandbox.warm import base_env
 
 RUN_TIMEOUT_S = 30.0  # the default for the server's own short processes (file work)
 RUN_OUTPUT_BYTES = 64 << 20  # what such a process may say, each stream
+ENDED = (SandboxState.TERMINATED, SandboxState.FAILED)
 DRAIN_S = 1.0  # how long output is still read after the process has ended
 
 
@@ -80,9 +81,10 @@ class Live:
 
     def check_usable(self) -> None:
         """Raise unless a process can be started now."""
-        if self.handle.ended or not self.record.state.live:
+        state = self.record.state
+        if self.handle.ended or state in (SandboxState.STOPPING, *ENDED):
             raise SandboxEnded(self.id)
-        if self.paused_at is not None or self.record.state is not SandboxState.RUNNING:
+        if self.paused_at is not None or state in (SandboxState.PAUSING, SandboxState.PAUSED):
             raise SandboxPaused(self.id)
 
     async def start(

@@ -106,6 +106,8 @@ class Sandboxes:
             log.warning("could not read the sandboxes operators killed: %s", exc.message)
             killed = set()
         for live in list(self._live.values()):
+            if live.record.state is SandboxState.STOPPING:
+                continue  # ending already
             if live.id in killed:
                 due.append((live, "KILLED"))
             elif live.record.expires_at <= now and (live.paused_at is None or self.paused_counts):
