@@ -139,4 +139,9 @@ def test_everything_a_sandbox_held_goes_when_it_ends(server: Server) -> None:
         during = held()
         assert during[1] > before[1] and during[2] > before[2]  # its cgroups, its socket
     wait_until(lambda: not host_uids(marker), within=10, what="its processes to end")
-    wait_until(lambda: held() == before, within=10, what=lambda: f"{held()} to be {before}")
+
+    def freed() -> bool:  # descriptors the server holds for other clients may come and go
+        now = held()
+        return now[:2] == before[:2] and now[2] <= before[2]
+
+    wait_until(freed, within=10, what=lambda: f"{held()} to be {before}")
