@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from baponi_core._app import Core
 from baponi_core._errors import ValidationError
@@ -14,7 +14,7 @@ from baponi_core._models import decimal
 from baponi_core._records import Principal
 
 
-def core_of(request: Request) -> Core:
+def core_of(request: HTTPConnection) -> Core:
     core: Core = request.app.state.core
     return core
 
@@ -24,7 +24,8 @@ async def principal_of(request: Request) -> Principal:
     return await core_of(request).auth.authenticate(request.headers.get("authorization"), client)
 
 
-async def json_body(request: Request) -> Any:
+async def json_body(request: Request, *, optional: bool = False) -> Any:
+    """The request's JSON body; with ``optional``, an empty body is an empty object."""
     declared = decimal(request.headers.get("content-length", ""))
     if declared is not None and declared > MAX_REQUEST_BYTES:
         raise ValidationError("request body too large")
@@ -33,6 +34,8 @@ async def json_body(request: Request) -> Any:
         body += chunk
         if len(body) > MAX_REQUEST_BYTES:
             raise ValidationError("request body too large")
+    if optional and not body.strip():
+        return {}
     try:
         return json.loads(body)
     except (ValueError, RecursionError):

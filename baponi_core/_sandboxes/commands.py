@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -87,6 +87,7 @@ class NewCommand:
     uid: int | None = None
     gid: int | None = None
     envs: Mapping[str, str] = field(default_factory=dict)
+    argv: Sequence[str] = ()  # what runs, if not ``bash -c command`` (a bash session's run)
 
 
 class Commands:
@@ -104,7 +105,8 @@ class Commands:
             if given is not None and given != SANDBOX_UID:
                 raise ValidationError(f"{name}: commands run as the sandbox's user ({SANDBOX_UID})")
         self._make_room()
-        process = await self.live.start(("bash", "-c", new.command), env=new.envs, cwd=new.cwd)
+        argv = new.argv or ("bash", "-c", new.command)
+        process = await self.live.start(argv, env=new.envs, cwd=new.cwd)
         run = CommandRun(secrets.token_hex(16), new.command, new.background, time.time(), process)
         sender: MemoryObjectSendStream[tuple[Stream, bytes]] | None = None
         if not new.background:

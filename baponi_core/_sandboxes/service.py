@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -32,9 +32,12 @@ from baponi_core._sandboxes.commands import Commands
 from baponi_core._sandboxes.live import Live, SandboxEnded
 from baponi_core._sandboxes.recovery import STOPPED_MESSAGE
 from baponi_core._sandboxes.resources import resources_for
+from baponi_core._sandboxes.sessions import Sessions
+from baponi_core._sandboxes.terminals import Terminals
 from baponi_core._store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPIRY_CHECK_S = 0.5  # how late past its expiry a sandbox may end
 DEFAULT_TIMEOUT_S = 600  # OpenSandbox's default lifetime
@@ -79,6 +82,8 @@ class Sandboxes:
         self.paused_counts = paused_counts  # paused time counts against the expiry
         self._live: dict[str, Live] = {}
         self._commands: dict[str, Commands] = {}
+        self._sessions: dict[str, Sessions] = {}
+        self._terminals: dict[str, Terminals] = {}
         self._tasks: TaskGroup | None = None
 
     async def run(
@@ -163,6 +168,8 @@ class Sandboxes:
             raise
         self._live[record.id] = live
         self._commands[record.id] = Commands(live, self._tasks)
+        self._sessions[record.id] = Sessions(live, self._commands[record.id])
+        self._terminals[record.id] = Terminals(live, self._tasks)
         self._tasks.start_soon(self._watch, live)
         return record
 
@@ -246,6 +253,12 @@ class Sandboxes:
             raise SandboxEnded(live.id)
         return commands
 
+    def sessions(self, live: Live) -> Sessions:
+        return _of(self._sessions, live)
+
+    def terminals(self, live: Live) -> Terminals:
+        return _of(self._terminals, live)
+
     def opened(self, sandbox_id: str) -> Live | None:
         """The open sandbox of that id, whoever's (its execd token says whose)."""
         return self._live.get(sandbox_id)
@@ -322,6 +335,8 @@ class Sandboxes:
                 await live.handle.close()
                 self._live.pop(live.id, None)
                 self._commands.pop(live.id, None)
+                self._sessions.pop(live.id, None)
+                self._terminals.pop(live.id, None)
                 failed = why == "SANDBOX_EXITED"
                 live.record.state = SandboxState.FAILED if failed else SandboxState.TERMINATED
                 live.record.reason, live.record.message = why, MESSAGES[why]
@@ -351,6 +366,14 @@ def network_within(profile: NetworkPolicy, asked: NetworkPolicy | None) -> Netwo
         return NetworkPolicy(Mode.ALLOWLIST, profile.allow, deny)
     allow = tuple(r for r in asked.allow if r in profile.allow)
     return NetworkPolicy(Mode.ALLOWLIST, allow, deny) if allow else NetworkPolicy()
+
+
+def _of(states: dict[str, T], live: Live) -> T:
+    """A per-sandbox state of an open sandbox."""
+    state = states.get(live.id)
+    if state is None:
+        raise SandboxEnded(live.id)
+    return state
 
 
 async def _stored(store: Store, record: SandboxRecord) -> None:

@@ -39,10 +39,10 @@ async def run_command(request: Request) -> Response:
         envs=asked.envs or {},
     )
     run = await commands_of(request).start(new)
-    return stream(_events(run))
+    return stream(events(run))
 
 
-async def _events(run: CommandRun) -> AsyncIterator[str]:
+async def events(run: CommandRun) -> AsyncIterator[str]:
     yield event("init", text=run.id)
     if run.output is not None:
         decoders = {

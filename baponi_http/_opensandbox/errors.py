@@ -37,6 +37,11 @@ async def baponi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BaponiError)
     if exc.status >= 500 and exc.__cause__ is not None:
         log.warning("%s %s: %s (%r)", request.method, request.url.path, exc.message, exc.__cause__)
+    return refusal(exc)
+
+
+def refusal(exc: BaponiError) -> JSONResponse:
+    """The body and status of a refusal (also a WebSocket's, before its handshake)."""
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     code = exc.code if exc.code.isupper() else CODES.get(exc.code, "UNKNOWN")
     return error_response(exc.status, code, exc.message, headers)

@@ -5,16 +5,18 @@ sandbox with :func:`live_of`."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from baponi_core._app import Core
 from baponi_core._sandboxes.live import Live
 
 LIVE = "baponi.live"  # the scope key of the request's sandbox
 UNAUTHORIZED = {"error": "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN"}
+CLOSE_UNAUTHORIZED = 4401  # a WebSocket refused where no HTTP denial can be sent
 
 
 class TokenGuard:
@@ -28,20 +30,33 @@ class TokenGuard:
             await self.app(scope, receive, send)
             return
         core: Core = scope["app"].state.core
-        token = Request(scope).headers.get("x-execd-access-token", "")
+        token = HTTPConnection(scope).headers.get("x-execd-access-token", "")
         live = core.sandboxes.opened(scope["path_params"].get("sandbox_id", ""))
         if live is None or not token or not live.grants(token):
             response = JSONResponse(UNAUTHORIZED, status_code=401)
-            await response(scope, receive, send)
+            if scope["type"] == "websocket":
+                await deny(WebSocket(scope, receive, send), response, CLOSE_UNAUTHORIZED)
+            else:
+                await response(scope, receive, send)
             return
         live.touch()
         scope[LIVE] = live
         await self.app(scope, receive, send)
 
 
-def live_of(request: Request) -> Live:
+def live_of(request: HTTPConnection) -> Live:
     live: Live = request.scope[LIVE]
     return live
+
+
+async def deny(websocket: WebSocket, response: Response, close_code: int) -> None:
+    """Refuse a WebSocket before its handshake: with an HTTP response where the server
+    can send one (ASGI's denial extension, uvicorn's), else by closing it with
+    ``close_code``."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(close_code)
 
 
 async def ping(request: Request) -> Response:
@@ -49,7 +64,7 @@ async def ping(request: Request) -> Response:
     return Response(status_code=200)
 
 
-def execd_app(routes: list[Route]) -> TokenGuard:
+def execd_app(routes: list[BaseRoute]) -> TokenGuard:
     return TokenGuard(
         Router([Route("/ping", ping, methods=["GET"]), *routes], redirect_slashes=False)
     )

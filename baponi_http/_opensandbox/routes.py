@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Mount, Router
 
-from baponi_http._opensandbox import commands, files, lifecycle
+from baponi_http._opensandbox import commands, files, lifecycle, pty, sessions
 from baponi_http._opensandbox.errors import HANDLERS
 from baponi_http._opensandbox.execd import execd_app
 
@@ -17,7 +17,10 @@ def opensandbox_mount() -> Mount:
     """The mount for the REST app: its handlers reach the core as the app's state."""
     routes = [
         *lifecycle.ROUTES,
-        Mount("/execd/{sandbox_id}", app=execd_app([*commands.ROUTES, *files.ROUTES])),
+        Mount(
+            "/execd/{sandbox_id}",
+            app=execd_app([*commands.ROUTES, *files.ROUTES, *pty.ROUTES, *sessions.ROUTES]),
+        ),
     ]
     router = Router(routes, redirect_slashes=False)
     return Mount(PREFIX, app=ExceptionMiddleware(router, handlers=HANDLERS))
