@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Mount, Router
 
-from baponi_http._opensandbox import commands, files, lifecycle, pty, sessions
+from baponi_http._opensandbox import commands, files, lifecycle, proxy, pty, sessions
 from baponi_http._opensandbox.errors import HANDLERS
 from baponi_http._opensandbox.execd import execd_app
 
@@ -19,7 +19,12 @@ def opensandbox_mount() -> Mount:
         *lifecycle.ROUTES,
         Mount(
             "/execd/{sandbox_id}",
-            app=execd_app([*commands.ROUTES, *files.ROUTES, *pty.ROUTES, *sessions.ROUTES]),
+            Mount(
+                "/execd/{sandbox_id}",
+                app=execd_app(
+                    [*commands.ROUTES, *files.ROUTES, *proxy.ROUTES, *pty.ROUTES, *sessions.ROUTES]
+                ),
+            ),
         ),
     ]
     router = Router(routes, redirect_slashes=False)

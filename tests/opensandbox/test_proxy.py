@@ -1,0 +1,117 @@
+"""execd's ``/proxy/{port}/...`` against a real ``baponi serve``: HTTP to services
+listening on the sandbox's own loopback (``python3 -m http.server``, and an echo service
+that says what reached it), through a relay inside the sandbox."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from opensandbox import SandboxSync
+from opensandbox.models.execd import RunCommandOpts
+
+from tests.harness import Server, wait_until
+from tests.opensandbox.execd import TOKEN_HEADER, execd_client, sandbox_of, serving
+
+pytestmark = pytest.mark.slow
+FILES, ECHO, NOTHING = 8000, 8001, 8002  # ports of the sandbox's own loopback
+ECHO_SERVICE = Path(__file__).with_name("echo_service.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def osb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("proxy") / "home") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def box(osb_server: Server) -> Iterator[SandboxSync]:
+    with sandbox_of(osb_server) as sandbox:
+        sandbox.commands.run(
+            "mkdir -p /tmp/site && echo hello > /tmp/site/hello.txt\n"
+            f"cat > /tmp/echo_service.py <<'BAPONI_EOF'\n{ECHO_SERVICE}BAPONI_EOF\n"
+        )
+        background = RunCommandOpts(background=True)
+        sandbox.commands.run(
+            f"python3 -m http.server {FILES} --bind 127.0.0.1 --directory /tmp/site",
+            opts=background,
+        )
+        sandbox.commands.run(f"python3 /tmp/echo_service.py {ECHO}", opts=background)
+        with execd_client(sandbox) as execd:
+            for port in (FILES, ECHO):
+                wait_until(lambda p=port: execd.get(f"/proxy/{p}/").status_code == 200, within=20)
+        yield sandbox
+
+
+@pytest.fixture()
+def execd(box: SandboxSync) -> Iterator[httpx.Client]:
+    with execd_client(box) as client:
+        yield client
+
+
+def test_a_get_reaches_a_service_on_the_sandbox_loopback(execd: httpx.Client) -> None:
+    got = execd.get(f"/proxy/{FILES}/hello.txt")
+    assert got.status_code == 200 and got.text == "hello\n"
+    assert got.headers["content-type"].startswith("text/plain")
+    assert "hello.txt" in execd.get(f"/proxy/{FILES}/").text  # its directory listing
+    assert execd.get(f"/proxy/{FILES}/missing").status_code == 404  # the service's own
+    assert execd.head(f"/proxy/{FILES}/hello.txt").headers["content-length"] == "6"
+
+
+def test_the_lifecycle_endpoint_of_a_port_is_its_proxy(box: SandboxSync) -> None:
+    endpoint = box.get_endpoint(FILES)
+    assert endpoint.endpoint.endswith(f"/proxy/{FILES}")
+    got = httpx.get(f"http://{endpoint.endpoint}/hello.txt", headers=endpoint.headers)
+    assert got.status_code == 200 and got.text == "hello\n"
+
+
+def test_a_post_goes_as_it_came_minus_the_token(execd: httpx.Client) -> None:
+    got = execd.post(
+        f"/proxy/{ECHO}/echo/a%20b?x=1&y=%2F",
+        content=b"a body \x00 with bytes",
+        headers={"X-Custom": "kept", "Connection": "x-dropped", "X-Dropped": "no"},
+    )
+    assert got.status_code == 200
+    seen = got.json()
+    assert seen["method"] == "POST" and seen["target"] == "/echo/a%20b?x=1&y=%2F"
+    assert seen["body"] == "a body \x00 with bytes"
+    headers = seen["headers"]
+    assert headers["x-custom"] == "kept" and "x-dropped" not in headers
+    assert TOKEN_HEADER.lower() not in headers
+    assert headers["x-forwarded-for"] == "127.0.0.1" and headers["connection"] == "close"
+    assert got.headers.get_list("set-cookie") == ["a=1", "b=2"]  # both, in order
+
+
+def test_a_chunked_upload_and_a_streamed_answer(box: SandboxSync, execd: httpx.Client) -> None:
+    def parts() -> Iterator[bytes]:
+        yield b"one,"
+        yield b"two"
+
+    got = execd.put(f"/proxy/{ECHO}/up", content=parts())
+    assert json.loads(got.text)["body"] == "one,two"
+    with execd.stream("GET", f"/proxy/{ECHO}/stream") as streamed:
+        lines = streamed.iter_lines()
+        assert next(lines) == "first"  # before the service has written the rest
+        box.commands.run("touch /tmp/go")
+        assert next(lines) == "second"
+
+
+def test_nothing_listening_is_a_bad_gateway(execd: httpx.Client) -> None:
+    got = execd.get(f"/proxy/{NOTHING}/")
+    assert got.status_code == 502 and got.json()["code"] == "BAD_GATEWAY"
+
+
+def test_a_port_is_required(execd: httpx.Client) -> None:
+    for path in ("/proxy", "/proxy/", "/proxy/abc/", "/proxy/70000/", "/proxy/0"):
+        got = execd.get(path)
+        assert got.status_code == 400, path
+        assert got.json()["code"] == "INVALID_REQUEST_BODY"
+
+
+def test_the_proxy_needs_the_execd_token(box: SandboxSync) -> None:
+    with execd_client(box, token=False) as anonymous:
+        got = anonymous.get(f"/proxy/{FILES}/hello.txt")
+    assert got.status_code == 401 and "hello" not in got.text
