@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import h11
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -50,13 +50,11 @@ Headers = list[tuple[bytes, bytes]]
 
 
 async def proxy(request: Request) -> Response:
-    rest = _raw_rest(request)
-    port_text, _, path = rest.removeprefix(b"/").partition(b"/")
-    port = port_of(port_text.decode("latin-1"))
+    port, target = target_of(request)
     relay = await Relay.open(live_of(request), port)
     try:
         upstream = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-        await _send_request(request, b"/" + path, relay, upstream)
+        await _send_request(request, target, relay, upstream)
         with anyio.fail_after(HEAD_TIMEOUT_S):
             head = await _response_head(relay, upstream)
     except BaseException:
@@ -64,24 +62,40 @@ async def proxy(request: Request) -> Response:
             await relay.close()
         raise
     response = StreamingResponse(_body(relay, upstream), status_code=head.status_code)
-    response.raw_headers = _without(list(head.headers), HOP_BY_HOP)
+    response.raw_headers = without(list(head.headers), HOP_BY_HOP)
     return response
 
 
-def _raw_rest(request: Request) -> bytes:
-    """The path after ``/proxy``, as the client encoded it."""
-    raw = request.scope.get("raw_path") or request.scope["path"].encode()
-    mounted = request.scope.get("root_path", "").encode()
+def target_of(connection: HTTPConnection) -> tuple[int, bytes]:
+    """The port and the request target (path and query, as the client encoded them)
+    after ``/proxy``."""
+    raw = connection.scope.get("raw_path") or connection.scope["path"].encode()
+    mounted = connection.scope.get("root_path", "").encode()
     rest: bytes = raw[len(mounted) :] if raw.startswith(mounted) else raw
-    return rest.removeprefix(PREFIX)
+    port, _, path = rest.removeprefix(PREFIX).removeprefix(b"/").partition(b"/")
+    query = connection.scope.get("query_string", b"")
+    return port_of(port.decode("latin-1")), b"/" + path + (b"?" + query if query else b"")
+
+
+def forwarded(connection: HTTPConnection, dropped: frozenset[str]) -> Headers:
+    """The client's headers but the ``dropped`` ones, then ours saying who asked."""
+    headers = without(connection.scope["headers"], dropped)
+    client = connection.client.host if connection.client else "unknown"
+    headers += [
+        (b"x-forwarded-for", client.encode()),
+        (b"x-forwarded-proto", connection.url.scheme.encode()),
+    ]
+    if host := connection.headers.get("host"):
+        headers.append((b"x-forwarded-host", host.encode("latin-1")))
+    return headers
 
 
 async def _send_request(
-    request: Request, path: bytes, relay: Relay, upstream: h11.Connection
+    request: Request, target: bytes, relay: Relay, upstream: h11.Connection
 ) -> None:
-    query = request.scope.get("query_string", b"")
-    target = path + (b"?" + query if query else b"")
-    headers = _forwarded_headers(request)
+    headers = [*forwarded(request, NOT_FORWARDED), (b"connection", b"close")]
+    if "transfer-encoding" in request.headers:
+        headers.append((b"transfer-encoding", b"chunked"))  # h11 frames it again
     try:
         await relay.send(
             upstream.send(h11.Request(method=request.method, target=target, headers=headers))
@@ -92,22 +106,6 @@ async def _send_request(
         await relay.send(upstream.send(h11.EndOfMessage()))
     except h11.LocalProtocolError as exc:
         raise ValidationError(f"the request cannot be forwarded: {exc}") from None
-
-
-def _forwarded_headers(request: Request) -> Headers:
-    raw: Headers = request.scope["headers"]
-    headers = _without(raw, NOT_FORWARDED)
-    if any(name == b"transfer-encoding" for name, _ in raw):
-        headers.append((b"transfer-encoding", b"chunked"))  # h11 frames it again
-    client = request.client.host if request.client else "unknown"
-    headers += [
-        (b"connection", b"close"),
-        (b"x-forwarded-for", client.encode()),
-        (b"x-forwarded-proto", request.url.scheme.encode()),
-    ]
-    if host := request.headers.get("host"):
-        headers.append((b"x-forwarded-host", host.encode("latin-1")))
-    return headers
 
 
 async def _next_event(relay: Relay, upstream: h11.Connection) -> h11.Event:
@@ -148,7 +146,7 @@ async def _body(relay: Relay, upstream: h11.Connection) -> AsyncIterator[bytes]:
             await relay.close()
 
 
-def _without(headers: Headers, dropped: frozenset[str]) -> Headers:
+def without(headers: Headers, dropped: frozenset[str]) -> Headers:
     """``headers`` but the ``dropped`` ones and those their ``Connection`` names."""
     named = {
         option.strip().lower().decode("latin-1")

@@ -38,6 +38,7 @@ from baponi_core._sandboxes.ptywire import (
 from baponi_core._sandboxes.terminals import AlreadyConnected, Chunk, Holder, Terminal, Terminals
 from baponi_http._opensandbox.errors import refusal
 from baponi_http._opensandbox.execd import deny, live_of
+from baponi_http._opensandbox.sockets import first_to_end
 from baponi_http._requests import core_of, json_body
 
 STDIN, REPLAY = 0x00, 0x03
@@ -153,9 +154,7 @@ class Attachment:
         mode = "pty" if self.terminal.pty else "pipe"
         await self.link.json(type="connected", session_id=self.terminal.id, mode=mode)
         sent = await self._replay(since)
-        async with anyio.create_task_group() as tasks:
-            for part in (self._output(sent), self._evicted(), self._input()):
-                tasks.start_soon(_then_cancel, part, tasks.cancel_scope)
+        await first_to_end(lambda: self._output(sent), self._evicted, self._input)
 
     async def _replay(self, since: int) -> int:
         """What was kept from ``since`` on, as one replay frame; where live output starts."""
@@ -223,15 +222,6 @@ class Attachment:
             await self.terminal.signal(signo)
         else:
             await self.link.error("INVALID_FRAME", f"no signal named {frame.signal!r}")
-
-
-async def _then_cancel(part: Awaitable[None], scope: anyio.CancelScope) -> None:
-    """Run one part of an attachment; its end (or the client's) ends the others."""
-    try:
-        with contextlib.suppress(WebSocketDisconnect):
-            await part
-    finally:
-        scope.cancel()
 
 
 def _signal_number(name: str) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Mount, Router
 
-from baponi_http._opensandbox import commands, files, lifecycle, proxy, pty, sessions
+from baponi_http._opensandbox import commands, files, lifecycle, proxy, pty, sessions, wsproxy
 from baponi_http._opensandbox.errors import HANDLERS
 from baponi_http._opensandbox.execd import execd_app
 
@@ -15,17 +15,14 @@ PREFIX = "/opensandbox"
 
 def opensandbox_mount() -> Mount:
     """The mount for the REST app: its handlers reach the core as the app's state."""
-    routes = [
-        *lifecycle.ROUTES,
-        Mount(
-            "/execd/{sandbox_id}",
-            Mount(
-                "/execd/{sandbox_id}",
-                app=execd_app(
-                    [*commands.ROUTES, *files.ROUTES, *proxy.ROUTES, *pty.ROUTES, *sessions.ROUTES]
-                ),
-            ),
-        ),
+    execd = [
+        *commands.ROUTES,
+        *files.ROUTES,
+        *sessions.ROUTES,
+        *pty.ROUTES,
+        *proxy.ROUTES,
+        *wsproxy.ROUTES,
     ]
+    routes = [*lifecycle.ROUTES, Mount("/execd/{sandbox_id}", app=execd_app(execd))]
     router = Router(routes, redirect_slashes=False)
     return Mount(PREFIX, app=ExceptionMiddleware(router, handlers=HANDLERS))

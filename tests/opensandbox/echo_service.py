@@ -1,22 +1,31 @@
 """A service for the proxy tests, run inside a sandbox (``python3 echo_service.py PORT``,
 stdlib only): it answers every request with what it got, as JSON (method, target,
 headers, body, a chunked body decoded), and ``/stream`` in two parts, the second once
-``/tmp/go`` exists, so that a test can tell a streamed answer from a buffered one."""
+``/tmp/go`` exists, so that a test can tell a streamed answer from a buffered one.
+
+A WebSocket handshake gets a minimal WebSocket server: a greeting naming the target
+at once, then each message back with ``echo:`` before it; ``close-me`` closes with
+4321 ``bye``."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
+import struct
 import sys
 import time
+from hashlib import sha1
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        if self.path == "/stream":
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self.websocket()
+        elif self.path == "/stream":
             self.stream()
         else:
             self.echo()
@@ -63,6 +72,52 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
     def chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def websocket(self) -> None:
+        key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header(
+            "Sec-WebSocket-Accept", base64.b64encode(sha1(key.encode()).digest()).decode()
+        )
+        if offered := self.headers.get("Sec-WebSocket-Protocol"):
+            self.send_header("Sec-WebSocket-Protocol", offered.split(",")[0].strip())
+        self.end_headers()
+        self.frame(0x1, f"hello {self.path}".encode())
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == 0x8:
+                self.frame(0x8, payload)
+                return
+            if opcode == 0x9:
+                self.frame(0xA, payload)
+            elif payload == b"close-me":
+                self.frame(0x8, struct.pack(">H", 4321) + b"bye")
+            elif opcode in (0x1, 0x2):
+                self.frame(opcode, b"echo:" + payload)
+
+    def read_frame(self) -> tuple[int, bytes]:
+        first, second = self.rfile.read(2)
+        size = second & 0x7F
+        if size == 126:
+            (size,) = struct.unpack(">H", self.rfile.read(2))
+        elif size == 127:
+            (size,) = struct.unpack(">Q", self.rfile.read(8))
+        mask = self.rfile.read(4)
+        data = self.rfile.read(size)
+        return first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+    def frame(self, opcode: int, payload: bytes) -> None:
+        size = len(payload)
+        if size < 126:
+            head = struct.pack(">BB", 0x80 | opcode, size)
+        elif size < 1 << 16:
+            head = struct.pack(">BBH", 0x80 | opcode, 126, size)
+        else:
+            head = struct.pack(">BBQ", 0x80 | opcode, 127, size)
+        self.wfile.write(head + payload)
         self.wfile.flush()
 
 

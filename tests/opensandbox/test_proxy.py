@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from opensandbox import SandboxSync
 from opensandbox.models.execd import RunCommandOpts
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 from tests.harness import Server, wait_until
-from tests.opensandbox.execd import TOKEN_HEADER, execd_client, sandbox_of, serving
+from tests.opensandbox.execd import TOKEN_HEADER, execd_client, execd_of, sandbox_of, serving
 
 pytestmark = pytest.mark.slow
 FILES, ECHO, NOTHING = 8000, 8001, 8002  # ports of the sandbox's own loopback
@@ -115,3 +118,45 @@ def test_the_proxy_needs_the_execd_token(box: SandboxSync) -> None:
     with execd_client(box, token=False) as anonymous:
         got = anonymous.get(f"/proxy/{FILES}/hello.txt")
     assert got.status_code == 401 and "hello" not in got.text
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(box, f"/proxy/{ECHO}/ws", token=False)
+    assert refused.value.response.status_code == 401
+
+
+def ws_connect(box: SandboxSync, path: str, *, token: bool = True, **options: Any) -> Any:
+    where, headers = execd_of(box)
+    return connect(
+        f"ws://{where}{path}",
+        additional_headers=headers if token else {},
+        proxy=None,
+        open_timeout=15,
+        max_size=None,
+        **options,
+    )
+
+
+def test_a_websocket_goes_through_both_ways(box: SandboxSync) -> None:
+    with ws_connect(box, f"/proxy/{ECHO}/ws?x=1", subprotocols=["chat", "other"]) as ws:
+        assert ws.subprotocol == "chat"
+        assert ws.recv(timeout=10) == "hello /ws?x=1"  # sent with the handshake's answer
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "echo:hi"
+        ws.send(b"\x00\x01")
+        assert ws.recv(timeout=10) == b"echo:\x00\x01"
+        big = bytes(range(256)) * 1024  # 256 KiB: many reads of the relay
+        ws.send(big)
+        assert ws.recv(timeout=10) == b"echo:" + big
+        ws.send("close-me")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4321, "bye")
+
+
+def test_a_websocket_to_nothing_is_refused_as_a_bad_gateway(box: SandboxSync) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(box, f"/proxy/{NOTHING}/ws")
+    assert refused.value.response.status_code == 502
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(box, "/proxy/x/ws")
+    assert refused.value.response.status_code == 400
