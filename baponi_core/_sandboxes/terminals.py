@@ -27,7 +27,6 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from baponi_core._errors import Conflict, RateLimited
 from baponi_core._sandbox import Process
@@ -134,10 +133,9 @@ class Terminal:
         self.exit_code: int | None = None
         self.ended = anyio.Event()
         self.holder: Holder | None = None
+        self.starting = anyio.Lock()  # one start, by whichever client comes first
         self._claiming = anyio.Lock()
-        self._starting = anyio.Lock()
-        self._input: tuple[MemoryObjectSendStream[bytes], MemoryObjectReceiveStream[bytes]]
-        self._input = anyio.create_memory_object_stream[bytes](INPUT_FRAMES)
+        self._input, self._queued = anyio.create_memory_object_stream[bytes](INPUT_FRAMES)
 
     @property
     def running(self) -> bool:
@@ -186,7 +184,7 @@ class Terminal:
     async def _queue(self, frame: bytes) -> None:
         if not self.ended.is_set():
             with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await self._input[0].send(frame)
+                await self._input.send(frame)
 
     # the process
 
@@ -206,7 +204,7 @@ class Terminal:
                 copies.cancel_scope.cancel()
         finally:
             process.close()
-            self._input[0].close()
+            self._input.close()
             self.exit_code = SIGNALLED if process.signal_number is not None else process.status
             self.ended.set()
             self.output.wake()
@@ -221,8 +219,8 @@ class Terminal:
 
     async def _feed(self, process: Process) -> None:
         assert process.stdin is not None
-        async with self._input[1]:
-            async for frame in self._input[1]:
+        async with self._queued:
+            async for frame in self._queued:
                 try:
                     await process.stdin.send(frame)
                 except OSError:
@@ -231,9 +229,10 @@ class Terminal:
 
     async def stop(self) -> None:
         """End it: its input closed (the relay hangs up), then killed if it stays."""
-        self._input[0].close()
+        self._input.close()
         if self.process is None:
             self.ended.set()
+            self.output.wake()
             return
         with anyio.move_on_after(INTERRUPT_GRACE_S):
             await self.ended.wait()
@@ -271,7 +270,7 @@ class Terminals:
 
     async def start(self, terminal: Terminal, pty: bool) -> None:
         """Start its shell, unless one has been started already (then its mode holds)."""
-        async with terminal._starting:
+        async with terminal.starting:
             if terminal.process is not None or terminal.ended.is_set():
                 return
             shell = ["bash", "--norc", "--noprofile"]

@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from baponi_core._errors import ValidationError
-from baponi_core._sandboxes.relay import Relay, port_of
+from baponi_core._sandboxes.relay import BadGateway, Relay, port_of
 from baponi_http._opensandbox.execd import live_of
 
 HOP_BY_HOP = frozenset(
@@ -52,11 +52,14 @@ Headers = list[tuple[bytes, bytes]]
 async def proxy(request: Request) -> Response:
     port, target = target_of(request)
     relay = await Relay.open(live_of(request), port)
+    head: h11.Response | None = None
     try:
         upstream = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         await _send_request(request, target, relay, upstream)
-        with anyio.fail_after(HEAD_TIMEOUT_S):
+        with anyio.move_on_after(HEAD_TIMEOUT_S):
             head = await _response_head(relay, upstream)
+        if head is None:
+            raise BadGateway(f"port {port} inside the sandbox did not answer in time")
     except BaseException:
         with anyio.CancelScope(shield=True):
             await relay.close()

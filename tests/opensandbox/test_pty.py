@@ -240,3 +240,32 @@ def test_the_socket_needs_the_token_and_a_session(box: SandboxSync, execd: httpx
         connect_to(box, session_id, "since=x")
     assert refused.value.response.status_code == 400
     execd.delete(f"/pty/{session_id}")
+
+
+def test_a_relay_killed_from_inside_ends_the_session_with_an_exit_frame(
+    box: SandboxSync, execd: httpx.Client
+) -> None:
+    session_id = new_pty(execd)
+    with attached(box, session_id) as term:
+        term.type("echo $((9*9))up\n")
+        term.until(r"81up")
+        term.type("kill -9 $PPID\n")  # bash's parent: the relay
+        assert term.control_of("exit")["exit_code"] == -1
+    assert execd.get(f"/pty/{session_id}").json()["running"] is False
+
+
+def test_another_sandbox_token_opens_nothing_and_a_kill_ends_the_client(
+    osb_server: Server, box: SandboxSync
+) -> None:
+    with sandbox_of(osb_server) as other, execd_client(other) as other_execd:
+        session_id = new_pty(other_execd)
+        where, _ = execd_of(other)
+        _, token = execd_of(box)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://{where}/pty/{session_id}/ws", additional_headers=token, proxy=None)
+        assert refused.value.response.status_code == 401
+        with attached(other, session_id) as term:
+            term.type("echo $((5*5))on\n")
+            term.until(r"25on")
+            other.kill()
+            assert term.control_of("exit")["exit_code"] == -1

@@ -4,6 +4,7 @@ directory, a timeout, an unknown session."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -94,3 +95,19 @@ def test_an_unknown_or_deleted_session_is_context_not_found(box: SandboxSync) ->
         assert missing.status_code == 400 and missing.json()["code"] == "INVALID_REQUEST_BODY"
     with pytest.raises(SandboxException):
         box.commands.run_in_session(session, "true")
+
+
+def test_one_run_at_a_time_per_session(box: SandboxSync) -> None:
+    session = box.commands.create_session()
+    with execd_client(box) as execd:
+        run = {"command": "echo started; read -t 30 line < /tmp/never || true"}
+        box.commands.run("mkfifo /tmp/never")
+        with execd.stream("POST", f"/session/{session}/run", json=run) as first:
+            lines = (line for line in first.iter_lines() if line)
+            assert json.loads(next(lines))["type"] == "init"
+            assert json.loads(next(lines))["text"] == "started\n"
+            busy = execd.post(f"/session/{session}/run", json={"command": "true"})
+            assert busy.status_code == 500 and busy.json()["code"] == "RUNTIME_ERROR"
+            box.commands.run("echo go > /tmp/never")
+            assert json.loads(list(lines)[-1])["type"] == "execution_complete"
+    assert box.commands.run_in_session(session, "true").exit_code == 0
