@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import secrets
 import signal
 import struct
@@ -29,11 +30,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from baponi_core._errors import Conflict, RateLimited
-from baponi_core._sandbox import Process
+from baponi_core._sandbox import Process, SandboxError
 from baponi_core._sandbox.pipes import PipeReader
 from baponi_core._sandboxes.commands import INTERRUPT_GRACE_S, SIGNALLED
 from baponi_core._sandboxes.errors import ContextNotFound
 from baponi_core._sandboxes.live import DRAIN_S, Live
+
+log = logging.getLogger(__name__)
 
 RELAY = Path(__file__).with_name("ptyrelay.py").read_text()
 OUTPUT_BYTES = 1 << 20  # kept per session for replay
@@ -189,7 +192,9 @@ class Terminal:
     # the process
 
     async def follow(self, process: Process) -> None:
-        """Copy its output and its input until it ends, then say how it ended."""
+        """Copy its output and its input until it ends, then say how it ended. It runs
+        in the service's task group: a failure is logged here, never let out to end
+        every sandbox's tasks."""
         try:
             async with anyio.create_task_group() as copies:
                 ends = [anyio.Event(), anyio.Event()]
@@ -202,6 +207,10 @@ class Terminal:
                     for end in ends:
                         await end.wait()
                 copies.cancel_scope.cancel()
+        except Exception:
+            log.exception("pty session %s: its copies failed", self.id)
+            with contextlib.suppress(SandboxError):
+                await process.signal(signal.SIGKILL)
         finally:
             process.close()
             self._input.close()

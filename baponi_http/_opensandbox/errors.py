@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from baponi_core._errors import BaponiError
@@ -36,7 +36,9 @@ def error_response(
 async def baponi_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BaponiError)
     if exc.status >= 500 and exc.__cause__ is not None:
-        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc.message, exc.__cause__)
+        log.warning(
+            "%s %s: %s (%r)", _method(request), request.url.path, exc.message, exc.__cause__
+        )
     return refusal(exc)
 
 
@@ -55,8 +57,14 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", _method(request), request.url.path, exc_info=exc)
     return error_response(500, "UNKNOWN", "internal server error")
+
+
+def _method(connection: HTTPConnection) -> str:
+    """The request's method; a WebSocket has none (its handlers get these errors too)."""
+    method: str = connection.scope.get("method", "WEBSOCKET")
+    return method
 
 
 HANDLERS = {BaponiError: baponi_error, HTTPException: http_error, Exception: internal_error}

@@ -137,6 +137,9 @@ def test_a_terminal_inside_the_sandbox_echoes_says_its_tty_and_ends(
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
     status = execd.get(f"/pty/{session_id}").json()
     assert status["running"] is False and status["output_offset"] > 0
+    with attached(box, session_id) as again:  # an ended session: what it said, its end
+        assert again.control_of("exit")["exit_code"] == 5
+        assert len(again.output) == status["output_offset"] and b"42x" in again.output
 
 
 def test_a_resize_is_what_stty_reads_and_sigint_reaches_the_foreground(
