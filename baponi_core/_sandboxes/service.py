@@ -119,9 +119,13 @@ class Sandboxes:
                 due.append((live, "EXPIRED"))
             elif live.paused_at is not None:
                 continue  # paused time counts against its idleness never
-            elif now - live.last_used > self.idle_s and not self._commands[live.id].busy:
+            elif now - live.last_used > self.idle_s and not self._busy(live):
                 due.append((live, "IDLE"))
         return due
+
+    def _busy(self, live: Live) -> bool:
+        """Whether a command runs or a terminal has its client: not idle, then."""
+        return self._commands[live.id].busy or self._terminals[live.id].busy
 
     # the lifecycle
 

@@ -271,6 +271,11 @@ class Terminals:
         self._terminals[terminal.id] = terminal
         return terminal
 
+    @property
+    def busy(self) -> bool:
+        """Whether a client is attached to any of them (the sandbox is not idle)."""
+        return any(terminal.holder is not None for terminal in self._terminals.values())
+
     def get(self, terminal_id: str) -> Terminal:
         terminal = self._terminals.get(terminal_id)
         if terminal is None:

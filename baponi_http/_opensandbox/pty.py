@@ -198,6 +198,7 @@ class Attachment:
             message = await self.link.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            live_of(self.link.websocket).touch()  # a request, for its idle lifetime
             data = message.get("bytes")
             if data is not None:
                 if data[:1] == bytes([STDIN]):

@@ -156,6 +156,7 @@ class Upstream:
     async def from_client(self) -> None:
         while True:
             message = await self.websocket.receive()
+            live_of(self.websocket).touch()  # each message a request, for its idle lifetime
             if message["type"] == "websocket.disconnect":
                 code = message.get("code", 1000)
                 self.protocol.send_close(1000 if code in UNSENDABLE_CLOSES else code)

@@ -22,8 +22,8 @@ TOKEN_HEADER = "X-EXECD-ACCESS-TOKEN"
 
 
 @contextlib.contextmanager
-def serving(home: Path) -> Iterator[Server]:
-    server = start_server(home)
+def serving(home: Path, *args: str) -> Iterator[Server]:
+    server = start_server(home, *args)
     try:
         yield server
     finally:

@@ -13,6 +13,7 @@ import re
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from opensandbox import SandboxSync
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.harness import Server
+from tests.harness import Server, wait_until
 from tests.opensandbox.execd import execd_client, execd_of, sandbox_of, serving
 
 pytestmark = pytest.mark.slow
@@ -272,3 +273,17 @@ def test_another_sandbox_token_opens_nothing_and_a_kill_ends_the_client(
             term.until(r"25on")
             other.kill()
             assert term.control_of("exit")["exit_code"] == -1
+
+
+def test_an_attached_client_keeps_its_sandbox_from_idling(tmp_path: Path) -> None:
+    server = serving(tmp_path / "home", "--sandbox-idle-timeout", "1")
+    with server as osb, sandbox_of(osb) as idle, sandbox_of(osb) as used:
+        with execd_client(used) as used_execd:
+            session_id = new_pty(used_execd)
+        with attached(used, session_id) as term:
+            wait_until(lambda: idle.get_info().status.state == "Terminated", within=10)
+            assert idle.get_info().status.reason == "IDLE"
+            term.type("echo $((4*4))alive\n")
+            term.until(r"16alive")
+            assert used.get_info().status.state == "Running"
+        wait_until(lambda: used.get_info().status.state == "Terminated", within=10)
