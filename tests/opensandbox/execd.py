@@ -15,8 +15,8 @@ from opensandbox.config.connection_sync import ConnectionConfigSync
 from opensandbox.exceptions import SandboxException
 
 from tests.harness import Server, start_server, stop_server, unique
+from tests.opensandbox.clients import RUNTIME
 
-RUNTIME = "default"  # the test image, imported into the shared runtimes (tests/harness.py)
 EXECD_PORT = 44772
 TOKEN_HEADER = "X-EXECD-ACCESS-TOKEN"
 
