@@ -19,6 +19,7 @@ from websockets.datastructures import Headers as WsHeaders
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response as WsResponse
 from websockets.protocol import Event
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from baponi_core._errors import BaponiError
@@ -31,7 +32,12 @@ from baponi_http._opensandbox.sockets import first_to_end
 MAX_MESSAGE = 16 << 20  # from the sandbox's service, as uvicorn bounds the client's
 # The handshake is the protocol's own to make: the client's versions of these go.
 HANDSHAKE = frozenset(
-    {"host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
 )
 UNSENDABLE_CLOSES = frozenset({1005, 1006, 1015})  # reported, never sent in a frame
 HANDSHAKE_TIMEOUT_S = 30.0
@@ -51,7 +57,7 @@ async def proxy_ws(websocket: WebSocket) -> None:
                 await upstream.handshake()
         except (BaponiError, TimeoutError) as exc:
             failure = exc if isinstance(exc, BaponiError) else relay.unreachable()
-            await deny(websocket, refusal(failure), 4502)
+            await deny(websocket, refusal(failure), 4000 + failure.status)
             return
         await websocket.accept(subprotocol=upstream.protocol.subprotocol)
         await first_to_end(upstream.to_client, upstream.from_client)
@@ -66,10 +72,10 @@ class Upstream:
     def __init__(self, relay: Relay, websocket: WebSocket, target: bytes) -> None:
         self.relay, self.websocket = relay, websocket
         offered = websocket.headers.get("sec-websocket-protocol")
-        subprotocols = [p.strip() for p in offered.split(",")] if offered else None
+        subprotocols = [Subprotocol(p.strip()) for p in offered.split(",")] if offered else None
         self.protocol = ClientProtocol(
             parse_uri(f"ws://127.0.0.1:{relay.port}/"),
-            subprotocols=subprotocols,  # type: ignore[arg-type]
+            subprotocols=subprotocols,
             max_size=MAX_MESSAGE,
         )
         self.target = target.decode("latin-1")
@@ -81,19 +87,22 @@ class Upstream:
     async def handshake(self) -> None:
         request = self.protocol.connect()
         request.path = self.target
-        dropped = NOT_FORWARDED | HANDSHAKE | {"sec-websocket-protocol"}
-        kept = WsHeaders()
+        theirs = forwarded(self.websocket, NOT_FORWARDED | HANDSHAKE)
+        headers = WsHeaders()
         for name, value in request.headers.raw_items():
-            kept[name] = value
-        for raw_name, raw_value in forwarded(self.websocket, dropped):
-            kept[raw_name.decode("latin-1")] = raw_value.decode("latin-1")
-        request.headers = kept
+            if name.lower() != "host" or not self.websocket.headers.get("host"):
+                headers[name] = value  # the client's Host goes instead, as for HTTP
+        for raw_name, raw_value in theirs:
+            headers[raw_name.decode("latin-1")] = raw_value.decode("latin-1")
+        request.headers = headers
         self.protocol.send_request(request)
         await self.flush()
-        while not any(isinstance(event, WsResponse) for event in self.pending):
+        while True:
             data = await self._receive()
             self.pending += self.protocol.events_received()
-            if not data and not self.pending:
+            if any(isinstance(event, WsResponse) for event in self.pending):
+                break
+            if not data:
                 raise self.relay.unreachable()
         if self.protocol.handshake_exc is not None:
             raise BadGateway(f"the service on port {self.relay.port} refused the WebSocket")

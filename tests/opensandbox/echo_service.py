@@ -3,9 +3,9 @@ stdlib only): it answers every request with what it got, as JSON (method, target
 headers, body, a chunked body decoded), and ``/stream`` in two parts, the second once
 ``/tmp/go`` exists, so that a test can tell a streamed answer from a buffered one.
 
-A WebSocket handshake gets a minimal WebSocket server: a greeting naming the target
-at once, then each message back with ``echo:`` before it; ``close-me`` closes with
-4321 ``bye``."""
+A WebSocket handshake gets a minimal WebSocket server: at once a greeting naming the
+target, ``X-Custom`` and the execd token it got (none, it should be), then each message
+back with ``echo:`` before it; ``close-me`` closes with 4321 ``bye``."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
         if offered := self.headers.get("Sec-WebSocket-Protocol"):
             self.send_header("Sec-WebSocket-Protocol", offered.split(",")[0].strip())
         self.end_headers()
-        self.frame(0x1, f"hello {self.path}".encode())
+        said = [self.path, self.headers.get("X-Custom"), self.headers.get("X-Execd-Access-Token")]
+        self.frame(0x1, f"hello {' '.join(map(str, said))}".encode())
         while True:
             opcode, payload = self.read_frame()
             if opcode == 0x8:
