@@ -161,3 +161,15 @@ def test_a_websocket_to_nothing_is_refused_as_a_bad_gateway(box: SandboxSync) ->
     with pytest.raises(InvalidStatus) as refused:
         ws_connect(box, "/proxy/x/ws")
     assert refused.value.response.status_code == 400
+
+
+def test_a_paused_sandbox_is_a_conflict_until_resumed(
+    box: SandboxSync, execd: httpx.Client
+) -> None:
+    box.pause()
+    try:
+        paused = execd.get(f"/proxy/{FILES}/hello.txt")
+        assert paused.status_code == 409 and "paused" in paused.json()["message"]
+    finally:
+        SandboxSync.resume(box.id, connection_config=box.connection_config)
+    assert execd.get(f"/proxy/{FILES}/hello.txt").text == "hello\n"
