@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from baponi_core._errors import Conflict, RateLimited
 from baponi_core._sandboxes.commands import CommandRun, Commands, NewCommand
 from baponi_core._sandboxes.errors import ContextNotFound, RuntimeFailure
+from baponi_core._sandboxes.files import resolve
 from baponi_core._sandboxes.live import Live
 
 ROOT = "/tmp/.baponi-sessions"  # noqa: S108 (inside the sandbox: its own private /tmp)
@@ -80,11 +81,13 @@ class Sessions:
         self._sessions: dict[str, Session] = {}
 
     async def create(self, cwd: str | None = None) -> Session:
-        """A new session, starting in ``cwd`` (made if missing) or the home."""
+        """A new session, starting in ``cwd`` (made if missing) or the home. Paths are
+        the sandbox's, as the files API reads them (``~``, ``$VAR``, from the home)."""
         if len(self._sessions) >= MAX_SESSIONS:
             raise RateLimited(f"this sandbox has {MAX_SESSIONS} bash sessions already", 1)
         session = Session(secrets.token_hex(16))
-        made = await self.live.run(("bash", "-c", CREATE, "bash", session.directory, cwd or ""))
+        start = resolve(self.live, cwd) if cwd else ""
+        made = await self.live.run(("bash", "-c", CREATE, "bash", session.directory, start))
         if made.status != 0:
             said = made.stderr[-MESSAGE_BYTES:].decode(errors="replace").strip()
             raise RuntimeFailure(f"the session could not be set up: {said or made.status}")
@@ -104,7 +107,8 @@ class Sessions:
         session = self.get(session_id)
         if session.busy:
             raise RuntimeFailure(f"session {session_id} is busy with a run")
-        argv = ("bash", "-c", RUN, "bash", session.directory, command, cwd or "")
+        where = resolve(self.live, cwd) if cwd else ""
+        argv = ("bash", "-c", RUN, "bash", session.directory, command, where)
         session.current = await self.commands.start(
             NewCommand(command=command, timeout_ms=timeout_ms, argv=argv)
         )

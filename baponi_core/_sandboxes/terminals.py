@@ -34,6 +34,7 @@ from baponi_core._sandbox import Process, SandboxError
 from baponi_core._sandbox.pipes import PipeReader
 from baponi_core._sandboxes.commands import INTERRUPT_GRACE_S, SIGNALLED
 from baponi_core._sandboxes.errors import ContextNotFound
+from baponi_core._sandboxes.files import resolve
 from baponi_core._sandboxes.live import DRAIN_S, Live
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,8 @@ class Terminals:
             if not ended:
                 raise RateLimited(f"this sandbox has {MAX_TERMINALS} pty sessions already", 1)
             del self._terminals[ended[0].id]
-        terminal = Terminal(secrets.token_hex(16), cwd, command)
+        where = resolve(self.live, cwd) if cwd else None  # the sandbox's path, as for files
+        terminal = Terminal(secrets.token_hex(16), where, command)
         self._terminals[terminal.id] = terminal
         return terminal
 

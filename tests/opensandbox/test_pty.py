@@ -127,7 +127,7 @@ def attached(box: SandboxSync, session_id: str, query: str = "") -> Iterator[Ter
 def test_a_terminal_inside_the_sandbox_echoes_says_its_tty_and_ends(
     box: SandboxSync, execd: httpx.Client
 ) -> None:
-    session_id = new_pty(execd, cwd="/tmp")
+    session_id = new_pty(execd, cwd="$TMPDIR")  # a path as the files API reads it
     with attached(box, session_id) as term:
         term.type("tty; pwd; echo $((6*7))x\n")
         term.until(r"/dev/pts/\d+\r\n/tmp\r\n42x")

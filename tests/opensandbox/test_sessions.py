@@ -66,8 +66,9 @@ def test_a_run_that_exits_keeps_its_state_and_reports_its_status(box: SandboxSyn
 
 
 def test_a_run_in_a_directory_of_its_own_and_past_its_timeout(box: SandboxSync) -> None:
-    session = box.commands.create_session()
-    done = box.commands.run_in_session(session, "pwd", working_directory="/tmp")
+    session = box.commands.create_session(working_directory="~/proj")  # made, in the home
+    assert stdout(box.commands.run_in_session(session, "pwd")) == "/home/baponi/proj\n"
+    done = box.commands.run_in_session(session, "pwd", working_directory="$TMPDIR")
     assert stdout(done) == "/tmp\n"
     began = time.monotonic()
     done = box.commands.run_in_session(
