@@ -287,3 +287,17 @@ def test_an_attached_client_keeps_its_sandbox_from_idling(tmp_path: Path) -> Non
             term.until(r"16alive")
             assert used.get_info().status.state == "Running"
         wait_until(lambda: used.get_info().status.state == "Terminated", within=10)
+
+
+def test_a_flood_of_output_reaches_its_end(box: SandboxSync, execd: httpx.Client) -> None:
+    session_id = new_pty(execd)
+    with attached(box, session_id) as term:
+        term.type("head -c 4000000 /dev/zero | tr '\\0' a; echo; echo end-$((6*7))\n")
+        term.until(r"end-42", within=60)
+        # What was skipped, if the client fell behind, was announced by a replay frame.
+        assert len(term.output) <= 4_000_000 + 10_000
+        assert all(offset > 0 for offset, _ in term.replays)
+        assert b"a" * 100_000 in term.output
+    status = execd.get(f"/pty/{session_id}").json()
+    assert status["output_offset"] >= 4_000_000
+    execd.delete(f"/pty/{session_id}")
