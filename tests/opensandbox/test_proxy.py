@@ -5,6 +5,8 @@ that says what reached it), through a relay inside the sandbox."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from opensandbox.models.execd import RunCommandOpts
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.harness import Server, wait_until
+from tests.harness import Server, free_port, wait_until
 from tests.opensandbox.execd import TOKEN_HEADER, execd_client, execd_of, sandbox_of, serving
 
 pytestmark = pytest.mark.slow
@@ -173,3 +175,33 @@ def test_a_paused_sandbox_is_a_conflict_until_resumed(
     finally:
         SandboxSync.resume(box.id, connection_config=box.connection_config)
     assert execd.get(f"/proxy/{FILES}/hello.txt").text == "hello\n"
+
+
+def test_the_proxy_reaches_the_sandbox_loopback_only(
+    osb_server: Server, execd: httpx.Client, tmp_path: Path
+) -> None:
+    """A port of the host's loopback, or of another sandbox's, is nothing listening."""
+    (tmp_path / "host.txt").write_text("the host\n")
+    port = free_port()
+    host = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/host.txt"), within=10)
+        assert execd.get(f"/proxy/{port}/host.txt").status_code == 502
+        with sandbox_of(osb_server) as other, execd_client(other) as other_execd:
+            assert other_execd.get(f"/proxy/{port}/host.txt").status_code == 502
+            assert other_execd.get(f"/proxy/{FILES}/hello.txt").status_code == 502  # box's
+    finally:
+        host.kill()
+        host.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, trust_env=False).status_code == 200
+    except httpx.TransportError:
+        return False
