@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from baponi_core._errors import ValidationError
+from baponi_core._ids import KEY_PREFIX
 from baponi_core._sandboxes.relay import BadGateway, Relay, port_of
 from baponi_http._opensandbox.execd import live_of
 
@@ -39,10 +40,12 @@ HOP_BY_HOP = frozenset(
 )
 NOT_FORWARDED = HOP_BY_HOP | {
     "x-execd-access-token",  # the sandbox's key to its own execd: never to its services
+    "open-sandbox-api-key",  # an organisation's API key (the SDK's server-proxy mode)
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
 }
+OUR_KEY = KEY_PREFIX.encode()  # an Authorization with one is this server's, not the service's
 MAX_HEAD = 64 << 10  # of the response's status line and headers
 HEAD_TIMEOUT_S = 300.0  # for the service to start answering
 PREFIX = b"/proxy"
@@ -81,8 +84,13 @@ def target_of(connection: HTTPConnection) -> tuple[int, bytes]:
 
 
 def forwarded(connection: HTTPConnection, dropped: frozenset[str]) -> Headers:
-    """The client's headers but the ``dropped`` ones, then ours saying who asked."""
-    headers = without(connection.scope["headers"], dropped)
+    """The client's headers but the ``dropped`` ones and one of our API keys, then ours
+    saying who asked."""
+    headers = [
+        (name, value)
+        for name, value in without(connection.scope["headers"], dropped)
+        if not (name == b"authorization" and OUR_KEY in value)
+    ]
     client = connection.client.host if connection.client else "unknown"
     headers += [
         (b"x-forwarded-for", client.encode()),

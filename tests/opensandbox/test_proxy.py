@@ -73,11 +73,19 @@ def test_the_lifecycle_endpoint_of_a_port_is_its_proxy(box: SandboxSync) -> None
     assert got.status_code == 200 and got.text == "hello\n"
 
 
-def test_a_post_goes_as_it_came_minus_the_token(execd: httpx.Client) -> None:
+def test_a_post_goes_as_it_came_minus_the_token_and_keys(
+    osb_server: Server, execd: httpx.Client
+) -> None:
+    server = osb_server
     got = execd.post(
         f"/proxy/{ECHO}/echo/a%20b?x=1&y=%2F",
         content=b"a body \x00 with bytes",
-        headers={"X-Custom": "kept", "Connection": "x-dropped", "X-Dropped": "no"},
+        headers={
+            "X-Custom": "kept",
+            "Connection": "x-dropped",
+            "X-Dropped": "no",
+            "OPEN-SANDBOX-API-KEY": server.key,  # the SDK's server-proxy mode sends it
+        },
     )
     assert got.status_code == 200
     seen = got.json()
@@ -85,7 +93,14 @@ def test_a_post_goes_as_it_came_minus_the_token(execd: httpx.Client) -> None:
     assert seen["body"] == "a body \x00 with bytes"
     headers = seen["headers"]
     assert headers["x-custom"] == "kept" and "x-dropped" not in headers
-    assert TOKEN_HEADER.lower() not in headers
+    assert TOKEN_HEADER.lower() not in headers and "open-sandbox-api-key" not in headers
+    assert server.key not in got.text
+    bearer = execd.get(f"/proxy/{ECHO}/", headers={"Authorization": f"Bearer {server.key}"}).json()[
+        "headers"
+    ]
+    assert "authorization" not in bearer  # one of our keys: never to a sandbox's service
+    basic = execd.get(f"/proxy/{ECHO}/", headers={"Authorization": "Basic dTpw"}).json()
+    assert basic["headers"]["authorization"] == "Basic dTpw"  # the service's own
     assert headers["x-forwarded-for"] == "127.0.0.1" and headers["connection"] == "close"
     assert got.headers.get_list("set-cookie") == ["a=1", "b=2"]  # both, in order
 
