@@ -16,7 +16,8 @@ from baponi_core._sandboxes.live import Live
 
 LIVE = "baponi.live"  # the scope key of the request's sandbox
 UNAUTHORIZED = {"error": "Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN"}
-CLOSE_UNAUTHORIZED = 4401  # a WebSocket refused where no HTTP denial can be sent
+CLOSE_REFUSED = 4000  # + the HTTP status: a WebSocket refused where no denial can be sent
+CLOSE_UNAUTHORIZED = CLOSE_REFUSED + 401
 
 
 class TokenGuard:

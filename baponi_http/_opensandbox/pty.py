@@ -37,14 +37,13 @@ from baponi_core._sandboxes.ptywire import (
 )
 from baponi_core._sandboxes.terminals import AlreadyConnected, Chunk, Holder, Terminal, Terminals
 from baponi_http._opensandbox.errors import refusal
-from baponi_http._opensandbox.execd import deny, live_of
+from baponi_http._opensandbox.execd import CLOSE_REFUSED, deny, live_of
 from baponi_http._opensandbox.sockets import first_to_end
 from baponi_http._requests import core_of, json_body
 
 STDIN, REPLAY = 0x00, 0x03
 OFFSET = struct.Struct(">Q")
 CLOSE_TAKEN_OVER = 4001
-CLOSE_REFUSED = 4000  # + the HTTP status, where no HTTP denial can be sent
 
 
 def terminals_of(connection: HTTPConnection) -> Terminals:

@@ -25,7 +25,7 @@ from websockets.uri import parse_uri
 from baponi_core._errors import BaponiError
 from baponi_core._sandboxes.relay import BadGateway, Relay
 from baponi_http._opensandbox.errors import refusal
-from baponi_http._opensandbox.execd import deny, live_of
+from baponi_http._opensandbox.execd import CLOSE_REFUSED, deny, live_of
 from baponi_http._opensandbox.proxy import NOT_FORWARDED, forwarded, target_of
 from baponi_http._opensandbox.sockets import first_to_end
 
@@ -48,7 +48,7 @@ async def proxy_ws(websocket: WebSocket) -> None:
         port, target = target_of(websocket)
         relay = await Relay.open(live_of(websocket), port)
     except BaponiError as exc:
-        await deny(websocket, refusal(exc), 4000 + exc.status)
+        await deny(websocket, refusal(exc), CLOSE_REFUSED + exc.status)
         return
     try:
         upstream = Upstream(relay, websocket, target)
@@ -57,7 +57,7 @@ async def proxy_ws(websocket: WebSocket) -> None:
                 await upstream.handshake()
         except (BaponiError, TimeoutError) as exc:
             failure = exc if isinstance(exc, BaponiError) else relay.unreachable()
-            await deny(websocket, refusal(failure), 4000 + failure.status)
+            await deny(websocket, refusal(failure), CLOSE_REFUSED + failure.status)
             return
         await websocket.accept(subprotocol=upstream.protocol.subprotocol)
         await first_to_end(upstream.to_client, upstream.from_client)
