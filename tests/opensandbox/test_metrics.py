@@ -53,6 +53,8 @@ def test_a_cpu_loop_uses_all_of_its_limit_and_memory_held_shows(
 
     first, second = sandboxes.call(busy)
     for loaded in (first, second):
-        assert loaded.cpu_used_pct > 80, loaded  # of its 0.5 CPU: throttled, not the host's
+        # Of its own 0.5 CPU (throttled there, never above), not of the host's two; more
+        # than half of it even when other work shares the cores.
+        assert 50 < loaded.cpu_used_pct <= 110, loaded
         assert loaded.mem_used_mib - idle.mem_used_mib > 95, (idle, loaded)
         assert loaded.mem_used_mib < LIMITS.memory_bytes / MiB
