@@ -248,6 +248,14 @@ class Connection:
         self.tap.connections.add(self)
         self.tap.egress.open += 1
         self._opening = asyncio.ensure_future(self._open())
+        self._opening.add_done_callback(self._opened)
+
+    def _opened(self, _: asyncio.Task[None]) -> None:
+        # The client's socket is closed only once its task is over: a read cancelled
+        # mid-way unregisters its descriptor later, and must not find the number reused.
+        if self.relay is None:
+            self.client.close()
+            self._end()
 
     async def _open(self) -> None:
         try:
@@ -332,6 +340,10 @@ class Connection:
         """Close both ends now, whatever is unsent."""
         if self.relay is not None:
             self.relay.abort()  # which ends the connection
+        elif self._opening is not None and not self._opening.done():
+            # Its end closes the client's socket (from within, it is ending already).
+            if self._opening is not asyncio.current_task():
+                self._opening.cancel()
         else:
             self.client.close()
             self._end()
@@ -342,8 +354,6 @@ class Connection:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._opening is not None and self._opening is not asyncio.current_task():
-            self._opening.cancel()
         if self in self.tap.connections:
             self.tap.connections.discard(self)
             self.tap.egress.open -= 1

@@ -48,6 +48,7 @@ class Way:
     prefix: bytes
     size: int  # what the pipe is asked to hold
     held: int = 0  # bytes in the pipe now
+    full: bool = False  # the pipe took no more (its slots, not only its bytes, run out)
     ended: bool = False  # the source said end of file
     shut: bool = False  # ... and it was passed on to the sink
     pipe: tuple[int, int] = field(default=(-1, -1))
@@ -135,7 +136,7 @@ class Relay:
             self.abort()
             return
         for way in self.ways:
-            reading = not (way.ended or self.draining) and way.held < way.size
+            reading = not (way.ended or self.draining or way.full) and way.held < way.size
             self._watch(way.source.fileno(), False, reading, way)
             self._watch(way.sink.fileno(), True, not way.flushed, way)
 
@@ -155,7 +156,9 @@ class Relay:
         try:
             move(way)
         except BlockingIOError:
-            pass
+            # Filling, with bytes in the pipe: a socket's pieces can use up the pipe's
+            # slots before its bytes, so wait for the sink to take some rather than spin.
+            way.full = move == self._fill and way.held > 0
         except OSError:  # reset, refused, gone: the connection is over
             self.abort()
             return
@@ -188,6 +191,7 @@ class Relay:
             way.prefix = way.prefix[sent:]
         else:
             way.held -= os.splice(way.pipe[0], way.sink.fileno(), way.held, flags=SPLICE)
+            way.full = False
             self.last = time.monotonic()
         self._pass_end(way)
 
