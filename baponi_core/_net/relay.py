@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+TURNS = 4  # in and out, per wake-up of one way: then the loop's other callbacks
 
 
 @dataclass
@@ -136,64 +137,74 @@ class Relay:
             self.abort()
             return
         for way in self.ways:
-            reading = not (way.ended or self.draining or way.full) and way.held < way.size
-            self._watch(way.source.fileno(), False, reading, way)
+            self._watch(way.source.fileno(), False, self._reading(way), way)
             self._watch(way.sink.fileno(), True, not way.flushed, way)
 
     def _watch(self, fd: int, writing: bool, want: bool, way: Way) -> None:
         key = (fd, writing)
         if want and key not in self._watched:
             self._watched.add(key)
-            if writing:
-                self._loop.add_writer(fd, self._step, way, self._send)
-            else:
-                self._loop.add_reader(fd, self._step, way, self._fill)
+            (self._loop.add_writer if writing else self._loop.add_reader)(fd, self._run, way)
         elif not want and key in self._watched:
             self._watched.discard(key)
             (self._loop.remove_writer if writing else self._loop.remove_reader)(fd)
 
-    def _step(self, way: Way, move: Callable[[Way], None]) -> None:
+    def _reading(self, way: Way) -> bool:
+        return not (way.ended or self.draining or way.full) and way.held < way.size
+
+    def _run(self, way: Way) -> None:
+        """Move what this way can move now, in and out in turn, until neither goes or
+        it has had its turns (fewer passes through the loop, and none kept waiting)."""
         try:
-            move(way)
-        except BlockingIOError:
-            # Filling, with bytes in the pipe: a socket's pieces can use up the pipe's
-            # slots before its bytes, so wait for the sink to take some rather than spin.
-            way.full = move == self._fill and way.held > 0
+            moving, turns = True, TURNS
+            while moving and turns and not self.ended:
+                turns -= 1
+                moving = not way.flushed and self._send(way)
+                moving = (self._reading(way) and self._fill(way)) or moving
+                self._pass_end(way)
         except OSError:  # reset, refused, gone: the connection is over
             self.abort()
             return
         self._update()
 
-    def _fill(self, way: Way) -> None:
-        """From the source into the pipe, within the room and the sandbox's bytes."""
-        if way.held >= way.size:
-            return
+    def _fill(self, way: Way) -> bool:
+        """From the source into the pipe, within the room and the sandbox's bytes;
+        whether anything came (an end of file included)."""
         want = min(way.size - way.held, self.budget.left)
-        if want > 0:
-            got = os.splice(way.source.fileno(), way.pipe[1], want, flags=SPLICE)
-        elif way.source.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-            self.close()  # the budget is spent: an end of file may still pass, a byte not
-            return
-        else:
-            got = 0
+        try:
+            if want > 0:
+                got = os.splice(way.source.fileno(), way.pipe[1], want, flags=SPLICE)
+            elif way.source.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                self.close()  # the budget is spent: an end of file may still pass, a byte not
+                return False
+            else:
+                got = 0
+        except BlockingIOError:
+            # With bytes in the pipe this may be its slots running out before its bytes:
+            # wait for the sink to take some rather than spin.
+            way.full = way.held > 0
+            return False
         if got == 0:
             way.ended = True
         else:
             way.held += got
             self.budget.moved += got
             self.last = time.monotonic()
-        self._pass_end(way)
+        return True
 
-    def _send(self, way: Way) -> None:
-        """The prefix, then from the pipe into the sink."""
-        if way.prefix:
-            sent = way.sink.send(way.prefix, socket.MSG_NOSIGNAL)
-            way.prefix = way.prefix[sent:]
-        else:
+    def _send(self, way: Way) -> bool:
+        """The prefix, then from the pipe into the sink; whether anything went."""
+        try:
+            if way.prefix:
+                sent = way.sink.send(way.prefix, socket.MSG_NOSIGNAL)
+                way.prefix = way.prefix[sent:]
+                return True
             way.held -= os.splice(way.pipe[0], way.sink.fileno(), way.held, flags=SPLICE)
-            way.full = False
-            self.last = time.monotonic()
-        self._pass_end(way)
+        except BlockingIOError:
+            return False
+        way.full = False
+        self.last = time.monotonic()
+        return True
 
     def _pass_end(self, way: Way) -> None:
         if way.ended and way.flushed and not way.shut:
