@@ -60,7 +60,7 @@ class EgressLimits:
     total_bytes: int = 8 * GiB  # both ways, all connections of one sandbox together
     server_connections: int = 1024  # open at once, all sandboxes together
     head_bytes: int = 64 << 10  # a request head
-    buffer_bytes: int = 256 << 10  # what each end of a connection buffers to send, at most
+    buffer_bytes: int = 256 << 10  # what each way of a connection holds (its pipe), at most
     head_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0  # resolving and connecting, each
     idle_timeout_s: float = 300.0  # nothing either way for this long: closed

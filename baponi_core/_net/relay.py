@@ -47,7 +47,7 @@ class Way:
     source: socket.socket
     sink: socket.socket
     prefix: bytes
-    size: int  # what the pipe is asked to hold
+    size: int  # what the pipe may hold (asked for; less where the kernel gives less)
     held: int = 0  # bytes in the pipe now
     full: bool = False  # the pipe took no more (its slots, not only its bytes, run out)
     ended: bool = False  # the source said end of file
