@@ -133,9 +133,12 @@ class Egress:
         loop = asyncio.get_running_loop()
         for address in addresses:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            upstream = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            upstream.setblocking(False)
             try:
+                upstream = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            except OSError:  # out of descriptors, for now
+                continue
+            try:
+                upstream.setblocking(False)
                 async with asyncio.timeout(timeout):
                     await loop.sock_connect(upstream, (address, port))
             except BaseException as exc:
@@ -250,9 +253,11 @@ class Connection:
         self._opening = asyncio.ensure_future(self._open())
         self._opening.add_done_callback(self._opened)
 
-    def _opened(self, _: asyncio.Task[None]) -> None:
+    def _opened(self, task: asyncio.Task[None]) -> None:
         # The client's socket is closed only once its task is over: a read cancelled
         # mid-way unregisters its descriptor later, and must not find the number reused.
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("egress connection failed", exc_info=error)
         if self.relay is None:
             self.client.close()
             self._end()

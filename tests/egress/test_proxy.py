@@ -405,3 +405,38 @@ async def test_a_big_transfer_both_ways_arrives_intact(tmp_path: Path) -> None:
     assert digests["down"] == hashlib.sha256(down).hexdigest()
     assert digests["up"] == hashlib.sha256(up).hexdigest()
     assert t.moved == len(down) + len(up)
+
+
+async def test_closing_the_tap_ends_its_relayed_connections(tmp_path: Path) -> None:
+    async with tap(tmp_path) as t, tunnel(t) as (client, upstream_end):
+        await client.send(b"ping")
+        assert await upstream_end.receive() == b"ping"
+        t.close()
+        assert await read_all(client) == b""
+        assert await read_all(upstream_end) == b""
+        assert t.open == 0
+
+
+@pytest.mark.slow
+async def test_a_client_that_does_not_read_holds_the_proxy_to_its_buffer(tmp_path: Path) -> None:
+    """The upstream sends far more than every buffer on the way; the proxy's pipe for
+    that way holds no more than its bound, and the upstream is made to wait."""
+    async with tap(tmp_path, buffer_bytes=65536) as t, tunnel(t) as (_, upstream_end):
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            chunk = bytes(1 << 20)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while sent < 256 << 20:
+                    await upstream_end.send(chunk)
+                    sent += len(chunk)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            await anyio.sleep(1)  # the kernel's buffers and the pipe fill, then it waits
+            (connection,) = t.connections
+            assert connection.relay is not None
+            assert 0 < connection.relay.ways[1].held <= 65536
+            assert sent < 128 << 20  # held up, not swallowed
+            tg.cancel_scope.cancel()
