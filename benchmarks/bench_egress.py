@@ -119,6 +119,8 @@ def report(f: dict[str, Any]) -> None:
     print(f"{size} MiB download, direct            {f['download_direct_mib_s']:7.0f} MiB/s")
     print(f"{size} MiB download, via the proxy     {f['download_proxy_mib_s']:7.0f} MiB/s")
     print(f"  ratio {f['download_ratio']:.2f} (target >= 0.8)")
+    load = f"{f['load_start']:.1f} at the start, {f['load_end']:.1f} at the end"
+    print(f"load average (1 min): {load}")
 
 
 def main() -> int:
@@ -127,6 +129,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=100, help="MiB downloaded (default 100)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]  # the figures mean little on a busy machine: say how busy
     size = args.size * MiB
     upstream = Upstream({}, blob_bytes=size)
     upstream.files.update(package_files(upstream.port))
@@ -168,6 +171,8 @@ def main() -> int:
         "runs": args.runs,
         "size_mib": args.size,
         "cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
         "pip_direct_s": median["pip_direct"],
         "pip_proxy_s": median["pip_proxy"],
         "pip_execution_s": median["pip_execution"],

@@ -19,10 +19,9 @@ Bounds, per tap: connections at once, new connections per second, bytes both way
 altogether; per server: connections at once. Every wait has a deadline (the request head,
 the upstream's connect, a connection idle both ways), and every buffer a size.
 
-Written on asyncio's protocols (the server's event loop is asyncio's): what one end
-receives is written to the other from the loop's own callback, with no task switch per
-chunk, and the transports' flow control bounds what is buffered; they also end cleanly
-when a tap closes mid-read, which anyio's unix-socket streams (4.x) do not.
+Written on the event loop's own socket calls: the head is read, judged and the upstream
+connected here; from then on the connection's bytes are moved by
+:mod:`baponi_core._net.relay` with ``splice(2)``, never copied through the interpreter.
 """
 
 from __future__ import annotations
@@ -31,16 +30,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import httpcore2
 
 from baponi_core._net.addresses import RefusedTarget, allowed_addresses
 from baponi_core._net.policy import NetworkPolicy
+from baponi_core._net.relay import Budget, Relay
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class EgressLimits:
     total_bytes: int = 8 * GiB  # both ways, all connections of one sandbox together
     server_connections: int = 1024  # open at once, all sandboxes together
     head_bytes: int = 64 << 10  # a request head
-    buffer_bytes: int = 256 << 10  # what each end of a connection buffers to send, at most
+    buffer_bytes: int = 256 << 10  # what each way of a connection holds (its pipe), at most
     head_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0  # resolving and connecting, each
     idle_timeout_s: float = 300.0  # nothing either way for this long: closed
@@ -101,20 +102,27 @@ class Egress:
     async def tap(self, path: Path, owner: int | None, policy: NetworkPolicy) -> Tap:
         """Listen at ``path`` (made here, 0600, owned by the sandbox's uid ``owner``) for
         one sandbox until :meth:`Tap.close`."""
-        tap = Tap(self, policy, path)
-        loop = asyncio.get_running_loop()
-        tap.server = await loop.create_unix_server(lambda: Connection(tap).client, path)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):  # a dead tap's socket (never followed)
+                os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
+            listener.setblocking(False)
+            listener.bind(str(path))
             os.chmod(path, 0o600)
             if owner is not None:
                 os.chown(path, owner, -1)
+            listener.listen(128)
         except OSError:
-            tap.close()
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             raise
-        return tap
+        return Tap(self, policy, path, listener)
 
-    async def connect(self, host: str, port: int, side: Side) -> None:
-        """Connect ``side`` to the first address of ``host`` that may be reached."""
+    async def connect(self, host: str, port: int) -> socket.socket:
+        """A non-blocking socket connected to the first address of ``host`` that may be
+        reached."""
         timeout = self.limits.connect_timeout_s
         try:
             addresses = await allowed_addresses(host, port, self.allow_private, timeout)
@@ -124,39 +132,78 @@ class Egress:
             raise Refusal(502, f"cannot resolve {host}") from None
         loop = asyncio.get_running_loop()
         for address in addresses:
-            with contextlib.suppress(OSError, TimeoutError):
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            try:
+                upstream = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            except OSError:  # out of descriptors, for now
+                continue
+            try:
+                upstream.setblocking(False)
                 async with asyncio.timeout(timeout):
-                    await loop.create_connection(lambda: side, address, port)
-                    return
+                    await loop.sock_connect(upstream, (address, port))
+            except BaseException as exc:
+                upstream.close()
+                if isinstance(exc, OSError):  # refused, unreachable, or too slow
+                    continue
+                raise
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return upstream
         raise Refusal(502, f"cannot connect to {host} port {port}")
 
 
 class Tap:
     """One sandbox's listener. ``refused`` counts the connections its policy refused."""
 
-    def __init__(self, egress: Egress, policy: NetworkPolicy, path: Path) -> None:
+    def __init__(
+        self, egress: Egress, policy: NetworkPolicy, path: Path, listener: socket.socket
+    ) -> None:
         self.egress, self.policy, self.path = egress, policy, path
-        self.server: asyncio.Server | None = None
         self.refused = 0
-        self.moved = 0  # bytes, both ways
+        self.budget = Budget(egress.limits.total_bytes)  # both ways, all connections
         self.connections: set[Connection] = set()  # open now
         self._tokens = float(egress.limits.burst)
         self._filled = time.monotonic()
         self._closed = False
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(listener.fileno(), self._accept)
 
     @property
     def open(self) -> int:
         return len(self.connections)
 
+    @property
+    def moved(self) -> int:
+        """Bytes moved, both ways."""
+        return self.budget.moved
+
     def close(self) -> None:
         """Stop listening and end every connection at once; the socket file goes."""
-        self._closed = True
-        if self.server is not None:
-            self.server.close()
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
         for connection in list(self.connections):
             connection.abort()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError:  # out of descriptors: try again in a while, not in a busy loop
+                self._loop.remove_reader(self._listener.fileno())
+                self._loop.call_later(1.0, self._resume_accepting)
+                return
+            client.setblocking(False)
+            Connection(self, client).start()
+
+    def _resume_accepting(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
 
     def admit(self) -> None:
         """Refuses a connection over the bounds, before anything of it is read."""
@@ -170,83 +217,32 @@ class Tap:
             raise Refusal(429, "too many connections at once")
         if self._tokens < 1:
             raise Refusal(429, "too many new connections per second")
-        if self.moved >= limits.total_bytes:
+        if self.budget.left == 0:
             raise Refusal(429, "this sandbox has used all the bytes it may move")
         self._tokens -= 1
 
     def take(self, data: bytes) -> bytes:
         """What of ``data`` the sandbox may still move (all of it, or the part within
         its bytes); counted."""
-        part = data[: max(0, self.egress.limits.total_bytes - self.moved)]
-        self.moved += len(part)
+        part = data[: self.budget.left]
+        self.budget.moved += len(part)
         return part
-
-
-class Side(asyncio.Protocol):
-    """One end of a connection (the client's, or the upstream's): what it receives goes
-    to the other end; when the other end's send buffer is full, it stops reading (so a
-    connection buffers a bounded amount each way)."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.transport: asyncio.Transport | None = None
-        self.ended = False  # it said end of file
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (uvloop's are no subclass of asyncio.Transport, but alike).
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(self.connection.limits.buffer_bytes)
-        self.connection.made(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.connection.received(self, data)
-
-    def eof_received(self) -> bool:
-        return self.connection.eof(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.connection.close()
-
-    def pause_writing(self) -> None:
-        self.connection.other(self).pause()
-
-    def resume_writing(self) -> None:
-        self.connection.other(self).resume()
-
-    def pause(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
 
 
 class Connection:
     """One connection of a sandbox: its request head read (bounded, under a deadline),
-    judged, the upstream connected, then both ways relayed until both have ended (each
-    end passed on as a half-close), the sandbox's bytes run out, or it is idle."""
+    judged, the upstream connected, then both ways relayed (:class:`Relay`) until both
+    have ended (each end passed on as a half-close), the sandbox's bytes run out, or it
+    is idle."""
 
-    def __init__(self, tap: Tap) -> None:
-        self.tap, self.limits = tap, tap.egress.limits
-        self.client, self.upstream = Side(self), Side(self)
-        self.head = bytearray()
-        self.relaying = False
-        self.last = time.monotonic()  # bytes last moved
+    def __init__(self, tap: Tap, client: socket.socket) -> None:
+        self.tap, self.limits, self.client = tap, tap.egress.limits, client
+        self.relay: Relay | None = None
         self._opening: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def other(self, side: Side) -> Side:
-        return self.upstream if side is self.client else self.client
-
-    def made(self, side: Side) -> None:
-        if side is not self.client:
-            return
+    def start(self) -> None:
         try:
             self.tap.admit()
         except Refusal as refusal:
@@ -254,108 +250,108 @@ class Connection:
             return
         self.tap.connections.add(self)
         self.tap.egress.open += 1
-        self._timer = asyncio.get_running_loop().call_later(
-            self.limits.head_timeout_s, self._head_late
-        )
+        self._opening = asyncio.ensure_future(self._open())
+        self._opening.add_done_callback(self._opened)
 
-    def received(self, side: Side, data: bytes) -> None:
-        if self.relaying:
-            self.last = time.monotonic()
-            self._pass(self.other(side), data)
-            return
-        if side is not self.client or self._opening is not None or self._closed:
-            return  # no more than the head is read before the upstream is there
-        self.head += data
-        end = self.head.find(b"\r\n\r\n")
-        if (
-            end < 0 and len(self.head) > self.limits.head_bytes
-        ) or end + 4 > self.limits.head_bytes:
-            self.refuse(Refusal(400, "no complete request head"))
-            return
-        if end < 0:
-            return
-        self.client.pause()
-        head, rest = bytes(self.head[: end + 4]), bytes(self.head[end + 4 :])
-        self.head.clear()
-        self._opening = asyncio.ensure_future(self._open(head, rest))
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        # The client's socket is closed only once its task is over: a read cancelled
+        # mid-way unregisters its descriptor later, and must not find the number reused.
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("egress connection failed", exc_info=error)
+        if self.relay is None:
+            self.client.close()
+            self._end()
 
-    async def _open(self, head: bytes, rest: bytes) -> None:
+    async def _open(self) -> None:
         try:
+            try:
+                async with asyncio.timeout(self.limits.head_timeout_s):
+                    read = await self._read_head()
+            except TimeoutError:
+                raise Refusal(400, "no complete request head") from None
+            if read is None:
+                self.close()  # gone before its head was complete
+                return
+            head, rest = read
             target = parse_head(head)
             reason = self.tap.policy.refusal(target.host, target.port)
             if reason is not None:
                 raise Refusal(403, reason, policy=True)
-            await self.tap.egress.connect(target.host, target.port, self.upstream)
+            upstream = await self.tap.egress.connect(target.host, target.port)
         except Refusal as refusal:
             self.refuse(refusal)
             return
-        if self._closed:
-            return
-        if target.tunnel:
-            self.client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:
-            self.upstream.write(target.head)
-        if not self._pass(self.upstream, rest):
-            return
-        self.relaying = True
-        self.last = time.monotonic()
+        passed = self.tap.take(rest)
+        self.relay = Relay(
+            self.client,
+            upstream,
+            self.tap.budget,
+            buffer_bytes=self.limits.buffer_bytes,
+            to_client=b"HTTP/1.1 200 Connection established\r\n\r\n" if target.tunnel else b"",
+            to_upstream=target.head + passed,
+            on_end=self._end,
+        )
+        self.relay.start()
+        if len(passed) < len(rest):
+            self.relay.close()  # over the sandbox's bytes already
         self._watch_idle()
-        self.client.resume()
 
-    def _pass(self, to: Side, data: bytes) -> bool:
-        """Write ``data`` to ``to`` as far as the sandbox's bytes go; past them, close.
-        Whether the connection goes on."""
-        part = self.tap.take(data)
-        to.write(part)
-        if len(part) < len(data):
-            self.close()
-            return False
-        return True
-
-    def eof(self, side: Side) -> bool:
-        """Pass the end on; the connection closes once both have ended."""
-        side.ended = True
-        other = self.other(side)
-        if not self.relaying or (other.ended and side.ended):
-            self.close()
-            return False
-        if other.transport is not None and other.transport.can_write_eof():
-            other.transport.write_eof()
-        return True  # half-closed: the other way goes on
+    async def _read_head(self) -> tuple[bytes, bytes] | None:
+        """The request head and what came after it (never more than the head's bound
+        and a byte is read); None if the client ended first."""
+        loop = asyncio.get_running_loop()
+        data = bytearray()
+        while True:
+            try:
+                chunk = await loop.sock_recv(self.client, self.limits.head_bytes + 1 - len(data))
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+            end = data.find(b"\r\n\r\n")
+            if (end < 0 and len(data) > self.limits.head_bytes) or end + 4 > self.limits.head_bytes:
+                raise Refusal(400, "no complete request head")
+            if end >= 0:
+                return bytes(data[: end + 4]), bytes(data[end + 4 :])
 
     def refuse(self, refusal: Refusal) -> None:
         if refusal.policy:
             self.tap.refused += 1
             log.info("egress refused (%s): %s", self.tap.path.parent.parent.name, refusal.reason)
-        self.client.write(_refusal(refusal))
+        with contextlib.suppress(OSError):  # a few hundred bytes: a fresh socket takes them
+            self.client.send(_refusal(refusal), socket.MSG_NOSIGNAL)
         self.close()
 
-    def _head_late(self) -> None:
-        if self._opening is None:
-            self.refuse(Refusal(400, "no complete request head"))
-
     def _watch_idle(self) -> None:
-        waited = time.monotonic() - self.last
+        if self.relay is None or self.relay.ended:
+            return
+        waited = time.monotonic() - self.relay.last
         if waited >= self.limits.idle_timeout_s:
-            self.close()
+            self.abort()
             return
         self._timer = asyncio.get_running_loop().call_later(
             self.limits.idle_timeout_s - waited, self._watch_idle
         )
 
     def close(self) -> None:
-        """Close both ends once what was written to them is sent."""
-        self._end()
-        for side in (self.client, self.upstream):
-            if side.transport is not None:
-                side.transport.close()
+        """Close once what is held for either end is sent."""
+        if self.relay is not None:
+            self.relay.close()
+        else:
+            self.abort()
 
     def abort(self) -> None:
         """Close both ends now, whatever is unsent."""
-        self._end()
-        for side in (self.client, self.upstream):
-            if side.transport is not None:
-                side.transport.abort()
+        if self.relay is not None:
+            self.relay.abort()  # which ends the connection
+        elif self._opening is not None and not self._opening.done():
+            # Its end closes the client's socket (from within, it is ending already).
+            if self._opening is not asyncio.current_task():
+                self._opening.cancel()
+        else:
+            self.client.close()
+            self._end()
 
     def _end(self) -> None:
         if self._closed:
@@ -363,8 +359,6 @@ class Connection:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._opening is not None:
-            self._opening.cancel()
         if self in self.tap.connections:
             self.tap.connections.discard(self)
             self.tap.egress.open -= 1

@@ -65,7 +65,7 @@
 #define MAX_PROCESSES 65536
 #define PROXY_PORT 3128
 #define MAX_RELAYS 64
-#define RELAY_BUFFER 65536
+#define RELAY_BUFFER (256 * 1024) /* each way of a relay holds at most this */
 
 enum { SPAWN = 1, SIGNAL = 2 };
 enum { LAST = 1 };
@@ -262,13 +262,16 @@ static void reap(void) {
 }
 
 /* The egress forwarder, part of the init's own loop: connections accepted on 127.0.0.1:3128
- * are relayed to the proxy's unix socket, both ways, without blocking. A relay that
- * cannot be made (no slot, no socket, the proxy's backlog full) closes the client. */
+ * are relayed to the proxy's unix socket, both ways, without blocking. Each way is spliced
+ * through a pipe of its own (socket to pipe to socket: the bytes are never copied into the
+ * init). A relay that cannot be made (no slot, no socket or pipe, the proxy's backlog
+ * full) closes the client. */
 struct relay {
-    int fd[2];                    /* 0: the client, 1: the proxy; -1: free */
-    char buffer[2][RELAY_BUFFER]; /* buffer[i]: read from fd[i], to be written to fd[1 - i] */
-    size_t length[2], sent[2];
-    int ended[2]; /* fd[i] said end of file (its data may still be in buffer[i]) */
+    int fd[2];      /* 0: the client, 1: the proxy; -1: free */
+    int pipe[2][2]; /* pipe[i]: from fd[i] to fd[1 - i]; [0] its read end, [1] its write end */
+    size_t held[2], room[2]; /* bytes in pipe[i]; what it may hold */
+    int full[2];  /* pipe[i] took no more: its slots, not only its bytes, can run out first */
+    int ended[2]; /* fd[i] said end of file (what came before may still be in pipe[i]) */
 };
 
 static struct relay relays[MAX_RELAYS];
@@ -280,12 +283,32 @@ static void relay_close(struct relay *r) {
         if (r->fd[i] >= 0)
             close(r->fd[i]);
         r->fd[i] = -1;
+        for (int end = 0; end < 2; end++) {
+            if (r->pipe[i][end] >= 0)
+                close(r->pipe[i][end]);
+            r->pipe[i][end] = -1;
+        }
     }
+}
+
+/* Its two pipes, as big as RELAY_BUFFER where the user's pipe allowance lets them be
+ * (else as the kernel makes them: slower, as correct). */
+static int relay_pipes(struct relay *r) {
+    for (int i = 0; i < 2; i++) {
+        if (pipe2(r->pipe[i], O_NONBLOCK | O_CLOEXEC) < 0)
+            return -1;
+        fcntl(r->pipe[i][1], F_SETPIPE_SZ, RELAY_BUFFER);
+        int size = fcntl(r->pipe[i][1], F_GETPIPE_SZ);
+        if (size <= 0)
+            return -1;
+        r->room[i] = (size_t)size < RELAY_BUFFER ? (size_t)size : RELAY_BUFFER;
+    }
+    return 0;
 }
 
 static int forward_start(const char *path) {
     for (int i = 0; i < MAX_RELAYS; i++)
-        relays[i].fd[0] = relays[i].fd[1] = -1;
+        relays[i] = (struct relay){.fd = {-1, -1}, .pipe = {{-1, -1}, {-1, -1}}};
     proxy.sun_family = AF_UNIX;
     if (strlen(path) >= sizeof proxy.sun_path)
         return -1;
@@ -316,7 +339,9 @@ static void forward_accept(void) {
             close(client);
             continue;
         }
-        *r = (struct relay){.fd = {client, to}};
+        *r = (struct relay){.fd = {client, to}, .pipe = {{-1, -1}, {-1, -1}}};
+        if (relay_pipes(r) < 0)
+            relay_close(r);
     }
 }
 
@@ -326,43 +351,46 @@ static int relay_step(struct relay *r, const short revents[2]) {
         if ((revents[i] & (POLLHUP | POLLERR)) && r->ended[i] == 2)
             return 0; /* gone both ways, and all it sent passed on: nothing more to do */
     for (int i = 0; i < 2; i++) {
-        if (!r->ended[i] && r->length[i] == 0 && (revents[i] & (POLLIN | POLLHUP | POLLERR))) {
-            ssize_t got = read(r->fd[i], r->buffer[i], RELAY_BUFFER);
+        int out = r->fd[1 - i];
+        if (!r->ended[i] && !r->full[i] && r->held[i] < r->room[i] &&
+            (revents[i] & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t got = splice(r->fd[i], NULL, r->pipe[i][1], NULL, r->room[i] - r->held[i],
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (got > 0)
-                r->length[i] = (size_t)got, r->sent[i] = 0;
+                r->held[i] += (size_t)got;
             else if (got == 0)
                 r->ended[i] = 1;
-            else if (errno != EAGAIN && errno != EINTR)
+            else if (errno == EAGAIN)
+                r->full[i] = r->held[i] > 0; /* no room in the pipe, rather than no bytes */
+            else if (errno != EINTR)
                 return 0;
         }
-        int out = r->fd[1 - i];
-        while (r->sent[i] < r->length[i]) {
-            ssize_t put = send(out, r->buffer[i] + r->sent[i], r->length[i] - r->sent[i],
-                               MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (r->held[i] > 0) {
+            ssize_t put = splice(r->pipe[i][0], NULL, out, NULL, r->held[i],
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (put < 0) {
                 if (errno == EAGAIN || errno == EINTR)
                     break;
-                return 0;
+                return 0; /* the other end is gone (as pid 1, its SIGPIPE is ignored) */
             }
-            r->sent[i] += (size_t)put;
+            r->held[i] -= (size_t)put;
+            r->full[i] = 0;
         }
-        if (r->sent[i] == r->length[i]) {
-            r->length[i] = r->sent[i] = 0;
-            if (r->ended[i] == 1) { /* all of it passed on: pass the end on too */
-                shutdown(out, SHUT_WR);
-                r->ended[i] = 2;
-            }
+        if (r->held[i] == 0 && r->ended[i] == 1) { /* all of it passed on: the end too */
+            shutdown(out, SHUT_WR);
+            r->ended[i] = 2;
         }
     }
     return !(r->ended[0] == 2 && r->ended[1] == 2);
 }
 
-/* What each relay waits for: read when its buffer is empty, write when it is not. */
+/* What each relay waits for: read while its pipe has room, write while the other way's
+ * pipe holds bytes. */
 static short relay_events(const struct relay *r, int i) {
     short events = 0;
-    if (!r->ended[i] && r->length[i] == 0)
+    if (!r->ended[i] && !r->full[i] && r->held[i] < r->room[i])
         events |= POLLIN;
-    if (r->length[1 - i] > r->sent[1 - i])
+    if (r->held[1 - i] > 0)
         events |= POLLOUT;
     return events;
 }

@@ -3,6 +3,11 @@ upstreams, spoken to as sandboxed code would, hostile requests included."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import random
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -249,3 +254,189 @@ async def test_closing_the_tap_ends_its_connections_and_socket(tmp_path: Path) -
         assert await read_all(stream) == b""
         assert not t.path.exists()
         await stream.aclose()
+
+
+@asynccontextmanager
+async def tunnel(t: Tap) -> AsyncIterator[tuple[SocketStream, SocketStream]]:
+    """A CONNECT tunnel through ``t`` to a raw TCP listener on 127.0.0.1: the client's
+    end (past the proxy's answer) and the upstream's end."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, await anyio.connect_unix(t.path) as client:
+        await client.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+        with anyio.fail_after(10):
+            upstream_end = await listener.listeners[0].accept()  # type: ignore[attr-defined]
+            established = b""
+            while len(established) < len(ESTABLISHED):
+                established += await client.receive(len(ESTABLISHED) - len(established))
+        assert established == ESTABLISHED
+        async with upstream_end:
+            yield client, upstream_end  # type: ignore[misc]
+
+
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+async def send_all(stream: SocketStream, data: bytes, eof: bool = True) -> None:
+    """``data`` in pieces of 1 MiB, then an end of file; quietly stops if the stream is cut."""
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        for at in range(0, len(data), 1 << 20):
+            await stream.send(data[at : at + (1 << 20)])
+        if eof:
+            await stream.send_eof()
+
+
+async def test_the_byte_budget_is_cut_exactly_at_its_limit(tmp_path: Path) -> None:
+    """Small pipes (many splices), a limit on no boundary: the client gets what the
+    budget leaves after its own bytes up, not one byte more, and then nothing moves."""
+    limit = 1_000_003
+    async with tap(tmp_path, total_bytes=limit, buffer_bytes=65536) as t:
+        async with tunnel(t) as (client, upstream_end):
+            await client.send(b"go")  # 2 bytes up, counted
+            assert await upstream_end.receive() == b"go"
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all, upstream_end, random.randbytes(3 << 20))
+                got = await read_all(client)
+        assert len(got) == limit - 2
+        assert t.moved == limit
+        reply = await ask(t, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 429") and b"all the bytes" in reply
+
+
+async def test_the_budget_lets_an_end_of_file_pass_at_the_limit(tmp_path: Path) -> None:
+    """Exactly the budget's bytes, then an end of file: all of it arrives, ended
+    cleanly rather than cut."""
+    body = random.randbytes(300_000)
+    async with (
+        tap(tmp_path, total_bytes=300_000, buffer_bytes=65536) as t,
+        tunnel(t) as (client, upstream_end),
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_all, upstream_end, body)
+            got = await read_all(client)
+        assert got == body
+        await client.send(b"x")  # the way up is still open, but the budget is spent
+        assert await read_all(upstream_end) == b""
+    assert t.moved == 300_000
+
+
+async def test_a_client_end_of_file_is_passed_on_and_the_way_back_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with tap(tmp_path) as t, tunnel(t) as (client, upstream_end):
+        await client.send(b"question")
+        await client.send_eof()
+        assert await read_all(upstream_end) == b"question"  # ended: the eof passed on
+        await upstream_end.send(b"answer after your end")
+        await upstream_end.send_eof()
+        assert await read_all(client) == b"answer after your end"
+        await wait_until_async(lambda: t.open == 0, 5, "the connection closed")
+
+
+async def test_an_upstream_end_of_file_is_passed_on_and_the_way_up_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with tap(tmp_path) as t, tunnel(t) as (client, upstream_end):
+        await upstream_end.send(b"banner")
+        await upstream_end.send_eof()
+        assert await read_all(client) == b"banner"
+        await client.send(b"still talking")
+        await client.send_eof()
+        assert await read_all(upstream_end) == b"still talking"
+        await wait_until_async(lambda: t.open == 0, 5, "the connection closed")
+
+
+async def test_an_upstream_that_speaks_first_loses_nothing(tmp_path: Path) -> None:
+    """Bytes an upstream sends the moment it is connected (SSH, SMTP) follow the
+    proxy's answer, whenever they come."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def greet(stream: SocketStream) -> None:
+        async with stream:
+            await stream.send(b"220 hello\r\n")
+            await stream.send_eof()
+            await read_all(stream)
+
+    async with listener, tap(tmp_path) as t, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, greet)
+        async with await anyio.connect_unix(t.path) as client:
+            await client.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+            assert await read_all(client) == ESTABLISHED + b"220 hello\r\n"
+        tg.cancel_scope.cancel()
+
+
+def pump(sock: socket.socket, data: bytes) -> str:
+    """Send ``data`` and an end of file while reading ``sock`` to its end; the sha256 of
+    what was read (blocking socket calls, in a thread of their own)."""
+    sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+    sender.start()
+    digest = hashlib.sha256()
+    while chunk := sock.recv(1 << 20):
+        digest.update(chunk)
+    sender.join()
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+async def test_a_big_transfer_both_ways_arrives_intact(tmp_path: Path) -> None:
+    """48 MiB down and 16 MiB up at the same time, each end a plain blocking socket."""
+    down, up = random.randbytes(48 << 20), random.randbytes(16 << 20)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        async with tap(tmp_path) as t:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(t.path))
+                client.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+                upstream_end = (await anyio.to_thread.run_sync(listener.accept))[0]
+                with upstream_end, anyio.fail_after(30):
+                    established = await anyio.to_thread.run_sync(
+                        client.recv, len(ESTABLISHED), socket.MSG_WAITALL
+                    )
+                    assert established == ESTABLISHED
+                    digests: dict[str, str] = {}
+
+                    async def run(name: str, sock: socket.socket, data: bytes) -> None:
+                        digests[name] = await anyio.to_thread.run_sync(pump, sock, data)
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(run, "down", client, up)
+                        tg.start_soon(run, "up", upstream_end, down)
+    assert digests["down"] == hashlib.sha256(down).hexdigest()
+    assert digests["up"] == hashlib.sha256(up).hexdigest()
+    assert t.moved == len(down) + len(up)
+
+
+async def test_closing_the_tap_ends_its_relayed_connections(tmp_path: Path) -> None:
+    async with tap(tmp_path) as t, tunnel(t) as (client, upstream_end):
+        await client.send(b"ping")
+        assert await upstream_end.receive() == b"ping"
+        t.close()
+        assert await read_all(client) == b""
+        assert await read_all(upstream_end) == b""
+        assert t.open == 0
+
+
+@pytest.mark.slow
+async def test_a_client_that_does_not_read_holds_the_proxy_to_its_buffer(tmp_path: Path) -> None:
+    """The upstream sends far more than every buffer on the way; the proxy's pipe for
+    that way holds no more than its bound, and the upstream is made to wait."""
+    async with tap(tmp_path, buffer_bytes=65536) as t, tunnel(t) as (_, upstream_end):
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            chunk = bytes(1 << 20)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while sent < 256 << 20:
+                    await upstream_end.send(chunk)
+                    sent += len(chunk)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            await anyio.sleep(1)  # the kernel's buffers and the pipe fill, then it waits
+            (connection,) = t.connections
+            assert connection.relay is not None
+            assert 0 < connection.relay.ways[1].held <= 65536
+            assert sent < 128 << 20  # held up, not swallowed
+            tg.cancel_scope.cancel()
