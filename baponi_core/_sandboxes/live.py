@@ -94,10 +94,12 @@ class Live:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         stdin: bool = False,
+        files: Mapping[str, bytes] | None = None,
     ) -> Process:
-        """Start a process; its pipes are the caller's to read and close."""
+        """Start a process; its pipes are the caller's to read and close. ``files`` are
+        written first, at ``/run/baponi/<name>`` (a name taken already is an error)."""
         self.check_usable()
-        command = Command(tuple(argv), self.env(env), cwd or HOME, stdin=stdin)
+        command = Command(tuple(argv), self.env(env), cwd or HOME, files or {}, stdin=stdin)
         try:
             return await self.handle.start(command)
         except SandboxError as exc:

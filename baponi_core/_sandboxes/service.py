@@ -29,6 +29,7 @@ from baponi_core._sandbox.pipes import PipeReader
 from baponi_core._sandbox.spec import MiB
 from baponi_core._sandboxes.admission import Admission, SandboxLimits
 from baponi_core._sandboxes.commands import Commands
+from baponi_core._sandboxes.contexts import Contexts
 from baponi_core._sandboxes.live import Live, SandboxEnded
 from baponi_core._sandboxes.recovery import STOPPED_MESSAGE
 from baponi_core._sandboxes.resources import resources_for
@@ -84,6 +85,7 @@ class Sandboxes:
         self._commands: dict[str, Commands] = {}
         self._sessions: dict[str, Sessions] = {}
         self._terminals: dict[str, Terminals] = {}
+        self._contexts: dict[str, Contexts] = {}
         self._tasks: TaskGroup | None = None
 
     async def run(
@@ -174,6 +176,8 @@ class Sandboxes:
         self._commands[record.id] = Commands(live, self._tasks)
         self._sessions[record.id] = Sessions(live, self._commands[record.id])
         self._terminals[record.id] = Terminals(live, self._tasks)
+        self._contexts[record.id] = contexts = Contexts(live, self._tasks)
+        self._tasks.start_soon(contexts.listen)
         self._tasks.start_soon(self._watch, live)
         return record
 
@@ -263,6 +267,9 @@ class Sandboxes:
     def terminals(self, live: Live) -> Terminals:
         return _of(self._terminals, live)
 
+    def contexts(self, live: Live) -> Contexts:
+        return _of(self._contexts, live)
+
     def opened(self, sandbox_id: str) -> Live | None:
         """The open sandbox of that id, whoever's (its execd token says whose)."""
         return self._live.get(sandbox_id)
@@ -341,6 +348,7 @@ class Sandboxes:
                 self._commands.pop(live.id, None)
                 self._sessions.pop(live.id, None)
                 self._terminals.pop(live.id, None)
+                self._contexts.pop(live.id, None)
                 failed = why == "SANDBOX_EXITED"
                 live.record.state = SandboxState.FAILED if failed else SandboxState.TERMINATED
                 live.record.reason, live.record.message = why, MESSAGES[why]

@@ -6,7 +6,16 @@ from __future__ import annotations
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Mount, Router
 
-from baponi_http._opensandbox import commands, files, lifecycle, proxy, pty, sessions, wsproxy
+from baponi_http._opensandbox import (
+    code,
+    commands,
+    files,
+    lifecycle,
+    proxy,
+    pty,
+    sessions,
+    wsproxy,
+)
 from baponi_http._opensandbox.errors import HANDLERS
 from baponi_http._opensandbox.execd import execd_app
 
@@ -22,6 +31,7 @@ def opensandbox_mount() -> Mount:
         *pty.ROUTES,
         *proxy.ROUTES,
         *wsproxy.ROUTES,
+        *code.ROUTES,
     ]
     routes = [*lifecycle.ROUTES, Mount("/execd/{sandbox_id}", app=execd_app(execd))]
     router = Router(routes, redirect_slashes=False)

@@ -1,0 +1,126 @@
+"""execd's code contexts: ``/code/context``, ``/code/contexts``, ``POST /code`` (streamed)
+and its interrupt. Thin: the core's :class:`~baponi_core._sandboxes.contexts.Contexts`
+does the work; ``POST /code`` without a language is a command (the commands core)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from baponi_core._models import parse
+from baponi_core._sandboxes.codewire import ContextBody, ContextRequest, RunCodeRequest
+from baponi_core._sandboxes.commands import NewCommand
+from baponi_core._sandboxes.contexts import (
+    CodeRun,
+    Context,
+    Contexts,
+    Count,
+    Output,
+    Result,
+    Status,
+)
+from baponi_core._sandboxes.errors import MissingQuery
+from baponi_http._opensandbox.commands import _events as command_events
+from baponi_http._opensandbox.commands import commands_of
+from baponi_http._opensandbox.execd import live_of
+from baponi_http._opensandbox.sse import event, pinged, stream
+from baponi_http._requests import core_of, json_body
+
+
+def contexts_of(request: Request) -> Contexts:
+    return core_of(request).sandboxes.contexts(live_of(request))
+
+
+def body(context: Context) -> dict[str, str]:
+    return ContextBody(id=context.id, language=context.language).model_dump()
+
+
+async def create_context(request: Request) -> Response:
+    asked = parse(ContextRequest, await json_body(request))
+    context = await contexts_of(request).create(asked.language, asked.cwd)
+    return JSONResponse(body(context))
+
+
+async def list_contexts(request: Request) -> Response:
+    language = request.query_params.get("language") or None
+    return JSONResponse([body(c) for c in contexts_of(request).list(language)])
+
+
+async def get_context(request: Request) -> Response:
+    return JSONResponse(body(contexts_of(request).get(request.path_params["context_id"])))
+
+
+async def delete_context(request: Request) -> Response:
+    await contexts_of(request).delete(request.path_params["context_id"])
+    return Response(status_code=200)
+
+
+async def delete_contexts(request: Request) -> Response:
+    language = request.query_params.get("language")
+    if not language:
+        raise MissingQuery("language is required")
+    await contexts_of(request).delete_language(language)
+    return Response(status_code=200)
+
+
+async def run_code(request: Request) -> Response:
+    asked = parse(RunCodeRequest, await json_body(request))
+    context = asked.context
+    if context is None or not context.language:
+        if context is not None and context.id:  # a context names its language
+            run = await contexts_of(request).run(asked.code, context.id, "")
+            return stream(_events(run))
+        command = await commands_of(request).start(NewCommand(command=asked.code))
+        return stream(command_events(command))
+    run = await contexts_of(request).run(asked.code, context.id, context.language)
+    return stream(_events(run))
+
+
+async def _events(run: CodeRun) -> AsyncIterator[str]:
+    yield event("init", text=run.context_id)
+    async with run.events:
+        async for item in pinged(run.events):
+            if item is None:
+                yield event("ping", text="pong")
+            elif isinstance(item, Status):
+                yield event("status", text=item.state)
+            elif isinstance(item, Output):
+                yield event(item.stream, text=item.text)
+            elif isinstance(item, Count):
+                yield event("execution_count", execution_count=item.count)
+            elif isinstance(item, Result):
+                results = {("text" if k == "text/plain" else k): v for k, v in item.data.items()}
+                yield event("result", results=results)
+    finished = run.finished
+    assert finished is not None  # set before the stream ends
+    if finished.failure is None:
+        yield event("execution_complete", execution_time=finished.elapsed_ms)
+    else:
+        failure = finished.failure
+        error = {"ename": failure.ename, "evalue": failure.evalue, "traceback": failure.traceback}
+        yield event("error", error=error, execution_time=finished.elapsed_ms)
+
+
+async def interrupt(request: Request) -> Response:
+    run_id = request.query_params.get("id")
+    if not run_id:
+        raise MissingQuery("id is required")
+    if commands_of(request).get(run_id) is not None:  # a command that POST /code ran
+        await commands_of(request).interrupt(run_id)
+    else:
+        await contexts_of(request).interrupt(run_id)
+    return Response(status_code=200)
+
+
+ROUTES = [
+    Route("/code/context", create_context, methods=["POST"]),
+    Route("/code/contexts", list_contexts, methods=["GET"]),
+    Route("/code/contexts", delete_contexts, methods=["DELETE"]),
+    Route("/code/contexts/{context_id}", get_context, methods=["GET"]),
+    Route("/code/contexts/{context_id}", delete_context, methods=["DELETE"]),
+    Route("/code", run_code, methods=["POST"]),
+    Route("/code", interrupt, methods=["DELETE"]),
+]
