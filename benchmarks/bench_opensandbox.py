@@ -7,6 +7,10 @@
 * the same through the official SDK (``SandboxSync.create`` with its health check, then
   ``commands.run``), which adds its own polling;
 * a command in a live sandbox (``echo 1`` to its end): p50 against bare ``bash``;
+* ``run_code("1+1")`` in a warm code context (the issue's target: p50 at most 5 ms), over
+  raw HTTP (``POST /code`` read to its end) and through the official code-interpreter
+  SDK, against bare ``jupyter_client`` driving an ``ipykernel`` in the same sandbox
+  (``execute_interactive``, what the bridge adds nothing to);
 * 100 sandboxes created at once, each answering ``/ping``: the time until the last one
   does (target: within 3 s on 2 cores), twice: on uids the server never gave out before
   (each mapped at its first use) and again, as a server that has been up a while; and
@@ -27,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -90,6 +95,60 @@ def sdk_first_output(server: Server) -> float:
     assert done.logs.stdout[0].text == "1\n"
     box.kill()
     return elapsed
+
+
+BARE_KERNEL = """
+import json, sys, time
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="python3")
+samples = []
+for _ in range(int(sys.argv[1]) + 1):
+    began = time.perf_counter()
+    kc.execute_interactive("1+1", timeout=30, output_hook=lambda message: None)
+    samples.append(time.perf_counter() - began)
+kc.stop_channels()
+km.shutdown_kernel(now=True)
+print(json.dumps(samples[1:]))
+"""
+
+
+def code_runs(server: Server, runs: int) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of ``1+1`` in a warm context: bare jupyter_client, raw HTTP, the SDK."""
+    from code_interpreter import CodeInterpreterSync
+    from opensandbox import SandboxSync
+    from opensandbox.config.connection_sync import ConnectionConfigSync
+    from opensandbox.models.execd import RunCommandOpts
+
+    config = ConnectionConfigSync(domain=f"{server.url}/opensandbox", api_key=server.key)
+    box = SandboxSync.create(RUNTIME, connection_config=config)
+    try:
+        interpreter = CodeInterpreterSync.create(box)
+        bare_run = RunCommandOpts(envs={"BARE": BARE_KERNEL}, timeout=timedelta(seconds=300))
+        done = box.commands.run(f'python3 -c "$BARE" {runs}', opts=bare_run)
+        bare = json.loads("".join(m.text for m in done.logs.stdout))
+        context = interpreter.codes.create_context("python")
+        sdk = []
+        for _ in range(runs + 1):
+            began = time.perf_counter()
+            result = interpreter.codes.run("1+1", context=context)
+            sdk.append(time.perf_counter() - began)
+            assert result.result[0].text == "2"
+        base = f"{server.url}/opensandbox"
+        with httpx.Client(headers={KEY_HEADER: server.key}, timeout=60) as client:
+            ep = client.get(f"{base}/v1/sandboxes/{box.id}/endpoints/44772").json()
+            url = f"http://{ep['endpoint']}/code"
+            body = {"code": "1+1", "context": {"id": context.id, "language": "python"}}
+            http = []
+            for _ in range(runs + 1):
+                began = time.perf_counter()
+                with client.stream("POST", url, json=body, headers=ep["headers"]) as r:
+                    events = [json.loads(line)["type"] for line in r.iter_lines() if line]
+                http.append(time.perf_counter() - began)
+                if events[-1] != "execution_complete":
+                    raise RuntimeError(f"run failed: {events}")
+    finally:
+        box.kill()
+    return bare, http[1:], sdk[1:]
 
 
 async def many_at_once(server: Server, count: int) -> tuple[float, float]:
@@ -156,6 +215,7 @@ def main() -> int:
                     commands.append(command_to_end(client, execd, reach))
                     client.delete(f"{base}/v1/sandboxes/{sandbox_id}")
             sdk = [sdk_first_output(server) for _ in range(min(args.runs, 20))]
+            bare_code, http_code, sdk_code = code_runs(server, args.runs)
             # The first time a server gives a sandbox uid out, it maps it (once per uid);
             # the second round is what a server that has been up a while does.
             first_round, _ = asyncio.run(many_at_once(server, args.at_once))
@@ -173,6 +233,16 @@ def main() -> int:
     for name, samples, target in rows:
         p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"{name:34} {ms(p50):>10} {ms(p99):>10} {p50 / b50:>8.2f}x  {target}")
+    k50 = percentile(bare_code, 50)
+    code_rows = [
+        ("bare jupyter_client execute 1+1", bare_code, ""),
+        ("run_code('1+1') warm (HTTP)", http_code, "target <= 5 ms"),
+        ("run_code('1+1') warm (SDK)", sdk_code, ""),
+    ]
+    print(f"{'code context':34} {'p50':>10} {'p99':>10} {'p50/bare':>9}")
+    for name, samples, target in code_rows:
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        print(f"{name:34} {ms(p50):>10} {ms(p99):>10} {p50 / k50:>8.2f}x  {target}")
     print(
         f"{args.at_once} sandboxes at once, all answering /ping: {at_once:.2f} s "
         f"(target <= 3 s); {first_round:.2f} s on uids the server had never used"

@@ -34,8 +34,9 @@ INLINE = "module://matplotlib_inline.backend_inline"  # figures as image/png res
 
 
 def emit(kind: str, **fields: Any) -> None:
+    """One line out; it leaves at the next flush (before any wait, :meth:`Bridge.next`),
+    so that what comes at once leaves in one write."""
     sys.stdout.write(json.dumps({"kind": kind, **fields}) + "\n")
-    sys.stdout.flush()
 
 
 def listen(port: int) -> None:
@@ -130,6 +131,7 @@ class Bridge:
         while (request := self.queue.get()) is not None:
             if not self.execute(str(request.get("code", ""))):
                 emit("died", message="the kernel ended (killed from inside?)")
+                sys.stdout.flush()
                 return
 
     def execute(self, code: str) -> bool:
@@ -149,17 +151,20 @@ class Bridge:
             if reply.get("parent_header", {}).get("msg_id") == msg_id:
                 content = reply["content"]
                 emit("reply", status=content.get("status"), count=content.get("execution_count"))
+                sys.stdout.flush()
                 return True
 
     def next(self, get: Any) -> dict[str, Any] | None:
         import queue
 
+        timeout = 0.0  # what is there already first; the lines out before waiting
         while self.alive():
             try:
-                message: dict[str, Any] = get(timeout=POLL_S)
+                message: dict[str, Any] = get(timeout=timeout)
                 return message
             except queue.Empty:
-                continue
+                sys.stdout.flush()
+                timeout = POLL_S
         return None
 
     def forward(self, message: dict[str, Any]) -> bool:
@@ -181,7 +186,6 @@ class Bridge:
                 emit("stream", name="stderr", text=note)
             else:
                 sys.stdout.write(line + "\n")
-                sys.stdout.flush()
         elif kind == "error":
             emit(
                 "error",
@@ -211,6 +215,7 @@ def main(argv: list[str]) -> None:
             emit("died", message="the kernel did not start")
             return
         emit("ready")
+        sys.stdout.flush()
         threading.Thread(target=bridge.read_requests, daemon=True).start()
         bridge.serve()
     finally:

@@ -4,8 +4,10 @@ does the work; ``POST /code`` without a language is a command (the commands core
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -14,12 +16,13 @@ from baponi_core._models import parse
 from baponi_core._sandboxes.codewire import ContextBody, ContextRequest, RunCodeRequest
 from baponi_core._sandboxes.commands import NewCommand
 from baponi_core._sandboxes.contexts import (
+    CodeEvent,
     CodeRun,
     Context,
     Contexts,
     Count,
+    Finished,
     Output,
-    Result,
     Status,
 )
 from baponi_core._sandboxes.errors import MissingQuery
@@ -80,28 +83,43 @@ async def run_code(request: Request) -> Response:
 
 
 async def _events(run: CodeRun) -> AsyncIterator[str]:
+    """The run's events; those that came at once leave together, one write each time."""
     yield event("init", text=run.context_id)
     async with run.events:
         async for item in pinged(run.events):
             if item is None:
                 yield event("ping", text="pong")
-            elif isinstance(item, Status):
-                yield event("status", text=item.state)
-            elif isinstance(item, Output):
-                yield event(item.stream, text=item.text)
-            elif isinstance(item, Count):
-                yield event("execution_count", execution_count=item.count)
-            elif isinstance(item, Result):
-                results = {("text" if k == "text/plain" else k): v for k, v in item.data.items()}
-                yield event("result", results=results)
-    finished = run.finished
-    assert finished is not None  # set before the stream ends
+                continue
+            frames = [_frame(item)]
+            with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                while True:
+                    frames.append(_frame(run.events.receive_nowait()))
+            if run.finished is None:
+                yield "".join(frames)
+                continue
+            yield "".join(frames) + _end(run.finished)
+            return
+    assert run.finished is not None  # set before the stream ends
+    yield _end(run.finished)
+
+
+def _frame(item: CodeEvent) -> str:
+    if isinstance(item, Status):
+        return event("status", text=item.state)
+    if isinstance(item, Output):
+        return event(item.stream, text=item.text)
+    if isinstance(item, Count):
+        return event("execution_count", execution_count=item.count)
+    results = {("text" if k == "text/plain" else k): v for k, v in item.data.items()}
+    return event("result", results=results)
+
+
+def _end(finished: Finished) -> str:
     if finished.failure is None:
-        yield event("execution_complete", execution_time=finished.elapsed_ms)
-    else:
-        failure = finished.failure
-        error = {"ename": failure.ename, "evalue": failure.evalue, "traceback": failure.traceback}
-        yield event("error", error=error, execution_time=finished.elapsed_ms)
+        return event("execution_complete", execution_time=finished.elapsed_ms)
+    failure = finished.failure
+    error = {"ename": failure.ename, "evalue": failure.evalue, "traceback": failure.traceback}
+    return event("error", error=error, execution_time=finished.elapsed_ms)
 
 
 async def interrupt(request: Request) -> Response:
