@@ -144,8 +144,9 @@ def test_layer_has_no_setuid_device_or_escaping_entry(layout: Path) -> None:
             if member.islnk():
                 assert ".." not in Path(member.linkname).parts, name
     assert names > 10_000
-    # The image stays small: a pin update that grows it past this is a decision to make.
-    assert size < 900 << 20
+    # The image stays small: a pin update that grows it past this is a decision to make
+    # (the last: the Jupyter kernel of code contexts, 93 MiB, docs/runtimes.md).
+    assert size < 1000 << 20
 
 
 def test_data_stack_imports_and_plots_with_text(
