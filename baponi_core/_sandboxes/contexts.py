@@ -120,6 +120,10 @@ class Context:
         self.why: str | None = None  # why it ended
         self._running: _Running | None = None
 
+    @property
+    def running(self) -> bool:
+        return self._running is not None
+
     async def execute(self, code: str) -> CodeRun:
         if self.ended.is_set():
             raise RuntimeFailure(f"code context {self.id} has ended: {self.why}")
@@ -279,6 +283,7 @@ class Contexts:
         self._starting = anyio.Lock()  # one bridge started at a time: the file is written once
         self._written = False
         self._locks: dict[str, anyio.Lock] = {}  # language: held while its default is made
+        self._creating = 0  # contexts being made now
 
     async def listen(self) -> None:
         """Start the readiness listener on :data:`JUPYTER_PORT` (it exits at once in a
@@ -291,10 +296,22 @@ class Contexts:
         for pipe in (process.stdout, process.stderr):
             self.tasks.start_soon(Drain(pipe, bytearray(), 0).run)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a context is being made or runs code (the sandbox is not idle)."""
+        return self._creating > 0 or any(c.running for c in self._contexts.values())
+
     async def create(self, language: str, cwd: str | None = None) -> Context:
         check_language(language)
         if len(self.list()) >= MAX_CONTEXTS:
             raise RuntimeFailure(f"this sandbox has {MAX_CONTEXTS} code contexts; delete one")
+        self._creating += 1
+        try:
+            return await self._create(language, cwd)
+        finally:
+            self._creating -= 1
+
+    async def _create(self, language: str, cwd: str | None) -> Context:
         process = await self._start(cwd=cwd)
         context = Context(secrets.token_hex(16), language, process)
         self._contexts[context.id] = context

@@ -126,8 +126,13 @@ class Sandboxes:
         return due
 
     def _busy(self, live: Live) -> bool:
-        """Whether a command runs or a terminal has its client: not idle, then."""
-        return self._commands[live.id].busy or self._terminals[live.id].busy
+        """Whether a command or code runs (or a code context is being made), or a terminal
+        has its client: not idle, then."""
+        return (
+            self._commands[live.id].busy
+            or self._terminals[live.id].busy
+            or self._contexts[live.id].busy
+        )
 
     # the lifecycle
 

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -301,3 +302,17 @@ def test_the_sdk_interrupts_by_the_id_its_run_began_with(
     runner.join(QUICK_S)
     assert not runner.is_alive()
     assert outcome["run"].error.name == "KeyboardInterrupt"
+
+
+def test_a_sandbox_running_code_is_not_idle(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "home", "--sandbox-idle-timeout", "1")
+    try:
+        box = SandboxSync.create(RUNTIME, connection_config=config(server))
+        interpreter = CodeInterpreterSync.create(box)
+        done = interpreter.codes.run("import time\ntime.sleep(3)\n'slept'", language="python")
+        assert [r.text for r in done.result] == ["'slept'"]
+        assert box.get_info().status.state == "Running"
+        wait_until(lambda: box.get_info().status.state == "Terminated", within=10)
+        assert box.get_info().status.reason == "IDLE"
+    finally:
+        stop_server(server)
