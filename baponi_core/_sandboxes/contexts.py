@@ -312,6 +312,8 @@ class Contexts:
             self._creating -= 1
 
     async def _create(self, language: str, cwd: str | None) -> Context:
+        if cwd is not None and (await self.live.run(("test", "-d", cwd))).status != 0:
+            raise ValidationError(f"cwd: {cwd} is no directory in the sandbox")
         process = await self._start(cwd=cwd)
         context = Context(secrets.token_hex(16), language, process)
         self._contexts[context.id] = context

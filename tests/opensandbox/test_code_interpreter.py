@@ -207,6 +207,15 @@ def test_unknown_contexts_and_missing_queries(execd: httpx.Client) -> None:
     assert execd.post("/code", json={"context": {}}).json()["code"] == "INVALID_REQUEST_BODY"
 
 
+def test_a_context_runs_in_its_working_directory(execd: httpx.Client) -> None:
+    answer = execd.post("/code/context", json={"language": "python", "cwd": "/tmp"})
+    assert answer.status_code == 200, answer.text
+    events = run(execd, "import os\nos.getcwd()", answer.json()["id"])
+    assert [e["results"]["text"] for e in events if e["type"] == "result"] == ["'/tmp'"]
+    missing = execd.post("/code/context", json={"language": "python", "cwd": "/no/such/dir"})
+    assert missing.status_code == 400 and "/no/such/dir" in missing.json()["message"]
+
+
 def test_deleted_contexts_are_gone(execd: httpx.Client) -> None:
     one, two = new_context(execd), new_context(execd)
     assert execd.delete(f"/code/contexts/{one}").status_code == 200
