@@ -34,8 +34,8 @@ INLINE = "module://matplotlib_inline.backend_inline"  # figures as image/png res
 
 
 def emit(kind: str, **fields: Any) -> None:
-    """One line out; it leaves at the next flush (before any wait, :meth:`Bridge.next`),
-    so that what comes at once leaves in one write."""
+    """One line out; it leaves at the next flush (before each wait in
+    :meth:`Bridge.serve`), so that what comes at once leaves in one write."""
     sys.stdout.write(json.dumps({"kind": kind, **fields}) + "\n")
 
 
@@ -64,15 +64,16 @@ def die_with_parent() -> None:
 
 
 class Bridge:
+    """One kernel, driven from one thread: a poll on stdin and the kernel's iopub and
+    shell sockets, one run at a time (the server asks for one at a time)."""
+
     def __init__(self) -> None:
-        import queue
         import subprocess
         import tempfile
 
         from jupyter_client.blocking.client import BlockingKernelClient
         from jupyter_client.connect import write_connection_file
 
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         scratch = tempfile.mkdtemp(prefix="baponi-kernel-")
         connection, _ = write_connection_file(
             os.path.join(scratch, "kernel.json"), transport="ipc", ip=os.path.join(scratch, "k")
@@ -95,6 +96,8 @@ class Bridge:
         self.client = BlockingKernelClient(connection_file=connection)
         self.client.load_connection_file()
         self.client.start_channels()
+        self.pending: list[str] = []  # code asked for, not started yet
+        self.run: dict[str, Any] | None = None  # msg_id, and whether idle and reply came
 
     def alive(self) -> bool:
         return self.kernel.poll() is None
@@ -111,69 +114,70 @@ class Bridge:
                 continue
         return False
 
-    def read_requests(self) -> None:
-        """On a thread of its own: requests in; an interrupt is done at once."""
+    def serve(self) -> None:
+        """Until stdin ends (the server closed it) or the kernel dies."""
+        import zmq
+
+        iopub, shell = self.client.iopub_channel, self.client.shell_channel
+        poller = zmq.Poller()
+        for source in (0, iopub.socket, shell.socket):
+            poller.register(source, zmq.POLLIN)
+        stdin = b""
+        while True:
+            if self.run is None and self.pending:
+                msg_id = self.client.execute(self.pending.pop(0), allow_stdin=False)
+                self.run = {"msg_id": msg_id, "idle": False, "reply": None}
+            sys.stdout.flush()
+            ready = dict(poller.poll(POLL_S * 1000))
+            if not ready and not self.alive():
+                emit("died", message="the kernel ended (killed from inside?)")
+                return
+            if 0 in ready:
+                chunk = os.read(0, 1 << 16)
+                if not chunk:
+                    return
+                *lines, stdin = (stdin + chunk).split(b"\n")
+                for line in lines:
+                    self.request(line)
+            while iopub.msg_ready():
+                self.forward(iopub.get_msg(timeout=0))
+            while shell.msg_ready():
+                self.replied(shell.get_msg(timeout=0))
+            if self.run is not None and self.run["idle"] and self.run["reply"] is not None:
+                content = self.run["reply"]["content"]
+                emit("reply", status=content.get("status"), count=content.get("execution_count"))
+                self.run = None
+
+    def request(self, line: bytes) -> None:
         import signal
 
-        for line in sys.stdin:
-            try:
-                request = json.loads(line)
-            except ValueError:
-                continue
-            if request.get("op") == "interrupt":
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.kernel.pid, signal.SIGINT)
-            elif request.get("op") == "execute":
-                self.queue.put(request)
-        self.queue.put(None)
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return
+        if request.get("op") == "interrupt":
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.kernel.pid, signal.SIGINT)
+        elif request.get("op") == "execute":
+            self.pending.append(str(request.get("code", "")))
 
-    def serve(self) -> None:
-        while (request := self.queue.get()) is not None:
-            if not self.execute(str(request.get("code", ""))):
-                emit("died", message="the kernel ended (killed from inside?)")
-                sys.stdout.flush()
-                return
+    def mine(self, message: dict[str, Any]) -> bool:
+        parent = message.get("parent_header", {}).get("msg_id")
+        return self.run is not None and parent == self.run["msg_id"]
 
-    def execute(self, code: str) -> bool:
-        """Run ``code``, its messages out as they come; False once the kernel is gone."""
-        msg_id = self.client.execute(code, store_history=True, allow_stdin=False)
-        idle = False
-        while not idle:
-            message = self.next(self.client.get_iopub_msg)
-            if message is None:
-                return False
-            if message.get("parent_header", {}).get("msg_id") == msg_id:
-                idle = self.forward(message)
-        while True:
-            reply = self.next(self.client.get_shell_msg)
-            if reply is None:
-                return False
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                content = reply["content"]
-                emit("reply", status=content.get("status"), count=content.get("execution_count"))
-                sys.stdout.flush()
-                return True
+    def replied(self, message: dict[str, Any]) -> None:
+        if self.run is not None and self.mine(message):
+            self.run["reply"] = message
 
-    def next(self, get: Any) -> dict[str, Any] | None:
-        import queue
-
-        timeout = 0.0  # what is there already first; the lines out before waiting
-        while self.alive():
-            try:
-                message: dict[str, Any] = get(timeout=timeout)
-                return message
-            except queue.Empty:
-                sys.stdout.flush()
-                timeout = POLL_S
-        return None
-
-    def forward(self, message: dict[str, Any]) -> bool:
-        """Say what one iopub message of the run means; True at its end (idle)."""
+    def forward(self, message: dict[str, Any]) -> None:
+        """Say what one iopub message of the run means."""
+        if self.run is None or not self.mine(message):
+            return
         kind, content = message["msg_type"], message["content"]
         if kind == "status":
             emit("status", state=content["execution_state"])
-            return bool(content["execution_state"] == "idle")
-        if kind == "execute_input":
+            self.run["idle"] = content["execution_state"] == "idle"
+        elif kind == "execute_input":
             emit("count", count=content["execution_count"])
         elif kind == "stream":
             text = content["text"]
@@ -193,7 +197,6 @@ class Bridge:
                 evalue=content["evalue"],
                 traceback=content["traceback"],
             )
-        return False
 
     def close(self) -> None:
         import signal
@@ -207,17 +210,14 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--listen"]:
         listen(int(argv[1]))
         return
-    import threading
-
     bridge = Bridge()
     try:
-        if not bridge.ready():
+        if bridge.ready():
+            emit("ready")
+            bridge.serve()
+        else:
             emit("died", message="the kernel did not start")
-            return
-        emit("ready")
         sys.stdout.flush()
-        threading.Thread(target=bridge.read_requests, daemon=True).start()
-        bridge.serve()
     finally:
         bridge.close()
 
