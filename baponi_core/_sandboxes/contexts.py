@@ -357,7 +357,7 @@ class Contexts:
 
     def list(self, language: str | None = None) -> list[Context]:
         if language is not None:
-            check_language(language)
+            check_language(language, kernel=False)
         contexts = self._contexts.values()
         return [c for c in contexts if language in (None, c.language) and not c.ended.is_set()]
 
@@ -407,8 +407,9 @@ class Contexts:
         await context.interrupt()
 
 
-def check_language(language: str) -> None:
+def check_language(language: str, *, kernel: bool = True) -> None:
+    """Raise unless ``language`` is one of execd's (and, with ``kernel``, has one here)."""
     if language not in LANGUAGES:
         raise ValidationError(f"language must be one of {', '.join(LANGUAGES)}")
-    if language not in KERNELS:
+    if kernel and language not in KERNELS:
         raise NotSupported(f"no {language} kernel here; code contexts run {', '.join(KERNELS)}")

@@ -200,6 +200,9 @@ def test_unknown_contexts_and_missing_queries(execd: httpx.Client) -> None:
     assert execd.delete("/code/contexts").json()["code"] == "MISSING_QUERY"
     no_run = execd.delete("/code", params={"id": "nosuchcontext"})
     assert no_run.status_code == 500 and no_run.json()["code"] == "RUNTIME_ERROR"
+    assert execd.get("/code/contexts", params={"language": "go"}).json() == []
+    listed = execd.get("/code/contexts", params={"language": "cobol"})
+    assert listed.status_code == 400 and listed.json()["code"] == "INVALID_REQUEST_BODY"
     go = execd.post("/code/context", json={"language": "go"})
     assert go.status_code == 409 and go.json()["code"] == "NOT_SUPPORTED"
     cobol = execd.post("/code/context", json={"language": "cobol"})
@@ -282,6 +285,25 @@ def test_output_past_the_bounds_is_dropped_and_the_context_stays(execd: httpx.Cl
     assert any("dropped" in e["text"] for e in events if e["type"] == "stderr")
     after = run(execd, "'still here'", context_id)
     assert [e["results"]["text"] for e in after if e["type"] == "result"] == ["'still here'"]
+
+
+def test_a_long_run_is_pinged_and_one_left_by_its_client_goes_on(execd: httpx.Client) -> None:
+    context_id = new_context(execd)
+    events = run(execd, "import time\ntime.sleep(3.5)", context_id)
+    assert "ping" in [e["type"] for e in events]
+    assert events[-1]["type"] == "execution_complete"
+    body = {"code": "time.sleep(1)\nleft = 'done'", "context": {"id": context_id}}
+    with execd.stream("POST", "/code", json=body) as answer:
+        assert json.loads(next(answer.iter_lines()))["type"] == "init"
+
+    # The client went away; the run went on to its end, and the context is free again.
+    def settled() -> list[dict[str, Any]] | None:
+        answer = execd.post("/code", json={"code": "left", "context": {"id": context_id}})
+        frames = [json.loads(f) for f in answer.text.split("\n\n") if f.strip()]
+        return None if answer.status_code == 500 else frames
+
+    after = wait_until(settled, within=QUICK_S)
+    assert [e["results"]["text"] for e in after if e["type"] == "result"] == ["'done'"]
 
 
 def test_code_without_a_language_runs_as_a_command(execd: httpx.Client) -> None:
