@@ -339,12 +339,7 @@ class Contexts:
 
     async def _follow(self, context: Context) -> None:
         await context.follow()
-        if self._contexts.pop(context.id, None) is not None:
-            self._ended[context.id] = context.why or "it ended"
-            while len(self._ended) > ENDED_KEPT:
-                self._ended.popitem(last=False)
-        if self._defaults.get(context.language) == context.id:
-            del self._defaults[context.language]
+        self._forget(context)
 
     def get(self, context_id: str) -> Context:
         context = self._contexts.get(context_id)
@@ -372,8 +367,12 @@ class Contexts:
             self._forget(context)
 
     def _forget(self, context: Context) -> None:
-        self._contexts.pop(context.id, None)
-        self._ended[context.id] = context.why or "deleted"
+        """An ended context gone from the lists, its reason kept for a while."""
+        if self._contexts.pop(context.id, None) is None:
+            return
+        self._ended[context.id] = context.why or "it ended"
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
         if self._defaults.get(context.language) == context.id:
             del self._defaults[context.language]
 
