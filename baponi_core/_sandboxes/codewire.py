@@ -20,8 +20,8 @@ class ContextRequest(BaseModel):
 class ContextRef(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    id: str | None = Field(None, max_length=MAX_ID)
-    language: str | None = Field(None, max_length=MAX_LANGUAGE)
+    id: str | None = Field(default=None, max_length=MAX_ID)
+    language: str | None = Field(default=None, max_length=MAX_LANGUAGE)
 
 
 class RunCodeRequest(BaseModel):

@@ -13,7 +13,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from baponi_core._models import parse
-from baponi_core._sandboxes.codewire import ContextBody, ContextRequest, RunCodeRequest
+from baponi_core._sandboxes.codewire import (
+    ContextBody,
+    ContextRef,
+    ContextRequest,
+    RunCodeRequest,
+)
 from baponi_core._sandboxes.commands import NewCommand
 from baponi_core._sandboxes.contexts import (
     CodeEvent,
@@ -71,14 +76,11 @@ async def delete_contexts(request: Request) -> Response:
 
 async def run_code(request: Request) -> Response:
     asked = parse(RunCodeRequest, await json_body(request))
-    context = asked.context
-    if context is None or not context.language:
-        if context is not None and context.id:  # a context names its language
-            run = await contexts_of(request).run(asked.code, context.id, "")
-            return stream(_events(run))
+    context = asked.context or ContextRef()
+    if not context.id and not context.language:  # execd's: code with no language is a command
         command = await commands_of(request).start(NewCommand(command=asked.code))
         return stream(command_events(command))
-    run = await contexts_of(request).run(asked.code, context.id, context.language)
+    run = await contexts_of(request).run(asked.code, context.id, context.language or "")
     return stream(_events(run))
 
 
