@@ -347,3 +347,18 @@ def test_opensandbox_quickstart(server: Server, org_env: dict[str, str]) -> None
         "resumed: Running; kept between commands",
         "killed: Terminated",
     ]
+
+
+@pytest.mark.slow
+def test_opensandbox_code(server: Server, org_env: dict[str, str]) -> None:
+    env = {
+        "OPEN_SANDBOX_API_KEY": org_env["BAPONI_API_KEY"],
+        "OPEN_SANDBOX_DOMAIN": f"{server.url}/opensandbox",
+    }
+    out = lines(output("opensandbox_code", env))
+    assert out[:3] == [
+        "sum: 14 (run 2)",
+        "mean: 2.8",
+        "error: IndexError: list index out of range",
+    ]
+    assert re.fullmatch(r"figure: \d{4,} bytes of PNG", out[3]) and len(out) == 4
