@@ -20,7 +20,8 @@ from opensandbox import SandboxSync
 from opensandbox.exceptions import SandboxException
 
 from tests.harness import Server, start_server, stop_server, unique, wait_until
-from tests.opensandbox.test_sdk import RUNTIME, config
+from tests.opensandbox.clients import RUNTIME, lifecycle
+from tests.opensandbox.test_sdk import config
 
 pytestmark = pytest.mark.slow
 QUICK_S = 15  # what a dead bridge or an interrupt may take to show, on a loaded machine
@@ -45,13 +46,8 @@ def interpreter(ci_server: Server) -> Iterator[CodeInterpreterSync]:
 
 @pytest.fixture(scope="module")
 def execd(ci_server: Server, interpreter: CodeInterpreterSync) -> Iterator[httpx.Client]:
-    lifecycle = httpx.Client(
-        base_url=f"{ci_server.url}/opensandbox/v1",
-        headers={"OPEN-SANDBOX-API-KEY": ci_server.key},
-        timeout=30,
-    )
-    with lifecycle:
-        endpoint = lifecycle.get(f"/sandboxes/{interpreter.id}/endpoints/44772").json()
+    with lifecycle(ci_server) as api:
+        endpoint = api.get(f"/sandboxes/{interpreter.id}/endpoints/44772").json()
     with httpx.Client(
         base_url=f"http://{endpoint['endpoint']}", headers=endpoint["headers"], timeout=60
     ) as client:
