@@ -1,21 +1,17 @@
 """The kernel bridge: the program that runs *inside* a long-lived sandbox, with the
 runtime's own Python, and owns one code context's Jupyter kernel (``ipykernel``). The
 server never imports it: it writes this file into the sandbox (``/run/baponi/``) and
-starts it, once per code context, or once per sandbox as the readiness listener.
+starts it once per code context.
 
-``python3 -I bridge.py`` starts a kernel on ZeroMQ's ``ipc`` transport (unix
-sockets in a private directory under ``/tmp``: nothing listens on the network), then
-speaks JSON lines: requests in on stdin (``{"op": "execute", "code": ...}``,
-``{"op": "interrupt"}``; its end shuts the kernel down), the kernel's messages out on
-stdout (``ready``, ``status``, ``count``, ``stream``, ``data``, ``error``, ``reply``,
-``died``). The server trusts none of it: user code may kill or replace this program.
+``python3 -I bridge.py`` starts a kernel on ZeroMQ's ``ipc`` transport (unix sockets in
+a private directory under ``/tmp``: nothing listens on the network), then speaks JSON
+lines: requests in on stdin (``{"op": "execute", "code": ...}``, ``{"op": "interrupt"}``;
+its end shuts the kernel down), the kernel's messages out on stdout (``ready``,
+``status``, ``count``, ``stream``, ``data``, ``error``, ``reply``, ``died``). The server
+trusts none of it: user code may kill or replace this program.
 
-``python3 -I bridge.py --listen PORT`` is the readiness listener: when the runtime has
-a kernel it accepts (and closes) connections on ``127.0.0.1:PORT``, what the SDK's
-health check of ``CodeInterpreter.create`` probes; without one it exits at once.
-
-Standard library and ``jupyter_client`` only, imported inside the functions: the
-server reads this file as data and never runs it.
+Standard library and ``jupyter_client`` only (its ``zmq`` too), imported inside the
+functions that use them.
 """
 
 from __future__ import annotations
@@ -37,21 +33,6 @@ def emit(kind: str, **fields: Any) -> None:
     """One line out; it leaves at the next flush (before each wait in
     :meth:`Bridge.serve`), so that what comes at once leaves in one write."""
     sys.stdout.write(json.dumps({"kind": kind, **fields}) + "\n")
-
-
-def listen(port: int) -> None:
-    import importlib.util
-    import socket
-
-    if importlib.util.find_spec("ipykernel") is None:
-        return
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", port))
-    server.listen(64)
-    while True:
-        connection, _ = server.accept()
-        connection.close()
 
 
 def die_with_parent() -> None:
@@ -207,9 +188,6 @@ class Bridge:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--listen"]:
-        listen(int(argv[1]))
-        return
     bridge = Bridge()
     try:
         if bridge.ready():
