@@ -88,6 +88,8 @@ def test_variables_stay_between_runs_with_an_execution_count(
     second = interpreter.codes.run("x + 1", context=context)
     assert [r.text for r in second.result] == ["42"]
     assert second.execution_count == 2
+    history = interpreter.codes.run("(In[1], Out[2], _)", context=context)
+    assert [r.text for r in history.result] == ["(\"x = 41\\nprint('set')\", 42, 42)"]
     assert second.id == context.id
     assert interpreter.codes.get_context(context.id).id == context.id
     assert context.id in [c.id for c in interpreter.codes.list_contexts("python")]
