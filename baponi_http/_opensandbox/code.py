@@ -31,8 +31,8 @@ from baponi_core._sandboxes.contexts import (
     Status,
 )
 from baponi_core._sandboxes.errors import MissingQuery
-from baponi_http._opensandbox.commands import _events as command_events
 from baponi_http._opensandbox.commands import commands_of
+from baponi_http._opensandbox.commands import events as command_events
 from baponi_http._opensandbox.execd import live_of
 from baponi_http._opensandbox.sse import event, pinged, stream
 from baponi_http._requests import core_of, json_body
