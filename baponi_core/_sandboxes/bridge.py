@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any
 
-MAX_DATA = 30 << 20  # one result (a figure, base64), under the server's bound on a line
+MAX_DATA = 3 << 20  # one result (a figure, base64), under the server's bound on a line
 CHUNK = 1 << 16  # stream text is sent in pieces of at most this many characters
 POLL_S = 0.25  # how often a wait for the kernel checks that it is still alive
 READY_S = 120.0  # for the kernel's first answer (a cold start on a loaded machine)

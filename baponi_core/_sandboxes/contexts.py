@@ -11,6 +11,8 @@ within :data:`INTERRUPT_GRACE_S` ends its context. Every run ends with one
 :class:`Finished`, whatever happened.
 
 One run at a time per context; a default context per language, made at its first use.
+What a sandbox's contexts hold on the server is bounded: :data:`MAX_CONTEXTS`, each with
+one line being read and :data:`QUEUED` events waiting for its client.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ PROGRAMS = {
     READINESS: (HERE / "readiness.py").read_bytes(),
 }
 JUPYTER_PORT = 44771  # what CodeInterpreter.create's health check probes
-MAX_CONTEXTS = 16  # per sandbox: each is a kernel, tens of MiB
-MAX_LINE = 32 << 20  # one line of the bridge: a large figure, base64
+MAX_CONTEXTS = 8  # per sandbox: each is a kernel, tens of MiB
+MAX_LINE = 4 << 20  # one line of the bridge: a large figure, base64
+QUEUED = 4  # events of a run held for a client that reads slowly (each one line at most)
 RUN_OUTPUT_BYTES = 64 << 20  # what one run may say
 START_S = 120.0  # for a kernel to answer (a cold start on a loaded machine)
 INTERRUPT_GRACE_S = 10.0
@@ -133,7 +136,7 @@ class Context:
             raise RuntimeFailure(f"code context {self.id} has ended: {self.why}")
         if self._running is not None:
             raise RuntimeFailure("session is busy")
-        sink, events = anyio.create_memory_object_stream[CodeEvent](64)
+        sink, events = anyio.create_memory_object_stream[CodeEvent](QUEUED)
         run = CodeRun(self.id, events)
         self._running = _Running(run, sink, time.monotonic())
         if not await self._say(json.dumps({"op": "execute", "code": code})):
