@@ -24,6 +24,8 @@ from typing import Any
 
 MAX_DATA = 3 << 20  # one result (a figure, base64), under the server's bound on a line
 CHUNK = 1 << 16  # stream text is sent in pieces of at most this many characters
+MAX_NAME = 1000  # an exception's name (the server takes 1024)
+MAX_FRAMES = 40  # the last frames of a traceback, each at most CHUNK characters
 POLL_S = 0.25  # how often a wait for the kernel checks that it is still alive
 READY_S = 120.0  # for the kernel's first answer (a cold start on a loaded machine)
 INLINE = "module://matplotlib_inline.backend_inline"  # figures as image/png results
@@ -190,12 +192,12 @@ class Bridge:
                 emit("stream", name="stderr", text=note)
             else:
                 sys.stdout.write(line + "\n")
-        elif kind == "error":
+        elif kind == "error":  # cut to what the server takes (an exception of any size)
             emit(
                 "error",
-                ename=content["ename"],
-                evalue=content["evalue"],
-                traceback=content["traceback"],
+                ename=content["ename"][:MAX_NAME],
+                evalue=content["evalue"][:CHUNK],
+                traceback=[frame[:CHUNK] for frame in content["traceback"][-MAX_FRAMES:]],
             )
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ MAX_MIME_TYPES = 64
 
 
 class Line(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)  # no "3" for 3
 
 
 class Ready(Line):

@@ -281,6 +281,10 @@ def test_output_past_the_bounds_is_dropped_and_the_context_stays(execd: httpx.Cl
     events = run(execd, big, context_id)
     assert not [e for e in events if e["type"] == "result"]
     assert any("dropped" in e["text"] for e in events if e["type"] == "stderr")
+    huge = run(execd, "raise type('E' * 5000, (Exception,), {})('v' * (10 << 20))", context_id)
+    assert huge[-1]["type"] == "error"
+    assert huge[-1]["error"]["ename"] == "E" * 1000  # cut, not the end of the context
+    assert huge[-1]["error"]["evalue"] == "v" * (1 << 16)
     after = run(execd, "'still here'", context_id)
     assert [e["results"]["text"] for e in after if e["type"] == "result"] == ["'still here'"]
 
