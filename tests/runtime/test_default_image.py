@@ -34,7 +34,10 @@ from tests.runtime.image import (
 
 pytestmark = pytest.mark.slow
 
-LIBRARIES = "pandas numpy matplotlib scipy sklearn PIL requests httpx openpyxl pyarrow yaml bs4"
+LIBRARIES = (
+    "pandas numpy matplotlib scipy sklearn PIL requests httpx openpyxl pyarrow yaml bs4"
+    " ipykernel jupyter_client"  # the kernel of code contexts and what drives it
+)
 
 
 def pins(name: str) -> dict[str, str]:
@@ -160,7 +163,8 @@ from matplotlib import font_manager
 frame = pandas.DataFrame({{"x": numpy.arange(10), "y": numpy.arange(10) ** 2}})
 frame.plot(x="x", y="y", title="squares")
 plt.savefig("plot.png")
-names = ["numpy", "pandas", "matplotlib", "scipy", "scikit-learn", "pillow", "pyarrow"]
+names = ["numpy", "pandas", "matplotlib", "scipy", "scikit-learn", "pillow", "pyarrow",
+         "ipykernel", "jupyter-client"]
 print(json.dumps({{
     "backend": matplotlib.get_backend(),
     "font": font_manager.findfont("DejaVu Sans", fallback_to_default=False),
