@@ -398,6 +398,7 @@ class Contexts:
             return context
 
     async def run(self, code: str, context_id: str | None, language: str) -> CodeRun:
+        self.live.check_usable()  # a paused sandbox's kernels would not answer
         if context_id:
             try:
                 context = self.get(context_id)
@@ -410,6 +411,7 @@ class Contexts:
         return await context.execute(code)
 
     async def interrupt(self, context_id: str) -> None:
+        self.live.check_usable()  # else its grace would run out while the kernel is frozen
         context = self._contexts.get(context_id)
         if context is None or context.ended.is_set():
             raise RuntimeFailure(f"no such session: {context_id}")

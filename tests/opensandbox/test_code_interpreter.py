@@ -188,6 +188,24 @@ def test_an_interrupt_stops_a_loop_and_the_context_stays(execd: httpx.Client) ->
     assert [e["results"]["text"] for e in after if e["type"] == "result"] == ["2"]
 
 
+def test_a_paused_sandbox_refuses_code_and_keeps_its_variables(
+    ci_server: Server, execd: httpx.Client, interpreter: CodeInterpreterSync
+) -> None:
+    context_id = new_context(execd)
+    run(execd, "kept = [1, 2, 3]", context_id)
+    with lifecycle(ci_server) as api:
+        assert api.post(f"/sandboxes/{interpreter.id}/pause").status_code == 202
+        try:
+            refused = execd.post("/code", json={"code": "kept", "context": {"id": context_id}})
+            assert refused.status_code == 409 and "paused" in refused.json()["message"]
+            stopped = execd.delete("/code", params={"id": context_id})
+            assert stopped.status_code == 409
+        finally:
+            assert api.post(f"/sandboxes/{interpreter.id}/resume").status_code == 202
+    events = run(execd, "sum(kept)", context_id)
+    assert [e["results"]["text"] for e in events if e["type"] == "result"] == ["6"]
+
+
 def test_unknown_contexts_and_missing_queries(execd: httpx.Client) -> None:
     missing = execd.get("/code/contexts/nosuchcontext")
     assert missing.status_code == 404 and missing.json()["code"] == "CONTEXT_NOT_FOUND"
