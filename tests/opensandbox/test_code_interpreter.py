@@ -54,6 +54,13 @@ def execd(ci_server: Server, interpreter: CodeInterpreterSync) -> Iterator[httpx
         yield client
 
 
+@pytest.fixture(autouse=True)
+def no_contexts_left(execd: httpx.Client) -> Iterator[None]:
+    """Each test's contexts go at its end: a sandbox holds at most 8."""
+    yield
+    assert execd.delete("/code/contexts", params={"language": "python"}).status_code == 200
+
+
 def new_context(execd: httpx.Client) -> str:
     answer = execd.post("/code/context", json={"language": "python"})
     assert answer.status_code == 200, answer.text
@@ -62,12 +69,18 @@ def new_context(execd: httpx.Client) -> str:
     return context_id
 
 
-def run(execd: httpx.Client, code: str, context_id: str | None = None) -> list[dict[str, Any]]:
-    """POST /code, each event of its stream; every one alone on its line."""
+def run(
+    execd: httpx.Client,
+    code: str,
+    context_id: str | None = None,
+    events: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """POST /code, each event of its stream (into ``events`` as they come); every one
+    alone on its line."""
     context: dict[str, str] = {"language": "python"}
     if context_id:
         context["id"] = context_id
-    events = []
+    events = [] if events is None else events
     with execd.stream("POST", "/code", json={"code": code, "context": context}) as answer:
         assert answer.status_code == 200, answer.read()
         assert answer.headers["content-type"].startswith("text/event-stream")
@@ -206,6 +219,30 @@ def test_a_paused_sandbox_refuses_code_and_keeps_its_variables(
     assert [e["results"]["text"] for e in events if e["type"] == "result"] == ["6"]
 
 
+def test_a_run_that_ignores_the_interrupt_ends_its_context(execd: httpx.Client) -> None:
+    context_id = new_context(execd)
+    stubborn = (
+        "import time\n"
+        "while True:\n"
+        "    try:\n"
+        "        time.sleep(0.1)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+    )
+    events: list[dict[str, Any]] = []
+
+    runner = threading.Thread(target=run, args=(execd, stubborn, context_id, events))
+    runner.start()
+    wait_until(lambda: any(e["type"] == "status" for e in events), within=QUICK_S)
+    began = time.monotonic()
+    assert execd.delete("/code", params={"id": context_id}).status_code == 200
+    runner.join(QUICK_S + 10)
+    assert not runner.is_alive() and time.monotonic() - began < QUICK_S + 10
+    assert events[-1]["error"]["ename"] == "ContextEnded"
+    assert "did not stop at an interrupt" in events[-1]["error"]["evalue"]
+    assert execd.get(f"/code/contexts/{context_id}").status_code == 404
+
+
 def test_unknown_contexts_and_missing_queries(execd: httpx.Client) -> None:
     missing = execd.get("/code/contexts/nosuchcontext")
     assert missing.status_code == 404 and missing.json()["code"] == "CONTEXT_NOT_FOUND"
@@ -233,6 +270,18 @@ def test_a_context_runs_in_its_working_directory(execd: httpx.Client) -> None:
     assert [e["results"]["text"] for e in events if e["type"] == "result"] == ["'/tmp'"]
     missing = execd.post("/code/context", json={"language": "python", "cwd": "/no/such/dir"})
     assert missing.status_code == 400 and "/no/such/dir" in missing.json()["message"]
+
+
+def test_a_sandbox_holds_at_most_eight_contexts(execd: httpx.Client) -> None:
+    made = [new_context(execd) for _ in range(8)]
+    refused = execd.post("/code/context", json={"language": "python"})
+    assert refused.status_code == 500
+    assert refused.json() == {
+        "code": "RUNTIME_ERROR",
+        "message": "this sandbox has 8 code contexts; delete one",
+    }
+    assert execd.delete(f"/code/contexts/{made[0]}").status_code == 200
+    new_context(execd)  # room again
 
 
 def test_deleted_contexts_are_gone(execd: httpx.Client) -> None:
