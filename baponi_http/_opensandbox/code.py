@@ -30,10 +30,9 @@ from baponi_core._sandboxes.contexts import (
     Output,
     Status,
 )
-from baponi_core._sandboxes.errors import MissingQuery
 from baponi_http._opensandbox.commands import commands_of
 from baponi_http._opensandbox.commands import events as command_events
-from baponi_http._opensandbox.execd import live_of
+from baponi_http._opensandbox.execd import live_of, required
 from baponi_http._opensandbox.sse import event, pinged, stream
 from baponi_http._requests import core_of, json_body
 
@@ -67,10 +66,7 @@ async def delete_context(request: Request) -> Response:
 
 
 async def delete_contexts(request: Request) -> Response:
-    language = request.query_params.get("language")
-    if not language:
-        raise MissingQuery("language is required")
-    await contexts_of(request).delete_language(language)
+    await contexts_of(request).delete_language(required(request, "language"))
     return Response(status_code=200)
 
 
@@ -125,9 +121,7 @@ def _end(finished: Finished) -> str:
 
 
 async def interrupt(request: Request) -> Response:
-    run_id = request.query_params.get("id")
-    if not run_id:
-        raise MissingQuery("id is required")
+    run_id = required(request, "id")
     if commands_of(request).get(run_id) is not None:  # a command that POST /code ran
         await commands_of(request).interrupt(run_id)
     else:

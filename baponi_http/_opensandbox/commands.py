@@ -14,9 +14,9 @@ from baponi_core._errors import ValidationError
 from baponi_core._models import parse
 from baponi_core._sandboxes.commands import CommandRun, Commands, NewCommand
 from baponi_core._sandboxes.commandwire import CommandRequest, CommandStatus
-from baponi_core._sandboxes.errors import MissingQuery, UnknownCommand
+from baponi_core._sandboxes.errors import UnknownCommand
 from baponi_core._sandboxes.wire import timestamp
-from baponi_http._opensandbox.execd import live_of
+from baponi_http._opensandbox.execd import live_of, required
 from baponi_http._opensandbox.sse import event, pinged, stream
 from baponi_http._requests import core_of, json_body
 
@@ -71,10 +71,7 @@ async def events(run: CommandRun) -> AsyncIterator[str]:
 
 
 async def interrupt(request: Request) -> Response:
-    command_id = request.query_params.get("id")
-    if not command_id:
-        raise MissingQuery("id is required")
-    await commands_of(request).interrupt(command_id)
+    await commands_of(request).interrupt(required(request, "id"))
     return Response(status_code=200)
 
 

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from baponi_core._app import Core
+from baponi_core._sandboxes.errors import MissingQuery
 from baponi_core._sandboxes.live import Live
 
 LIVE = "baponi.live"  # the scope key of the request's sandbox
@@ -43,6 +44,14 @@ class TokenGuard:
         live.touch()
         scope[LIVE] = live
         await self.app(scope, receive, send)
+
+
+def required(request: Request, name: str) -> str:
+    """A query parameter that must be there and not empty (execd's MISSING_QUERY)."""
+    value = request.query_params.get(name)
+    if not value:
+        raise MissingQuery(f"the query parameter {name} is required")
+    return value
 
 
 def live_of(request: HTTPConnection) -> Live:

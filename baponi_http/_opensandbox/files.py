@@ -16,7 +16,7 @@ from starlette.routing import Route
 from baponi_core._errors import BaponiError, ValidationError
 from baponi_core._models import decimal
 from baponi_core._sandboxes import files, filestream, metrics
-from baponi_core._sandboxes.errors import InvalidFile, InvalidFileMetadata, MissingQuery
+from baponi_core._sandboxes.errors import InvalidFile, InvalidFileMetadata
 from baponi_core._sandboxes.fileswire import (
     Moves,
     Permissions,
@@ -24,7 +24,7 @@ from baponi_core._sandboxes.fileswire import (
     UploadMetadata,
     validated,
 )
-from baponi_http._opensandbox.execd import live_of
+from baponi_http._opensandbox.execd import live_of, required
 from baponi_http._opensandbox.multipart import FormReader
 from baponi_http._opensandbox.sse import HEADERS
 from baponi_http._requests import json_body
@@ -39,13 +39,6 @@ def done() -> Response:
 
 def paths_of(request: Request) -> list[str]:
     return request.query_params.getlist("path")
-
-
-def required(request: Request, name: str) -> str:
-    value = request.query_params.get(name)
-    if not value:
-        raise MissingQuery(f"the query parameter {name} is required")
-    return value
 
 
 def number(request: Request, name: str) -> int | None:
