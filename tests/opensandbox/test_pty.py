@@ -169,14 +169,25 @@ def test_a_resize_is_what_stty_reads_and_sigint_reaches_the_foreground(
     execd.delete(f"/pty/{session_id}")
 
 
+def settled_offset(execd: httpx.Client, session_id: str) -> int:
+    """The session's output offset once it has stopped growing (for 0.3 s)."""
+    last = -1
+    for _ in range(50):
+        status = execd.get(f"/pty/{session_id}").json()
+        assert status["running"] is True
+        if status["output_offset"] == last:
+            return last
+        last = status["output_offset"]
+        time.sleep(0.3)
+    raise AssertionError(f"the output of {session_id} kept growing")
+
+
 def test_output_is_replayed_from_an_offset(box: SandboxSync, execd: httpx.Client) -> None:
     session_id = new_pty(execd)
     with attached(box, session_id) as term:
         term.type("echo $((1+1))-first\n")
         term.until(r"2-first")
-    status = execd.get(f"/pty/{session_id}").json()
-    assert status["running"] is True
-    end = status["output_offset"]
+    end = settled_offset(execd, session_id)  # the prompt after the output comes too
     with attached(box, session_id, "since=0") as term:
         term.until(r"2-first")
         offset, everything = term.replays[0]
