@@ -15,6 +15,7 @@ import contextlib
 import signal
 
 from baponi_core._errors import BaponiError, ValidationError
+from baponi_core._models import decimal
 from baponi_core._sandbox import Process, SandboxError
 from baponi_core._sandboxes.live import Live
 
@@ -28,9 +29,10 @@ class BadGateway(BaponiError):
 
 
 def port_of(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    port = decimal(text, 5)
+    if port is None or not 1 <= port <= 65535:
         raise ValidationError("a port from 1 to 65535 is required: /proxy/{port}/{path}")
-    return int(text)
+    return port
 
 
 class Relay:

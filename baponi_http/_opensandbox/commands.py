@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from baponi_core._errors import ValidationError
-from baponi_core._models import parse
+from baponi_core._models import decimal, parse
 from baponi_core._sandboxes.commands import CommandRun, Commands, NewCommand
 from baponi_core._sandboxes.commandwire import CommandRequest, CommandStatus
 from baponi_core._sandboxes.errors import UnknownCommand
@@ -95,11 +95,11 @@ async def logs(request: Request) -> Response:
     run = commands_of(request).get(request.path_params["command_id"])
     if run is None or not run.background:
         raise ValidationError("no such background command")
-    text = request.query_params.get("cursor", "0")
-    if not text.isdigit():
+    cursor = decimal(request.query_params.get("cursor", "0"))
+    if cursor is None:
         raise ValidationError("cursor must be a byte offset")
     return Response(
-        run.log.since(int(text)),
+        run.log.since(cursor),
         media_type="text/plain; charset=utf-8",
         headers={TAIL_HEADER: str(run.log.end)},
     )

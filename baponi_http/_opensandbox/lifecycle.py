@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from baponi_core._errors import Unauthorized, ValidationError
-from baponi_core._models import parse
+from baponi_core._models import decimal, parse
 from baponi_core._net.policy import NetworkPolicy
 from baponi_core._records import Principal, SandboxState
 from baponi_core._sandboxes.service import NewSandbox
@@ -121,9 +121,10 @@ def _number(query: Any, name: str, default: int) -> int:
     text = query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+    number = decimal(text)
+    if number is None or not 1 <= number <= 1_000_000:
         raise ValidationError(f"{name} must be a whole number from 1")
-    return int(text)
+    return number
 
 
 async def get_sandbox(request: Request) -> Response:

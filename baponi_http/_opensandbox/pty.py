@@ -27,7 +27,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from baponi_core._errors import BaponiError, ValidationError
-from baponi_core._models import parse
+from baponi_core._models import decimal, parse
 from baponi_core._sandboxes.commands import SIGNALLED
 from baponi_core._sandboxes.ptywire import (
     ClientFrame,
@@ -109,9 +109,10 @@ async def _serve(
 
 
 def _offset(text: str) -> int:
-    if not text.isdigit() or len(text) > 19:
+    offset = decimal(text)
+    if offset is None:
         raise ValidationError("since must be a byte offset")
-    return int(text)
+    return offset
 
 
 class Link:

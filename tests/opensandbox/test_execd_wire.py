@@ -56,6 +56,9 @@ def test_a_background_command_ends_its_stream_at_once(execd: Execd) -> None:
     command_id = events[0]["text"]
     status = execd.client.get(f"/command/status/{command_id}").json()
     assert status["running"] is True and status["content"] == "sleep 20"
+    for cursor in ("x", "-1", "²"):  # "²" is a digit to str.isdigit, not to int()
+        bad = execd.client.get(f"/command/{command_id}/logs", params={"cursor": cursor})
+        assert bad.status_code == 400 and bad.json()["code"] == "INVALID_REQUEST_BODY", cursor
     assert execd.client.delete("/command", params={"id": command_id}).status_code == 200
     again = execd.client.delete("/command", params={"id": command_id})
     assert again.status_code == 500 and again.json()["code"] == "RUNTIME_ERROR"

@@ -254,6 +254,9 @@ def test_the_socket_needs_the_token_and_a_session(box: SandboxSync, execd: httpx
     with pytest.raises(InvalidStatus) as refused:
         connect_to(box, session_id, "since=x")
     assert refused.value.response.status_code == 400
+    with pytest.raises(InvalidStatus) as refused:
+        connect_to(box, session_id, "since=%C2%B2")  # "²": a digit to str.isdigit only
+    assert refused.value.response.status_code == 400
     execd.delete(f"/pty/{session_id}")
 
 

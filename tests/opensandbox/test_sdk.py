@@ -249,6 +249,9 @@ def test_bad_requests_get_the_error_body(osb_server: Server) -> None:
         )
         assert bad.status_code == 400 and bad.json()["code"] == "INVALID_REQUEST_BODY"
         assert client.get("/sandboxes/sbx_nothing").status_code == 404
+        for page in ("0", "x", "²"):  # "²" is a digit to str.isdigit, not to int()
+            listed = client.get("/sandboxes", params={"page": page})
+            assert listed.status_code == 400 and "page" in listed.json()["message"], page
     with httpx.Client(base_url=f"{osb_server.url}/opensandbox/v1") as anonymous:
         assert anonymous.get("/sandboxes").status_code == 401
 
