@@ -27,7 +27,7 @@ from baponi_core._sandbox.pipes import PipeReader
 from baponi_core._sandbox.rootfs import SANDBOX_UID
 from baponi_core._sandbox.spec import Stream
 from baponi_core._sandboxes.errors import RuntimeFailure
-from baponi_core._sandboxes.live import DRAIN_S, Live
+from baponi_core._sandboxes.live import Live, drained
 
 LOG_BYTES = 4 << 20  # what is kept of one command's output
 MAX_COMMANDS = 32  # remembered per sandbox
@@ -164,10 +164,7 @@ class Commands:
                 if scope.cancelled_caught:
                     await process.signal(signal.SIGKILL)
                     await process.wait()
-                # What it left running in the background may hold its pipes open.
-                with anyio.move_on_after(DRAIN_S):
-                    for end in ends:
-                        await end.wait()
+                await drained(*ends)
                 readers.cancel_scope.cancel()
         finally:
             if sender is not None:

@@ -35,7 +35,7 @@ from baponi_core._sandbox import Process
 from baponi_core._sandbox.spec import RUN_DIR, Stream
 from baponi_core._sandboxes import bridgewire as wire
 from baponi_core._sandboxes.errors import ContextNotFound, NotSupported, RuntimeFailure
-from baponi_core._sandboxes.live import DRAIN_S, Drain, Live
+from baponi_core._sandboxes.live import Drain, Live, drained
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +190,7 @@ class Context:
                 readers.start_soon(self._read, eof)
                 readers.start_soon(Drain(self.process.stderr, stderr, 4096).run)
                 await self.process.wait()
-                # What it said last is still in the pipe (unless something holds it).
-                with anyio.move_on_after(DRAIN_S):
-                    await eof.wait()
+                await drained(eof)  # what it said last is still in the pipe
                 readers.cancel_scope.cancel()
         finally:
             self.process.close()

@@ -139,14 +139,19 @@ class Live:
                     timed_out = True
                     await process.signal(9)
                     status = await _wait_or_gone(self, process)
-                # What it started may hold its pipes open: what came is kept.
-                with anyio.move_on_after(DRAIN_S):
-                    for reader in readers:
-                        await reader.done.wait()
+                await drained(*(reader.done for reader in readers))
                 tasks.cancel_scope.cancel()
         finally:
             process.close()
         return Completed(status, bytes(out), bytes(err), timed_out)
+
+
+async def drained(*ends: anyio.Event) -> None:
+    """Wait, :data:`DRAIN_S` at most, for the readers of an ended process to reach the
+    end of its pipes: what it left running may hold them open (what came is kept)."""
+    with anyio.move_on_after(DRAIN_S):
+        for end in ends:
+            await end.wait()
 
 
 class Drain:

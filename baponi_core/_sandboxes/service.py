@@ -26,12 +26,11 @@ from baponi_core._records import Principal, SandboxState
 from baponi_core._records import Sandbox as SandboxRecord
 from baponi_core._runtimes import Runtimes
 from baponi_core._sandbox import Limits, SandboxError, SandboxRuntime, Shape
-from baponi_core._sandbox.pipes import PipeReader
 from baponi_core._sandbox.spec import MiB
 from baponi_core._sandboxes.admission import Admission, SandboxLimits
 from baponi_core._sandboxes.commands import Commands
 from baponi_core._sandboxes.contexts import Contexts
-from baponi_core._sandboxes.live import Live, SandboxEnded
+from baponi_core._sandboxes.live import Drain, Live, SandboxEnded
 from baponi_core._sandboxes.recovery import STOPPED_MESSAGE
 from baponi_core._sandboxes.resources import resources_for
 from baponi_core._sandboxes.sessions import Sessions
@@ -221,7 +220,7 @@ class Sandboxes:
             raise ValidationError(f"entrypoint: {exc.message}") from None
         assert self._tasks is not None
         for pipe in (process.stdout, process.stderr):
-            self._tasks.start_soon(_discard, pipe)
+            self._tasks.start_soon(Drain(pipe, bytearray(), 0).run)
 
     async def _failed(self, record: SandboxRecord, exc: BaseException) -> None:
         record.state, record.ended_at = SandboxState.FAILED, time.time()
@@ -405,8 +404,3 @@ async def _stored(store: Store, record: SandboxRecord) -> None:
         await store.update_sandbox(record)
     except BaponiError:
         log.exception("could not store the state of sandbox %s", record.id)
-
-
-async def _discard(pipe: PipeReader) -> None:
-    while await pipe.receive():
-        pass
