@@ -35,7 +35,7 @@ from baponi_core._sandbox.pipes import PipeReader
 from baponi_core._sandboxes.commands import INTERRUPT_GRACE_S, SIGNALLED
 from baponi_core._sandboxes.errors import ContextNotFound
 from baponi_core._sandboxes.files import resolve
-from baponi_core._sandboxes.live import DRAIN_S, Live
+from baponi_core._sandboxes.live import Live, drained
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ INPUT_FRAMES = 64  # queued per session before a client waits
 FRAME_BYTES = 1 << 16  # of input in one relay frame (the relay's own bound)
 MERGE_BYTES = 4096  # output chunks smaller than this join the one before
 TAKEOVER_S = 5.0  # how long a takeover waits for the holder to let go
+# How long a new client waits for a holder to let go by itself: a client that closes and
+# reconnects at once is back before the server has seen its close.
+LEAVING_S = 0.5
 HEADER = struct.Struct(">BI")  # the relay's frames: kind, length
 DATA, RESIZE, SIGNAL = 0, 1, 2
 
@@ -147,13 +150,21 @@ class Terminal:
 
     # the one client
 
+    async def free(self) -> bool:
+        """Whether nobody holds the session, once a holder that is leaving has gone."""
+        old = self.holder
+        if old is not None:
+            with anyio.move_on_after(LEAVING_S):
+                await old.released.wait()
+        return self.holder is None
+
     async def claim(self, takeover: bool) -> Holder:
         """Hold the session; with ``takeover`` the holder is made to let go first."""
         async with self._claiming:
+            if not takeover and not await self.free():
+                raise AlreadyConnected(f"another client is attached to pty session {self.id}")
             old = self.holder
-            if old is not None:
-                if not takeover:
-                    raise AlreadyConnected(f"another client is attached to pty session {self.id}")
+            if old is not None:  # a takeover
                 old.evicted.set()
                 with anyio.move_on_after(TAKEOVER_S):
                     await old.released.wait()
@@ -204,9 +215,7 @@ class Terminal:
                 copies.start_soon(self._read, process.stderr, err, ends[1])
                 copies.start_soon(self._feed, process)
                 await process.wait()
-                with anyio.move_on_after(DRAIN_S):
-                    for end in ends:
-                        await end.wait()
+                await drained(*ends)
                 copies.cancel_scope.cancel()
         except Exception:
             log.exception("pty session %s: its copies failed", self.id)

@@ -77,7 +77,7 @@ async def attach(websocket: WebSocket) -> None:
         terminals = terminals_of(websocket)
         terminal = terminals.get(websocket.path_params["session_id"])
         since = _offset(query.get("since", "0"))
-        if terminal.holder is not None and not takeover:
+        if not takeover and not await terminal.free():
             raise AlreadyConnected(f"another client is attached to pty session {terminal.id}")
     except BaponiError as exc:
         await deny(websocket, refusal(exc), CLOSE_REFUSED + exc.status)
