@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 SETUP_TIMEOUT_S = 10.0
 KILLED = 128 + signal.SIGKILL  # the status of a process that went with its sandbox
+INIT_EXIT_S = 5  # how long the init's exit is waited for, its namespace emptied first
 
 
 class SandboxError(Exception):
@@ -565,10 +566,22 @@ class Sandbox:
         except (OSError, anyio.ClosedResourceError):
             return
         finally:
+            await self._wait_init()
             self._gone.set()
             for process in self._processes.values():
                 process._ended(KILLED, signal.SIGKILL)
             self._processes.clear()
+
+    async def _wait_init(self) -> None:
+        """Once the agent's socket has closed: kill what is left and wait for the init to
+        exit, which the kernel lets it do only after every other process of its pid
+        namespace has gone; so a process reported ended with its sandbox is gone. Bounded
+        and shielded: a process stuck in the kernel must not hold up the caller."""
+        if self._init_pidfd is None:
+            return
+        self.kill()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(INIT_EXIT_S):
+            await anyio.wait_readable(self._init_pidfd)
 
     def _dispatch(self, event: agent.Event) -> None:
         if event.kind is Kind.READY:
@@ -701,7 +714,7 @@ class Sandbox:
         if self._init_pidfd is not None:
             # Readable once the init has exited, which the kernel lets it do only after
             # every other process of its pid namespace has been reaped.
-            gone = bool(select.select([self._init_pidfd], [], [], 5)[0])
+            gone = bool(select.select([self._init_pidfd], [], [], INIT_EXIT_S)[0])
             with contextlib.suppress(ChildProcessError):  # not ours if we are no subreaper
                 os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)
             os.close(self._init_pidfd)
