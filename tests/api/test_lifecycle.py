@@ -204,6 +204,29 @@ def test_concurrency_limit_covers_streaming_and_inline_together(server: Server) 
     assert execution_count(server.home, org_id) == 10
 
 
+@pytest.mark.parametrize("path", ["cold_server", "pooled_server"])
+def test_an_inline_answer_frees_its_slot_and_is_stored_first(
+    path: str, request: pytest.FixtureRequest
+) -> None:
+    """An inline answer without a thread comes once the program has ended and its end is
+    stored, its killed sandbox maybe still going: at a limit of one, back-to-back requests
+    are never refused, and the store holds each final record when its answer arrives."""
+    server: Server = request.getfixturevalue(path)
+    org = unique("answer")
+    cli(server.home, "orgs", "create", org, "--max-concurrency", "1")
+    with server.client(cli(server.home, "keys", "create", "--org", org)) as client:
+        for i in range(12):
+            code = f"echo {i}; exit {i % 3}"
+            answer = client.post("/v1/sandbox/execute", json={"language": "bash", "code": code})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert (body["stdout"], body["exit_code"]) == (f"{i}\n", i % 3)
+            stored = execution_of(server.home, body["trace_id"], org)
+            assert stored is not None and stored.exit_code == i % 3, stored
+            assert stored.status == ("success" if i % 3 == 0 else "failed"), stored
+            assert stored.completed_at is not None and stored.stdout == f"{i}\n", stored
+
+
 # 2. a crash (SIGKILL) and restart
 
 

@@ -209,7 +209,7 @@ class Lifecycle:
                     full = thread is not None and self.storage.full(thread)
                     status.from_outcome(run, outcome, home_full=full)
                     if store_early:
-                        tasks.start_soon(self._store_end, run)
+                        tasks.start_soon(self._store_end, run, thread is None and not run.kept)
             except MountError as exc:  # a volume directory swapped for a link meanwhile
                 log.error("mounts of %s failed: %s", run.trace_id, exc)
                 status.finish(run, ExecutionStatus.FAILED, "volume_mount_error", exit_code=-1)
@@ -224,9 +224,11 @@ class Lifecycle:
             finally:
                 quota.cancel()
 
-    async def _store_end(self, run: Run) -> None:
-        if await run.recorded():
-            await self._record_end(run, events=False)  # if it fails, the settle tries again
+    async def _store_end(self, run: Run, answer: bool) -> None:
+        """Store the end while the sandbox ends; with ``answer``, answer once it is in (if
+        it fails, the settle tries again, and the answer waits for it)."""
+        if await run.recorded() and await self._record_end(run, events=False) and answer:
+            run.answer_early()
 
     async def _watch_quota(self, run: Run, workspace: Path, scope: anyio.CancelScope) -> None:
         """Sample the home's size while code runs (until ``scope`` is cancelled); growing
@@ -269,6 +271,7 @@ class Lifecycle:
         meanwhile; the run stays live (its journal is what readers follow). A shutdown
         cancels the tries, and the next start settles the record (ExecutionLog.recover)."""
         run.done.set()
+        run.answerable.set()
         for attempt in itertools.count():
             await anyio.sleep(RECORD_RETRY_S[min(attempt, len(RECORD_RETRY_S) - 1)])
             if await self._record_end(run):
@@ -281,6 +284,7 @@ class Lifecycle:
         self.live.pop(run.trace_id, None)
         run.journal.release()
         run.done.set()
+        run.answerable.set()
         if run.record.webhook_delivery_status is WebhookStatus.PENDING:
             self.webhooks.wake()
 

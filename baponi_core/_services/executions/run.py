@@ -41,6 +41,8 @@ class Run:
     stop: anyio.Event = field(default_factory=anyio.Event)
     stop_reason: StopReason = StopReason.CANCEL
     done: anyio.Event = field(default_factory=anyio.Event)
+    # Set with done, or before it once an inline run's answer is final (answer_early).
+    answerable: anyio.Event = field(default_factory=anyio.Event)
     result: SandboxResult | None = None
     failure: BaponiError | None = None  # a platform fault an inline caller should see
     persisted: int = 0  # journal events already in the store
@@ -63,6 +65,13 @@ class Run:
     def kept(self) -> bool:
         """Whether its events are stored for reconnects (streaming and webhook delivery)."""
         return self.record.delivery_mode is not DeliveryMode.INLINE
+
+    def answer_early(self) -> None:
+        """Its program has ended, its sandbox is killed and its end is stored, and it holds
+        no thread: the inline caller may have the result while the kernel is still
+        tearing the sandbox down, and its organisation's concurrency slot is free again."""
+        self.held.close()
+        self.answerable.set()
 
     def request_stop(self, reason: StopReason) -> None:
         """Kill its sandbox (or keep it from starting); the first reason given counts."""
@@ -93,8 +102,10 @@ class Submission:
         await self._run.done.wait()
 
     async def result(self) -> SandboxResult:
-        """Wait for the end; a platform fault is raised rather than returned."""
-        await self._run.done.wait()
+        """Wait for the end (for an inline run without a thread, until its program has
+        ended and its end is stored: its sandbox may still be going); a platform fault is
+        raised rather than returned."""
+        await self._run.answerable.wait()
         if self._run.failure is not None:
             raise self._run.failure
         assert self._run.result is not None
