@@ -42,6 +42,9 @@ SHAPE_IDLE_S = 600.0  # a shape unused this long is forgotten
 MAX_SHAPES = 4  # shapes kept prepared at once, the most recently used
 RETRY_S = 5.0  # after a failed preparation
 STARTED_POLL_S = 0.005  # how often a starting interpreter is looked at
+# How often what is kept is looked over (cgroup and /proc reads, on the event loop): not
+# at every hand-out, which wakes the refill; each is looked at again when it is taken.
+SWEEP_S = 1.0
 _ITEM = re.compile(r"^(python|node|bash)=(\d{1,3})$")
 
 
@@ -131,6 +134,8 @@ class Pool:
         self._ready: dict[Key, list[Prepared]] = {}
         self._shapes: OrderedDict[Shape, float] = OrderedDict()  # last use, most recent last
         self._wake = anyio.Event()
+        self._swept = -SWEEP_S  # when what is kept was last looked over
+        self._unswept = False  # a look over was put off (too soon after the last)
         self._closed = False
         self.discarded = 0  # found stale or disturbed at hand-out or while kept
 
@@ -224,8 +229,12 @@ class Pool:
 
     def _sweep(self) -> None:
         """Forget idle shapes (and shapes beyond the most recent few); discard what has
-        grown old or was disturbed while it waited."""
+        grown old or was disturbed while it waited (that, at most every SWEEP_S)."""
         now = time.monotonic()
+        looked_over = now - self._swept >= SWEEP_S
+        self._unswept = not looked_over
+        if looked_over:
+            self._swept = now
         while self._shapes and (
             len(self._shapes) > MAX_SHAPES or now - next(iter(self._shapes.values())) > SHAPE_IDLE_S
         ):
@@ -237,16 +246,19 @@ class Pool:
                 for prepared in kept:
                     self._close(prepared)
                 continue
-            for prepared in [p for p in kept if not p.fresh(self.max_age_s)]:
+            for prepared in [p for p in kept if looked_over and not p.fresh(self.max_age_s)]:
                 kept.remove(prepared)
                 self._discard(prepared)
 
     def _next_check(self) -> float:
-        """How long the loop may sleep before something kept grows too old."""
+        """How long the loop may sleep before something kept grows too old, or a look
+        over that was put off is due."""
+        now = time.monotonic()
         made = [p.made for ready in self._ready.values() for p in ready]
-        if not made:
-            return SHAPE_IDLE_S
-        return max(0.1, min(made) + self.max_age_s - time.monotonic())
+        due = [min(made) + self.max_age_s] if made else [now + SHAPE_IDLE_S]
+        if self._unswept:
+            due.append(self._swept + SWEEP_S)
+        return max(0.1, min(due) - now)
 
     def _discard(self, prepared: Prepared) -> None:
         self.discarded += 1
