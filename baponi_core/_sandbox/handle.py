@@ -608,14 +608,17 @@ class Sandbox:
     # the end
 
     def kill(self) -> None:
-        """SIGKILL the sandbox's init: the kernel ends every process of its pid namespace.
-        The cgroup is killed too, in case anything got out of it."""
+        """SIGKILL the sandbox's init: the kernel ends every process of its pid namespace,
+        which none can leave. The cgroup is killed too where that is not enough: without
+        the init's pidfd (only bwrap is known), and in a freezable group (a frozen init
+        takes its SIGKILL only once thawed). Else what could be left in the group goes
+        with its removal (:meth:`Cgroup.remove`), off the request's path."""
         if self._init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
         elif self._bwrap is not None:
             self._bwrap.kill()
-        if self._group is not None:
+        if self._group is not None and (self._init_pidfd is None or self.shape.freezable):
             self._group.kill()
 
     async def freeze(self) -> None:
