@@ -313,15 +313,17 @@ class SqliteStore:
             await self.db.execute("COMMIT")
 
     async def _one(self, sql: str, args: Iterable[Any]) -> aiosqlite.Row | None:
-        with refusals():
-            async with self.reader.execute(sql, tuple(args)) as cursor:
-                return await cursor.fetchone()
+        """The first row of a read (of one row at most: by its key)."""
+        rows = await self._all(sql, args)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, args: Iterable[Any], write: bool = False) -> list[Any]:
-        """Every row of a read (of a write with RETURNING, when ``write``)."""
+        """Every row of a read (of a write with RETURNING, when ``write``), in one round
+        trip to the database thread (a cursor's execute, fetch and close take three)."""
         with refusals():
-            async with (self.db if write else self.reader).execute(sql, tuple(args)) as cursor:
-                return list(await cursor.fetchall())
+            return list(
+                await (self.db if write else self.reader).execute_fetchall(sql, tuple(args))
+            )
 
     async def _change(self, sql: str, args: Iterable[Any]) -> int:
         """One write statement, in autocommit: atomic on its own, and one round trip
