@@ -168,8 +168,13 @@ def test_idle_and_half_open_connections_are_closed_after_the_idle_timeout(
         partial.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
         kept = held.enter_context(connect(server))
         kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # answered, then idle
+        again = held.enter_context(connect(server))
+        again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        again.settimeout(5)
+        assert again.recv(4096).startswith(b"HTTP/1.1 200")
+        again.sendall(b"GET /health HTTP/1.1\r\n")  # answered, then a second head unfinished
         started = time.monotonic()
-        for sock in [*silent, partial, kept]:
+        for sock in [*silent, partial, kept, again]:
             closed_by_server(sock, within=10)
         waited = time.monotonic() - started
     assert 1.5 < waited < 8, waited
