@@ -169,7 +169,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the other commands start without the web stack.
     import uvicorn
 
-    from baponi_http import DrainingServer, IdleTimeoutH11, create_app
+    from baponi_http import BoundedHttpTools, DrainingServer, create_app
     from baponi_mcp import McpEndpoint
 
     settings = dataclasses.replace(
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             app = create_app(settings, [McpEndpoint(settings)], core=core)
             config = uvicorn.Config(
                 app,
-                http=IdleTimeoutH11,
+                http=BoundedHttpTools,
                 log_level=args.log_level,
                 access_log=args.access_log,
                 server_header=False,

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
-import h11
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from baponi_http._protocol import BoundedHttpTools
 
 EMBEDDED_GRACE_S = 5  # for downloads in flight when the embedding program stops
-# A connection idle, or stalled mid-request, for this long is closed (IdleTimeoutH11).
+# A connection idle, or stalled mid-request, for this long is closed (BoundedHttpTools).
 IDLE_TIMEOUT_S = 30
 
 
@@ -38,72 +38,6 @@ class DrainingServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             await drain
-
-
-class IdleTimeoutH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, which closes a connection that has not sent a whole
-    request head within ``timeout_keep_alive`` seconds of opening, or of its last
-    response, or that sends no byte of a request body for as long while the server is
-    reading it. uvicorn's own keep-alive timer stops at the first byte, so a client that
-    connects and sends nothing, or a few bytes at a time, or a body that never ends,
-    would hold the connection (and its memory, and an upload's open file) forever."""
-
-    _head_timer: asyncio.TimerHandle | None = None
-    _body_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._await_head()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._watch_body()
-
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
-            self._head_timer.cancel()  # a whole request head is in
-            self._head_timer = None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._await_head()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        super().connection_lost(exc)
-
-    def _await_head(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
-
-    def _watch_body(self) -> None:
-        """Restart the body's clock at each byte of it; stop it once the body is in."""
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            self._body_timer = self.loop.call_later(self.timeout_keep_alive, self._body_timeout)
-
-    def _body_timeout(self) -> None:
-        self._body_timer = None
-        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
-            return
-        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
-            # The server is not reading (the application has not asked for more, or the
-            # client waits to be told to go on): the stall is ours, not the client's.
-            self._watch_body()
-            return
-        self.transport.close()
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -130,7 +64,7 @@ async def serving(
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=EMBEDDED_GRACE_S,
-        http=IdleTimeoutH11,
+        http=BoundedHttpTools,
         timeout_keep_alive=idle_timeout,
     )
     server = EmbeddedServer(config)

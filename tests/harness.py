@@ -10,6 +10,7 @@
 - asserting: ``assert_error`` (the standard ``{"error", "message"}`` body), ``text_of``
   (the text of an MCP tool result);
 - clients and organisations: ``Server.client`` (HTTP), ``Server.sdk`` (the official SDK),
+  ``connect`` (a raw socket) and ``closed_by_server``,
   ``Server.new_key``, ``org_key`` (a key of another organisation), ``files_call`` (one raw
   Files API request);
 - reading a home's records through the store (``opened_store``, ``read_store``, ``org_id_of``,
@@ -203,6 +204,24 @@ class Server:
     @property
     def log(self) -> str:
         return Path(f"{self.home}.log").read_text(errors="replace")
+
+
+def connect(server: Server, receive_buffer: int | None = None) -> socket.socket:
+    """A raw TCP connection to ``server`` (for what an HTTP client would not send)."""
+    sock = socket.socket()
+    if receive_buffer is not None:  # before connecting, so that the window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within: float) -> float:
+    """Seconds until the server closed ``sock`` (whatever it sent before)."""
+    started = time.monotonic()
+    sock.settimeout(within)
+    while sock.recv(4096):
+        pass
+    return time.monotonic() - started
 
 
 COLD = ("--pool", "0")  # every sandbox set up at its request

@@ -16,7 +16,16 @@ from typing import Any
 import h11
 import pytest
 
-from tests.harness import Server, start_server, stop_server, tagged_execution, unique, wait_until
+from tests.harness import (
+    Server,
+    closed_by_server,
+    connect,
+    start_server,
+    stop_server,
+    tagged_execution,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow  # servers of their own, floods of output
 
@@ -40,14 +49,6 @@ def rss(server: Server) -> int:
     status = Path(f"/proc/{server.process.pid}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
     return int(line.split()[1]) * 1024
-
-
-def connect(server: Server, receive_buffer: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    if receive_buffer is not None:  # before connecting, so that the window stays small
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
-    return sock
 
 
 def send_stream_request(sock: socket.socket, server: Server, body: dict[str, Any]) -> None:
@@ -158,15 +159,6 @@ def test_a_slow_reader_gets_every_event_in_order(server: Server) -> None:
     assert_complete_flood(events_of(body))
 
 
-def closed_by_server(sock: socket.socket, within: float) -> float:
-    """Seconds until the server closed ``sock`` (whatever it sent before)."""
-    started = time.monotonic()
-    sock.settimeout(within)
-    while sock.recv(4096):
-        pass
-    return time.monotonic() - started
-
-
 def test_idle_and_half_open_connections_are_closed_after_the_idle_timeout(
     server: Server,
 ) -> None:
@@ -176,8 +168,13 @@ def test_idle_and_half_open_connections_are_closed_after_the_idle_timeout(
         partial.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
         kept = held.enter_context(connect(server))
         kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # answered, then idle
+        again = held.enter_context(connect(server))
+        again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        again.settimeout(5)
+        assert again.recv(4096).startswith(b"HTTP/1.1 200")
+        again.sendall(b"GET /health HTTP/1.1\r\n")  # answered, then a second head unfinished
         started = time.monotonic()
-        for sock in [*silent, partial, kept]:
+        for sock in [*silent, partial, kept, again]:
             closed_by_server(sock, within=10)
         waited = time.monotonic() - started
     assert 1.5 < waited < 8, waited

@@ -564,7 +564,7 @@ def test_image_types_by_signature(head: bytes, mime_type: str | None) -> None:
 
 async def test_the_file_server_closes_stalled_connections(core: Core) -> None:
     """``baponi-mcp``'s loopback file server drops a client that stops mid-request, as
-    ``baponi serve`` does (``IdleTimeoutH11``)."""
+    ``baponi serve`` does (``BoundedHttpTools``)."""
     async with serving(create_files_app(core), "127.0.0.1", 0, idle_timeout=1) as url:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         async with await anyio.connect_tcp(host, int(port)) as stream:
