@@ -21,6 +21,7 @@ Run from the repository root, as root::
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --runs 50
     PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --runs 200 --code-only
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --at-once-only --rounds 5
 """
 
 from __future__ import annotations
@@ -215,14 +216,42 @@ def code_only(runs: int) -> int:
     return 0
 
 
+def at_once_only(count: int, rounds: int) -> int:
+    """``rounds`` rounds of ``count`` sandboxes at once on one server with a fresh home:
+    the first on uids it never gave out. Each with the load average at its start."""
+    with tempfile.TemporaryDirectory() as scratch:
+        limit = str(max(count, 10))
+        server = start_server(
+            Path(scratch) / "home", "--sandboxes-per-org", limit, "--sandboxes-per-server", limit
+        )
+        try:
+            for round in range(1, rounds + 1):
+                load = Path("/proc/loadavg").read_text().split()[0]
+                elapsed, per_sandbox = asyncio.run(many_at_once(server, count))
+                print(
+                    f"round {round}: {count} at once, all answering /ping in {elapsed:.2f} s "
+                    f"(load {load} at its start); {per_sandbox:.1f} MiB per idle sandbox"
+                )
+                time.sleep(2)  # what the round's deletes left to free
+        finally:
+            stop_server(server)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--at-once", type=int, default=100)
     parser.add_argument("--code-only", action="store_true", help="the code-context rows alone")
+    parser.add_argument(
+        "--at-once-only", action="store_true", help="--rounds rounds of --at-once alone"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.code_only:
         return code_only(args.runs)
+    if args.at_once_only:
+        return at_once_only(args.at_once, args.rounds)
     with tempfile.TemporaryDirectory() as scratch:
         limit = str(max(args.at_once, 10))
         server = start_server(
