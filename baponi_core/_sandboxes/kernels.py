@@ -11,15 +11,19 @@ fails, as it should.
 Whether a runtime has a kernel is asked of its Python once per runtime generation (a
 generation never changes) and server: in the first sandbox made of it, before anything of
 its user runs there and with the runtime's own environment alone, so no user can change
-the answer every other sandbox of that runtime gets. An answer that is neither yes nor no
-(the probe was killed, or failed to start) is not kept: that sandbox goes without.
+the answer every other sandbox of that runtime gets. Sandboxes made while that probe runs
+do not wait for it: they are told to listen once it has answered. An answer that is
+neither yes nor no (the probe was killed, or failed to start) is not kept: those sandboxes
+go without, and the next one made asks again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import anyio
+from anyio.abc import TaskGroup
 
 from baponi_core._sandbox import Command, Sandbox, SandboxError
 from baponi_core._sandbox.image import Runtime
@@ -41,30 +45,46 @@ class Kernels:
 
     def __init__(self) -> None:
         self._known: dict[Runtime, bool] = {}
-        self._asking: dict[Runtime, anyio.Lock] = {}  # one probe per runtime at a time
+        self._asking: dict[Runtime, anyio.Event] = {}  # set once its probe has ended
 
-    async def listen(self, sandbox: Sandbox) -> None:
+    async def listen(self, sandbox: Sandbox, later: TaskGroup) -> None:
         """Have ``sandbox`` listen on :data:`JUPYTER_PORT` if its runtime has a kernel.
-        Call it before the sandbox runs anything of its user's."""
-        if await self._has_kernel(sandbox):
-            await sandbox.listen(JUPYTER_PORT)
-
-    async def _has_kernel(self, sandbox: Sandbox) -> bool:
+        Call it before the sandbox runs anything of its user's: it may be the one probed.
+        While another sandbox's probe of the same runtime is under way this one does not
+        wait for it: it is told in ``later``, once the answer has come."""
         runtime = sandbox.shape.runtime
         python = runtime.interpreter("python")
         if python is None:
+            return
+        known = self._known.get(runtime)
+        if known is None:
+            asking = self._asking.get(runtime)
+            if asking is not None:
+                later.start_soon(self._listen_once_known, sandbox, asking)
+                return
+            self._asking[runtime] = asking = anyio.Event()
+            try:
+                known = await self._ask(sandbox, python)
+            finally:
+                del self._asking[runtime]
+                asking.set()
+        if known:
+            await sandbox.listen(JUPYTER_PORT)
+
+    async def _ask(self, sandbox: Sandbox, python: tuple[str, ...]) -> bool:
+        runtime = sandbox.shape.runtime
+        status = await _probe(sandbox, python)
+        if status not in (HAS, HAS_NOT):
+            log.warning("runtime %s: no answer to the kernel probe (%s)", runtime.name, status)
             return False
-        async with self._asking.setdefault(runtime, anyio.Lock()):
-            known = self._known.get(runtime)
-            if known is None:
-                status = await _probe(sandbox, python)
-                if status not in (HAS, HAS_NOT):
-                    log.warning(
-                        "runtime %s: no answer to the kernel probe (%s)", runtime.name, status
-                    )
-                    return False
-                known = self._known[runtime] = status == HAS
-        return known
+        self._known[runtime] = status == HAS
+        return status == HAS
+
+    async def _listen_once_known(self, sandbox: Sandbox, asking: anyio.Event) -> None:
+        await asking.wait()
+        if self._known.get(sandbox.shape.runtime) and not sandbox.ended:
+            with contextlib.suppress(SandboxError):  # it ended meanwhile
+                await sandbox.listen(JUPYTER_PORT)
 
 
 async def _probe(sandbox: Sandbox, python: tuple[str, ...]) -> int | None:

@@ -202,7 +202,8 @@ class Sandboxes:
             raise Unavailable(f"the sandbox could not be set up: {exc}") from None
         try:
             await handle.attach(None)
-            await self._kernels.listen(handle)
+            assert self._tasks is not None
+            await self._kernels.listen(handle, self._tasks)
             record.state = SandboxState.RUNNING
             live = Live(record, handle)
             if record.entrypoint:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import anyio.from_thread
 import pytest
+from anyio.abc import TaskGroup
 
 from baponi_core._runtimes import Runtimes
 from baponi_core._sandbox import Command, Sandbox, SandboxRuntime, Shape
@@ -31,32 +32,56 @@ def runtime(
         yield made
 
 
+def ports_in(
+    made: tuple[anyio.from_thread.BlockingPortal, SandboxRuntime],
+    kernels: Kernels,
+    image: Runtime,
+    count: int = 1,
+) -> list[tuple[str, int]]:
+    """``count`` sandboxes of ``image`` made at once, as creates make them: in each,
+    whether the port is open, and how many processes run there when it is probed."""
+    portal, runtime = made
+
+    async def one(later: TaskGroup) -> Sandbox:
+        sandbox: Sandbox = await runtime.prepare(Shape(runtime=image), ahead=False)
+        await sandbox.attach(None)
+        await kernels.listen(sandbox, later)
+        return sandbox
+
+    async def probed(sandbox: Sandbox) -> tuple[str, int]:
+        process = await sandbox.start(Command(("bash", "-c", PROBE), BASE_ENV))
+        out = bytearray()
+        while chunk := await process.stdout.receive():
+            out += chunk
+        await process.wait()
+        process.close()
+        said, processes = out.decode().split()
+        return said, int(processes)
+
+    async def scenario() -> list[tuple[str, int]]:
+        sandboxes: list[Sandbox] = []
+        try:
+            async with anyio.create_task_group() as later:  # left once all were told
+
+                async def make() -> None:
+                    sandboxes.append(await one(later))
+
+                for _ in range(count):
+                    later.start_soon(make)
+            return [await probed(sandbox) for sandbox in sandboxes]
+        finally:
+            for sandbox in sandboxes:
+                await sandbox.close()
+
+    return portal.call(scenario)
+
+
 def port_in(
     made: tuple[anyio.from_thread.BlockingPortal, SandboxRuntime],
     kernels: Kernels,
     image: Runtime,
 ) -> tuple[str, int]:
-    """A sandbox of ``image`` made as a create makes it: whether the port is open in it,
-    and how many processes run there when it is probed."""
-    portal, runtime = made
-
-    async def scenario() -> tuple[str, int]:
-        sandbox: Sandbox = await runtime.prepare(Shape(runtime=image), ahead=False)
-        try:
-            await sandbox.attach(None)
-            await kernels.listen(sandbox)
-            process = await sandbox.start(Command(("bash", "-c", PROBE), BASE_ENV))
-            out = bytearray()
-            while chunk := await process.stdout.receive():
-                out += chunk
-            await process.wait()
-            process.close()
-            said, count = out.decode().split()
-            return said, int(count)
-        finally:
-            await sandbox.close()
-
-    return portal.call(scenario)
+    return ports_in(made, kernels, image)[0]
 
 
 def test_a_runtime_with_a_kernel_has_the_port_open_with_no_process_of_its_own(
@@ -84,3 +109,11 @@ def test_a_probe_that_gives_no_answer_leaves_the_port_closed(
     kernels = Kernels()
     assert port_in(runtime, kernels, dying)[0] == "shut"
     assert port_in(runtime, kernels, image)[0] == "open"  # its own answer
+
+
+def test_sandboxes_made_while_the_probe_runs_are_told_once_it_answers(
+    runtime: tuple[anyio.from_thread.BlockingPortal, SandboxRuntime],
+) -> None:
+    image = Runtimes(shared_runtimes()).get("default")
+    assert ports_in(runtime, Kernels(), image, count=3) == [("open", 2)] * 3
+    assert ports_in(runtime, Kernels(), HOST, count=3) == [("shut", 2)] * 3
