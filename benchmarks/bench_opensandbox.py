@@ -21,6 +21,7 @@ Run from the repository root, as root::
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --runs 50
     PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --runs 200 --code-only
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_opensandbox.py --at-once-only --rounds 5
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -181,6 +183,21 @@ async def many_at_once(server: Server, count: int) -> tuple[float, float]:
     return elapsed, per_sandbox
 
 
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of the server ``pid`` itself (every thread), and of its sandboxes'
+    cgroups (the v1 ``cpuacct`` of its runtimes, or v2 ``cpu.stat``): those of sandboxes
+    that have ended included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    root = Path("/sys/fs/cgroup")
+    v1 = [*root.glob(f"cpuacct/baponi/srv-{pid}-*/cpuacct.usage")]
+    v2 = [*root.glob(f"**/baponi-srv-{pid}-*/cpu.stat")]
+    sandboxes = sum(int(p.read_text()) for p in v1) / 1e9
+    for stat in v2:
+        sandboxes += int(stat.read_text().split()[1]) / 1e6  # usage_usec comes first
+    return own, sandboxes
+
+
 def available_mib() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -215,14 +232,50 @@ def code_only(runs: int) -> int:
     return 0
 
 
+def at_once_only(count: int, rounds: int) -> int:
+    """``rounds`` rounds of ``count`` sandboxes at once on one server with a fresh home:
+    the first on uids it never gave out. Each with the load average at its start, and the
+    CPU per sandbox that the server's process and the sandboxes' cgroups took over the
+    round, its deletes included: what a shared machine's load does not change."""
+    with tempfile.TemporaryDirectory() as scratch:
+        limit = str(max(count, 10))
+        server = start_server(
+            Path(scratch) / "home", "--sandboxes-per-org", limit, "--sandboxes-per-server", limit
+        )
+        try:
+            for round in range(1, rounds + 1):
+                load = Path("/proc/loadavg").read_text().split()[0]
+                cpu = cpu_s(server.process.pid)
+                elapsed, per_sandbox = asyncio.run(many_at_once(server, count))
+                time.sleep(2)  # what the round's deletes left to free
+                used = [
+                    (b - a) / count * 1000
+                    for a, b in zip(cpu, cpu_s(server.process.pid), strict=True)
+                ]
+                print(
+                    f"round {round}: {count} at once, all answering /ping in {elapsed:.2f} s "
+                    f"(load {load} at its start); per sandbox: CPU {used[0]:.1f} ms of the "
+                    f"server, {used[1]:.1f} ms in sandboxes; {per_sandbox:.1f} MiB"
+                )
+        finally:
+            stop_server(server)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--at-once", type=int, default=100)
     parser.add_argument("--code-only", action="store_true", help="the code-context rows alone")
+    parser.add_argument(
+        "--at-once-only", action="store_true", help="--rounds rounds of --at-once alone"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.code_only:
         return code_only(args.runs)
+    if args.at_once_only:
+        return at_once_only(args.at_once, args.rounds)
     with tempfile.TemporaryDirectory() as scratch:
         limit = str(max(args.at_once, 10))
         server = start_server(

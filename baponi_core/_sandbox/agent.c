@@ -16,6 +16,11 @@
  * bytes say is none of the init's business. Code that talks to the socket itself
  * gains nothing.
  *
+ * Asked to (LISTEN), it also listens on one more port of 127.0.0.1, where it accepts each
+ * connection and closes it at once, never reading a byte: what a readiness probe needs
+ * to find (something accepts there), at no process's cost. It accepts a bounded number
+ * per turn of its loop, so connections cannot keep it from the server's messages.
+ *
  * It talks to the server over one SOCK_SEQPACKET socket (its only descriptor besides
  * 0-2), one message per datagram, native byte order (both ends run on the same host):
  *
@@ -25,6 +30,8 @@
  *             NUL-terminated strings,
  *             with exactly three descriptors (stdin, stdout, stderr) as SCM_RIGHTS
  *     SIGNAL  u32 type=2, u32 id, u32 signal, u32 group (1: the process's group)
+ *     LISTEN  u32 type=3, u32 port (1-65535), u32 zero, u32 zero; at most once. No
+ *             report: a port it cannot listen on (taken) is left closed
  *             flags: LAST (1), the sandbox ends with this process: once it has
  *             been reported, the agent exits, and the kernel ends what is left
  *   agent -> server: u32 type, u32 id, i32 value, u32 zero
@@ -66,8 +73,10 @@
 #define PROXY_PORT 3128
 #define MAX_RELAYS 64
 #define RELAY_BUFFER (256 * 1024) /* each way of a relay holds at most this */
+#define BACKLOG 128
+#define ACCEPTS_PER_TURN 64 /* of the LISTEN port, before the loop goes on */
 
-enum { SPAWN = 1, SIGNAL = 2 };
+enum { SPAWN = 1, SIGNAL = 2, LISTEN = 3 };
 enum { LAST = 1 };
 enum { READY = 1, STARTED = 2, FAILED = 3, EXITED = 4 };
 
@@ -77,6 +86,9 @@ struct spawn {
 };
 struct signal_request {
     uint32_t type, id, signal, group;
+};
+struct listen_request {
+    uint32_t type, port, zero[2];
 };
 struct event {
     uint32_t type, id;
@@ -205,6 +217,47 @@ static void signal_process(ssize_t size) {
         kill(request.group ? -p->pid : p->pid, (int)request.signal);
 }
 
+/* A non-blocking listener on 127.0.0.1:port; -1 if it cannot be made. */
+static int loopback_listener(uint16_t port) {
+    int yes = 1;
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) < 0 ||
+        bind(fd, (struct sockaddr *)&at, sizeof at) < 0 || listen(fd, BACKLOG) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int ready_port = -1; /* the LISTEN port's listener; -1: none */
+static int ready_asked;
+
+static void listen_port(ssize_t size) {
+    struct listen_request request;
+    if ((size_t)size != sizeof request)
+        fail();
+    memcpy(&request, message, sizeof request);
+    if (request.port == 0 || request.port > 65535 || request.zero[0] != 0 ||
+        request.zero[1] != 0 || ready_asked)
+        fail();
+    ready_asked = 1;
+    ready_port = loopback_listener((uint16_t)request.port);
+}
+
+/* Accept what waits on the LISTEN port and close it unread, a bounded number at a time. */
+static void ready_accept(void) {
+    for (int i = 0; i < ACCEPTS_PER_TURN; i++) {
+        int client = accept4(ready_port, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (client < 0)
+            return; /* none waiting (or out of descriptors for now) */
+        close(client);
+    }
+}
+
 static void receive(void) {
     char control[CMSG_SPACE(3 * sizeof(int))];
     struct iovec io = {message, MAX_MESSAGE};
@@ -240,6 +293,8 @@ static void receive(void) {
             close(fds[i]);
     } else if (type == SIGNAL && count == 0) {
         signal_process(size);
+    } else if (type == LISTEN && count == 0) {
+        listen_port(size);
     } else {
         fail();
     }
@@ -313,14 +368,8 @@ static int forward_start(const char *path) {
     if (strlen(path) >= sizeof proxy.sun_path)
         return -1;
     strcpy(proxy.sun_path, path);
-    int yes = 1;
-    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(PROXY_PORT),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (listener < 0 || setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) < 0 ||
-        bind(listener, (struct sockaddr *)&at, sizeof at) < 0 || listen(listener, 128) < 0)
-        return -1;
-    return 0;
+    listener = loopback_listener(PROXY_PORT);
+    return listener < 0 ? -1 : 0;
 }
 
 static void forward_accept(void) {
@@ -432,18 +481,20 @@ int main(int argc, char **argv) {
     if (ended < 0)
         return 2;
     report(READY, 0, PROTOCOL);
-    struct pollfd watch[3 + 2 * MAX_RELAYS];
-    int relayed[2 * MAX_RELAYS]; /* which relay each watched descriptor after the third is */
+    enum { FIXED = 4 }; /* control, ended, the forwarder's listener, the LISTEN port's */
+    struct pollfd watch[FIXED + 2 * MAX_RELAYS];
+    int relayed[2 * MAX_RELAYS]; /* which relay each watched descriptor after FIXED is */
     for (;;) {
         watch[0] = (struct pollfd){CONTROL, POLLIN, 0};
         watch[1] = (struct pollfd){ended, POLLIN, 0};
         watch[2] = (struct pollfd){listener, POLLIN, 0}; /* -1 without egress: not watched */
-        nfds_t count = 3;
+        watch[3] = (struct pollfd){ready_port, POLLIN, 0}; /* -1 until LISTEN: likewise */
+        nfds_t count = FIXED;
         for (int i = 0; listener >= 0 && i < MAX_RELAYS; i++) {
             if (relays[i].fd[0] < 0)
                 continue;
             for (int end = 0; end < 2; end++) {
-                relayed[count - 3] = i;
+                relayed[count - FIXED] = i;
                 watch[count++] = (struct pollfd){relays[i].fd[end], relay_events(&relays[i], end), 0};
             }
         }
@@ -460,13 +511,15 @@ int main(int argc, char **argv) {
         }
         if (watch[0].revents)
             receive();
-        for (nfds_t at = 3; at < count; at += 2) {
-            struct relay *r = &relays[relayed[at - 3]];
+        for (nfds_t at = FIXED; at < count; at += 2) {
+            struct relay *r = &relays[relayed[at - FIXED]];
             short revents[2] = {watch[at].revents, watch[at + 1].revents};
             if ((revents[0] | revents[1]) && !relay_step(r, revents))
                 relay_close(r);
         }
         if (watch[2].revents)
             forward_accept();
+        if (watch[3].revents)
+            ready_accept();
     }
 }

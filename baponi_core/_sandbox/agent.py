@@ -24,12 +24,14 @@ MAX_STRINGS = 8192  # argv entries, and environment entries, of one process
 _SPAWN = struct.Struct("=IIIIIIQ")  # type, id, argc, envc, flags, zero, cpu seconds
 LAST = 1  # SPAWN flag: the sandbox ends with this process
 _SIGNAL = struct.Struct("=IIII")  # type, id, signal, whole group
+_LISTEN = struct.Struct("=IIII")  # type, port, zero, zero
 _EVENT = struct.Struct("=IIiI")  # type, id, value, zero
 
 
 class Request(IntEnum):
     SPAWN = 1
     SIGNAL = 2
+    LISTEN = 3
 
 
 class Kind(IntEnum):
@@ -74,6 +76,13 @@ def spawn(
 
 def signal(id: int, signo: int, group: bool) -> bytes:
     return _SIGNAL.pack(Request.SIGNAL, id, signo, int(group))
+
+
+def listen(port: int) -> bytes:
+    """The LISTEN request: accept and close connections on 127.0.0.1:``port``."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"not a port: {port}")
+    return _LISTEN.pack(Request.LISTEN, port, 0, 0)
 
 
 def parse(data: bytes) -> Event:

@@ -355,6 +355,8 @@ class Sandbox:
                 self._shared(mount.source, mount.target)
                 mount_fds.append(_open_mount(mount))
                 opened.append(mount_fds[-1])
+            if home_fd is not None or mounts:
+                await self._map_ids()
             if self._bwrap is not None:
                 self._mount_into_running(home_fd, mounts, mount_fds)
             else:
@@ -362,6 +364,18 @@ class Sandbox:
         finally:
             for fd in opened:
                 os.close(fd)
+
+    async def _map_ids(self) -> None:
+        """Make the id-mapping of its home and volumes (a user namespace for its uid,
+        :meth:`Uids.idmap`) unless it is at hand: once per uid and server, and only for a
+        sandbox that mounts something (as root)."""
+        uids = self._host.uids
+        if uids is None or self.uid is None or uids.mapped(self.uid):
+            return
+        try:
+            await anyio.to_thread.run_sync(uids.idmap, self.uid)
+        except OSError as exc:
+            raise SandboxError(f"no id-mapping for uid {self.uid}: {exc}") from None
 
     def _mount_into_running(
         self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]
@@ -391,8 +405,11 @@ class Sandbox:
         self, home_fd: int | None, mounts: tuple[Mount, ...], fds: list[int]
     ) -> list[Path]:
         """The home (if any) at the slot's ``home/``, each mount at its place under
-        ``data/``; the mount points. Each is id-mapped to the sandbox's uid."""
+        ``data/``; the mount points. Each is id-mapped to the sandbox's uid (made already,
+        :meth:`_map_ids`)."""
         assert self._host.uids is not None and self.uid is not None
+        if home_fd is None and not mounts:
+            return []
         idmap = self._host.uids.idmap(self.uid)
         if home_fd is not None:
             attach.bind(home_fd, self._slot.home, read_only=False, idmap=idmap)
@@ -478,6 +495,12 @@ class Sandbox:
                 )
             raise SandboxError(f"the sandbox ended: {self._setup_report()}")
         return process
+
+    async def listen(self, port: int) -> None:
+        """Have its init accept, and close unread, connections on its own 127.0.0.1:``port``
+        (once per sandbox): a port that a readiness probe finds open, at no process's cost.
+        Sent before a later :meth:`start`, it is listening by the time that process runs."""
+        await self._send(agent.listen(port), ())
 
     def put(self, name: str, data: bytes) -> None:
         """A file its processes read at /run/baponi/<name> (what ``Command.files`` are)."""

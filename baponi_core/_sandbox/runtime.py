@@ -170,12 +170,9 @@ class SandboxRuntime:
         sandbox = Sandbox(self._host, id, shape, slot, uid, hold, background=background)
         self._host.live.add(sandbox)
         try:
-            if uids is not None and uid is not None and not uids.mapped(uid):
-                try:  # once per uid: it is kept
-                    await anyio.to_thread.run_sync(uids.idmap, uid)
-                except OSError as exc:
-                    raise SandboxError(f"no id-mapping for uid {uid}: {exc}") from None
             if ahead and self._host.root:
+                # Ahead, off any request's path: the id-mapping its attach may need too.
+                await sandbox._map_ids()
                 await sandbox._launch(None, ready=True)
         except BaseException:
             with anyio.CancelScope(shield=True):  # a cancelled prepare leaves nothing either

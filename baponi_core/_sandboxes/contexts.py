@@ -30,7 +30,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from baponi_core._errors import BaponiError, ValidationError
+from baponi_core._errors import ValidationError
 from baponi_core._sandbox import Process
 from baponi_core._sandbox.spec import RUN_DIR, Stream
 from baponi_core._sandboxes import bridgewire as wire
@@ -42,12 +42,8 @@ log = logging.getLogger(__name__)
 LANGUAGES = ("python", "bash", "java", "javascript", "typescript", "go")  # execd's
 KERNELS = ("python",)  # the languages with a kernel here
 HERE = Path(__file__).parent
-BRIDGE, READINESS = "kernel-bridge.py", "kernel-readiness.py"  # at /run/baponi/, inside
-PROGRAMS = {
-    BRIDGE: (HERE / "bridge.py").read_bytes(),
-    READINESS: (HERE / "readiness.py").read_bytes(),
-}
-JUPYTER_PORT = 44771  # what CodeInterpreter.create's health check probes
+BRIDGE = "kernel-bridge.py"  # at /run/baponi/, inside
+PROGRAM = (HERE / "bridge.py").read_bytes()
 MAX_CONTEXTS = 8  # per sandbox: each is a kernel, tens of MiB
 MAX_LINE = 4 << 20  # one line of the bridge: a large figure, base64
 QUEUED = 4  # events of a run held for a client that reads slowly (each one line at most)
@@ -285,21 +281,10 @@ class Contexts:
         self._contexts: dict[str, Context] = {}
         self._defaults: dict[str, str] = {}  # language: the id of its default context
         self._ended: OrderedDict[str, str] = OrderedDict()  # id: why
-        self._starting = anyio.Lock()  # one program started at a time: the files written once
+        self._starting = anyio.Lock()  # one bridge started at a time: its file written once
         self._written = False
         self._locks: dict[str, anyio.Lock] = {}  # language: held while its default is made
         self._creating = 0  # contexts being made now
-
-    async def listen(self) -> None:
-        """Start the readiness listener on :data:`JUPYTER_PORT` (it exits at once in a
-        runtime without a kernel); it lives as long as the sandbox."""
-        try:
-            process = await self._start(READINESS, str(JUPYTER_PORT))
-        except BaponiError as exc:
-            log.debug("sandbox %s: no readiness listener: %s", self.live.id, exc.message)
-            return
-        for pipe in (process.stdout, process.stderr):
-            self.tasks.start_soon(Drain(pipe, bytearray(), 0).run)
 
     @property
     def busy(self) -> bool:
@@ -319,7 +304,7 @@ class Contexts:
     async def _create(self, language: str, cwd: str | None) -> Context:
         if cwd is not None and (await self.live.run(("test", "-d", cwd))).status != 0:
             raise ValidationError(f"cwd: {cwd} is no directory in the sandbox")
-        process = await self._start(BRIDGE, cwd=cwd)
+        process = await self._start_bridge(cwd)
         context = Context(secrets.token_hex(16), language, process)
         self._contexts[context.id] = context
         self.tasks.start_soon(self._follow, context)
@@ -331,17 +316,16 @@ class Contexts:
             raise RuntimeFailure(f"could not create a {language} context: {context.why}")
         return context
 
-    async def _start(self, program: str, *args: str, cwd: str | None = None) -> Process:
-        """One of :data:`PROGRAMS` started with the runtime's Python (the bridge with a
-        pipe on its stdin); both are written into the sandbox at the first start."""
+    async def _start_bridge(self, cwd: str | None) -> Process:
+        """The bridge started with the runtime's Python, a pipe on its stdin; its file is
+        written into the sandbox at the first start."""
         python = self.live.handle.shape.runtime.interpreter("python")
         if python is None:
             raise NotSupported(f"runtime {self.live.record.runtime} has no Python for a kernel")
         async with self._starting:
-            files = {} if self._written else PROGRAMS
-            argv = (*python, "-I", f"{RUN_DIR}/{program}", *args)
-            stdin = program == BRIDGE
-            process = await self.live.start(argv, cwd=cwd, stdin=stdin, files=files)
+            files = {} if self._written else {BRIDGE: PROGRAM}
+            argv = (*python, "-I", f"{RUN_DIR}/{BRIDGE}")
+            process = await self.live.start(argv, cwd=cwd, stdin=True, files=files)
             self._written = True
         return process
 

@@ -30,6 +30,7 @@ from baponi_core._sandbox.spec import MiB
 from baponi_core._sandboxes.admission import Admission, SandboxLimits
 from baponi_core._sandboxes.commands import Commands
 from baponi_core._sandboxes.contexts import Contexts
+from baponi_core._sandboxes.kernels import Kernels
 from baponi_core._sandboxes.live import Drain, Live, SandboxEnded
 from baponi_core._sandboxes.recovery import STOPPED_MESSAGE
 from baponi_core._sandboxes.resources import resources_for
@@ -90,6 +91,7 @@ class Sandboxes:
         self._sessions: dict[str, Sessions] = {}
         self._terminals: dict[str, Terminals] = {}
         self._contexts: dict[str, Contexts] = {}
+        self._kernels = Kernels()
         self._tasks: TaskGroup | None = None
         self._setting_up = anyio.CapacityLimiter(SETUPS_AT_ONCE)
 
@@ -187,19 +189,21 @@ class Sandboxes:
         self._commands[record.id] = Commands(live, self._tasks)
         self._sessions[record.id] = Sessions(live, self._commands[record.id])
         self._terminals[record.id] = Terminals(live, self._tasks)
-        self._contexts[record.id] = contexts = Contexts(live, self._tasks)
-        self._tasks.start_soon(contexts.listen)
+        self._contexts[record.id] = Contexts(live, self._tasks)
         self._tasks.start_soon(self._watch, live)
         return record
 
     async def _open(self, record: SandboxRecord, shape: Shape) -> Live:
-        """The sandbox set up, its entrypoint started, its record Running."""
+        """The sandbox set up (listening for the SDK's health check if its runtime has a
+        kernel), its entrypoint started, its record Running."""
         try:
             handle = await self.runtime.prepare(shape, ahead=False)
         except SandboxError as exc:
             raise Unavailable(f"the sandbox could not be set up: {exc}") from None
         try:
             await handle.attach(None)
+            assert self._tasks is not None
+            await self._kernels.listen(handle, self._tasks)
             record.state = SandboxState.RUNNING
             live = Live(record, handle)
             if record.entrypoint:

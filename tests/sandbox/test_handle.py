@@ -323,6 +323,44 @@ def test_the_init_cannot_be_killed_from_inside(sandboxes: Sandboxes) -> None:
         sandboxes.call(sandbox.close)
 
 
+def test_the_init_listens_where_asked_and_closes_what_it_accepts(sandboxes: Sandboxes) -> None:
+    """LISTEN: a port of the sandbox's own loopback that accepts, each connection closed
+    at once unread, with no process of its own; the init goes on serving while code
+    floods it with connections."""
+    sandbox = sandboxes.ready()
+    port = 44771
+    try:
+        before = run(sandboxes, sandbox, shell(f"(exec 3<>/dev/tcp/127.0.0.1/{port}) || echo shut"))
+        assert before[1] == "shut\n"
+        sandboxes.call(sandbox.listen, port)
+        # Accepted, then closed by the init: cat sees the end at once, nothing sent.
+        script = f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo open && cat <&3 && echo ended"
+        assert run(sandboxes, sandbox, shell(script))[:2] == (0, "open\nended\n")
+        flood = (
+            f"for i in $(seq 500); do (exec 3<>/dev/tcp/127.0.0.1/{port}; echo x >&3) 2>/dev/null; "
+            f"done; exec 3<>/dev/tcp/127.0.0.1/{port} && echo still; "
+            f"(exec 4<>/dev/tcp/127.0.0.1/{port + 1}) 2>/dev/null || echo other-shut; "
+            "set -- /proc/[0-9]*; echo $#"
+        )
+        status, out, _ = run(sandboxes, sandbox, shell(flood))
+        # pid 1 and this shell (counted by the shell itself): no listener process
+        assert (status, out.splitlines()) == (0, ["still", "other-shut", "2"])
+        assert run(sandboxes, sandbox, shell("echo served")) == (0, "served\n", "")
+    finally:
+        sandboxes.call(sandbox.close)
+
+
+def test_a_second_listen_ends_the_sandbox(sandboxes: Sandboxes) -> None:
+    """The init takes one LISTEN; another, as anything it never gets, ends the sandbox."""
+    sandbox = sandboxes.ready()
+    try:
+        sandboxes.call(sandbox.listen, 44771)
+        sandboxes.call(sandbox.listen, 44772)
+        sandboxes.call(lambda: wait_until_async(lambda: sandbox.ended, within=10, what="its end"))
+    finally:
+        sandboxes.call(sandbox.close)
+
+
 def test_a_last_command_ends_its_sandbox_with_it(sandboxes: Sandboxes) -> None:
     marker = "handle-last-marker"
     sandbox = sandboxes.ready()
@@ -541,6 +579,9 @@ def test_requests_the_init_cannot_take_are_refused_before_sending() -> None:
             agent.spawn(1, argv, env, "/", None)
     with pytest.raises(ValueError, match="exceed"):
         agent.spawn(1, ("x" * agent.MAX_MESSAGE,), {}, "/", None)
+    for port in (0, 65536):
+        with pytest.raises(ValueError, match="not a port"):
+            agent.listen(port)
 
 
 def test_without_root_the_sandbox_is_launched_at_attach(request: pytest.FixtureRequest) -> None:
