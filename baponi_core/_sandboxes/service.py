@@ -181,6 +181,7 @@ class Sandboxes:
         try:
             async with self._setting_up:
                 live = await self._open(record, shape)
+            await self._running(live)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._failed(record, exc)
@@ -195,7 +196,7 @@ class Sandboxes:
 
     async def _open(self, record: SandboxRecord, shape: Shape) -> Live:
         """The sandbox set up (listening for the SDK's health check if its runtime has a
-        kernel), its entrypoint started, its record Running."""
+        kernel), its entrypoint started, its record marked Running (stored by _running)."""
         try:
             handle = await self.runtime.prepare(shape, ahead=False)
         except SandboxError as exc:
@@ -208,12 +209,22 @@ class Sandboxes:
             live = Live(record, handle)
             if record.entrypoint:
                 await self._entrypoint(live)
-            await self.store.update_sandbox(record)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await handle.close()
             raise
         return live
+
+    async def _running(self, live: Live) -> None:
+        """Store the record as Running; out of the set-ups' limiter, which a store write
+        held up for the sandboxes waiting behind it. A sandbox that cannot be recorded is
+        closed."""
+        try:
+            await self.store.update_sandbox(live.record)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await live.handle.close()
+            raise
 
     async def _entrypoint(self, live: Live) -> None:
         """Start the entrypoint; what it prints is read and dropped (a container's main
