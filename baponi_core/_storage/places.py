@@ -142,21 +142,21 @@ class Storage:
         ids = await live()
         removed: set[str] = set()
         for key in stored:
-            if key[-2] in ids and key[-1] not in ids[key[-2]] and await self._unmounted(key):
+            if _deleted(key, ids) and (
+                self.disk is None or await self._unmounted(self.disk.base, key)
+            ):
                 await self.main.destroy(key)
                 removed.add(key[-1])
         for names in cached:
-            if names[-2] in ids and names[-1] not in ids[names[-2]]:
+            if _deleted(names, ids) and await self._unmounted(self.cache, names):
                 await anyio.to_thread.run_sync(forget_copy, self._cache_tree, names)
                 removed.add(names[-1])
         return len(removed)
 
-    async def _unmounted(self, key: Key) -> bool:
+    async def _unmounted(self, base: Path, key: Key) -> bool:
         """Whether a deleted volume's filesystem (if it has one) is unmounted and its image
         gone; False while an execution or a request still holds it (the next sweep)."""
-        if self.disk is None:
-            return True
-        directory = self.disk.base.joinpath(*key)
+        directory = base.joinpath(*key)
         if self.disks is None:  # an image a root server made before
             image_of(directory).unlink(missing_ok=True)
             return True
@@ -170,6 +170,13 @@ class Storage:
             for org in tree.children(prefix)
             for volume in tree.children((*prefix, org))
         ]
+
+
+def _deleted(key: Key, ids: dict[str, set[str]]) -> bool:
+    """Whether ``key`` names a volume of a known organisation that is no longer; never a
+    name of the server's own (``.<volume>.new``, where an image is mounted on its way in)."""
+    org, volume = key[-2], key[-1]
+    return org in ids and volume not in ids[org] and not volume.startswith(".")
 
 
 def cloud(
