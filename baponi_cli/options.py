@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from baponi_core._config import DEFAULT_THREAD_QUOTA
+from baponi_core._config import DEFAULT_THREAD_QUOTA, DEFAULT_VOLUME_SIZE
 from baponi_core._models import decimal
 from baponi_core._sandbox.pool import PoolSizes
 from baponi_core._sandbox.uids import DEFAULT_UIDS, UidRange
@@ -233,6 +233,17 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
         type=size,
         metavar="SIZE",
     )
+    env_option(
+        parser,
+        "--volume-size",
+        "the size of the filesystem of a volume without a --quota (each managed volume is a "
+        "filesystem of its own when the server is root: a sparse image that takes on the disk "
+        "what its files take); the default is more than most disks, so such a volume is "
+        "bounded by the disk",
+        default=size_text(DEFAULT_VOLUME_SIZE),
+        type=size,
+        metavar="SIZE",
+    )
     parser.add_argument(
         "--sampled-quota",
         action="store_true",
@@ -257,6 +268,7 @@ def storage_settings(args: argparse.Namespace) -> dict[str, Any]:
         "storage_url": args.storage,
         "storage_options": args.storage_options,
         "thread_quota_bytes": args.thread_quota,
+        "volume_size_bytes": args.volume_size,
         "sampled_quota": args.sampled_quota,
         "sandbox_uids": args.sandbox_uids,
     }

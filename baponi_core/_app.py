@@ -108,6 +108,7 @@ class Core:
                 owner,
                 signer,
                 self.settings.thread_quota_bytes,
+                self.settings.volume_size_bytes,
                 disks,
             )
             storage.clear_staging()
@@ -230,5 +231,9 @@ def _disks(owner: int | None) -> Disks | None:
     why = Disks.unavailable() if owner is not None else "the server is not root"
     if why is None and owner is not None:
         return Disks(owner)
-    log.warning("thread quotas are sampled, not enforced by the kernel: %s", why)
+    log.warning(
+        "thread quotas are sampled, not enforced by the kernel, and volumes are plain "
+        "directories: %s",
+        why,
+    )
     return None

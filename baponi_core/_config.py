@@ -12,6 +12,9 @@ from baponi_core._sandbox.uids import DEFAULT_UIDS, UidRange
 
 DEFAULT_PORT = 8080
 DEFAULT_THREAD_QUOTA = 10 << 30  # 10 GiB: one file of the largest size an upload may have
+# 1 TiB: more than the disk of most servers, so that a volume without a quota is bounded
+# by the disk as before; its filesystem costs 13 MiB of the host's disk and 0.1 s to make.
+DEFAULT_VOLUME_SIZE = 1 << 40
 NO_POOL = PoolSizes.parse("0")
 RETRY_DELAYS_S = (5.0, 30.0, 120.0, 600.0, 1800.0)  # webhook tries: six over about 43 min
 
@@ -41,6 +44,7 @@ class Settings:
     storage_url: str | None = None  # thread homes and volumes: a directory (default: home)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options, for clouds
     thread_quota_bytes: int = DEFAULT_THREAD_QUOTA  # what one thread home may hold
+    volume_size_bytes: int = DEFAULT_VOLUME_SIZE  # the filesystem of a volume without a quota
     sampled_quota: bool = False  # homes as directories, sized by sampling, even as root
     retention_sweep_s: float = 3600.0  # how often executions past their retention are deleted
     runtimes_dir: Path | None = None  # the runtimes sandboxes run on (default_runtimes)

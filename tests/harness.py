@@ -180,7 +180,17 @@ class Server:
         """The thread homes as the server sees them: each is a filesystem of its own,
         mounted in the server's private mount namespace while in use (and for a while
         after), which ``/proc/<pid>/root`` reaches."""
-        return Path(f"/proc/{self.process.pid}/root") / str(self.home / "threads").lstrip("/")
+        return self.seen(self.home / "threads")
+
+    @property
+    def volumes(self) -> Path:
+        """The managed volumes as the server sees them (as root, each a filesystem of its
+        own too, mounted the same way)."""
+        return self.seen(self.home / "volumes")
+
+    def seen(self, path: Path) -> Path:
+        """``path`` in the server's mount namespace."""
+        return Path(f"/proc/{self.process.pid}/root") / str(path).lstrip("/")
 
     def client(self, key: str | None = None) -> httpx.Client:
         """Plain HTTP with a Bearer key (the server's own by default)."""

@@ -1,11 +1,16 @@
-"""A filesystem of its own for each thread home, so that its quota is one the kernel keeps.
+"""A filesystem of its own for each thread home and managed volume, so that its quota is one
+the kernel keeps, and its mount shows no host path.
 
 A thread home is a sparse ext4 image that holds just the quota (``threads/<org>/<thread>.img``
 beside the home's directory), loop-mounted over that directory while something uses it:
 an execution, a Files API call, a signed URL being served. Writes past it fail with
 ``ENOSPC`` in the sandbox and in the server alike; a file unlinked while open still takes
 its blocks; the inode table is sized with the filesystem; and since the limit is the size
-of the filesystem, nothing adds up across runs or concurrent uploads.
+of the filesystem, nothing adds up across runs or concurrent uploads. A volume is the same
+(``volumes/<org>/<volume>.img``), of its quota's size or, without one, of the server's
+volume size; so that every mount a sandbox sees is the root of its filesystem, and the
+fourth field of its ``/proc/self/mountinfo`` line reads ``/``, not where a bound directory
+lies on the host.
 
 Mounts are made in the server's private mount namespace (:mod:`baponi_core._sandbox.mountns`),
 so they never show on the host and vanish with the server. They are made by ``mount(8)``,
@@ -13,8 +18,8 @@ which reuses the loop device an image is already attached to: an image is never 
 twice, even while a superblock outlives its last mount (kept alive by a copy of the mount
 table a sandbox took as it started). A mount idle for :data:`IDLE_S` is undone.
 
-Needs root, ``mkfs.ext4`` and loop devices; without them homes stay plain directories
-whose size the server samples (see ``docs/security.md``).
+Needs root, ``mkfs.ext4`` and loop devices; without them homes and volumes stay plain
+directories, a home's size sampled by the server (see ``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -58,7 +63,12 @@ class _Disk:
 
     @property
     def image(self) -> Path:
-        return self.mountpoint.with_name(self.mountpoint.name + ".img")
+        return image_of(self.mountpoint)
+
+
+def image_of(mountpoint: Path) -> Path:
+    """The image of the filesystem mounted at a root's directory: beside it."""
+    return mountpoint.with_name(mountpoint.name + ".img")
 
 
 class Disks:
@@ -109,6 +119,20 @@ class Disks:
                 disk.users += 1
                 return disk, fresh
 
+    async def discard(self, mountpoint: Path) -> bool:
+        """Remove the filesystem of a root that is gone (a deleted volume): unmounted, its
+        image deleted. False while something still holds it: to be tried again later."""
+        disk = self._disks.get(mountpoint)
+        if disk is not None:
+            async with disk.lock:
+                if disk.users or (disk.mounted and not await _unmount(mountpoint)):
+                    return False
+                self._disks.pop(mountpoint, None)
+        image = image_of(mountpoint)
+        image.unlink(missing_ok=True)
+        image.with_name(f".{image.name}.new").unlink(missing_ok=True)
+        return True
+
     def free(self, mountpoint: Path) -> int:
         """Bytes a held home can still take."""
         found = os.statvfs(mountpoint)
@@ -137,7 +161,7 @@ class Disks:
             return
         await self._retire(time.monotonic())
         if sum(d.mounted for d in self._disks.values()) >= MAX_MOUNTED:
-            raise Unavailable("too many thread homes in use at once; try again")
+            raise Unavailable("too many thread homes and volumes in use at once; try again")
 
     async def _retire(self, before: float) -> None:
         for path, disk in list(self._disks.items()):
@@ -154,11 +178,20 @@ async def _mount(disk: _Disk, size: int, owner: int) -> bool:
     """Mount the image (made when missing); whether it was made just now, empty."""
     image = disk.image
     if not image.exists():
-        return await _create(disk, size, owner)
-    if image.stat().st_size < image_size(size):
+        if not any(os.scandir(disk.mountpoint)):
+            await _create(image, size, owner, disk.mountpoint)
+            return True
+        # A root from before filesystems of their own: its files are moved in below.
+        staging = _staging(disk.mountpoint)
+        await _create(image, size, owner, staging)
+        await _unmount_staging(staging)
+    elif image.stat().st_size < image_size(size):
         await _grow(image, size)
-    if not _mounted_else_cleared(disk.mountpoint):
-        await _mount_image(image, disk.mountpoint)
+    if _mounted(disk.mountpoint):  # an unmount that failed: it is in place still
+        return False
+    if any(os.scandir(disk.mountpoint)):
+        await _move_in(disk.mountpoint, image)
+    await _mount_image(image, disk.mountpoint)
     return False
 
 
@@ -175,11 +208,10 @@ def _inodes(size: int) -> int:
     return max(size // BYTES_PER_INODE, 16)
 
 
-async def _create(disk: _Disk, size: int, owner: int) -> bool:
-    """Make the image and mount it, with what the home's directory held so far copied in
-    (homes from before filesystems of their own); the image takes its name last, so
-    that a crash on the way leaves no half-made one."""
-    new = disk.image.with_name(f".{disk.image.name}.new")
+async def _create(image: Path, size: int, owner: int, mountpoint: Path) -> None:
+    """Make the image and mount it at ``mountpoint``; it takes its name last, so that a
+    crash on the way leaves no half-made one."""
+    new = image.with_name(f".{image.name}.new")
     new.unlink(missing_ok=True)
     fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -193,24 +225,49 @@ async def _create(disk: _Disk, size: int, owner: int) -> bool:
         "-E", f"lazy_itable_init=1,lazy_journal_init=1,root_owner={owner}:{owner}",
         "--", str(new),
     )  # fmt: skip
-    if not any(os.scandir(disk.mountpoint)):
-        await _mount_new(new, disk.mountpoint, size)
-        os.rename(new, disk.image)
-        return True
-    staging = disk.mountpoint.with_name(f".{disk.mountpoint.name}.new")
-    staging.mkdir(mode=0o700, exist_ok=True)
-    await _mount_new(new, staging, size)
+    await _mount_new(new, mountpoint, size)
+    os.rename(new, image)
+
+
+async def _move_in(directory: Path, image: Path) -> None:
+    """Move what lies in a root's directory, under where its image is mounted, into the
+    image: the files of a root from before filesystems of their own, what an operator
+    copied in, or what a migration cut short left (copied again: the same files). Then
+    the directory is emptied. A file that cannot be moved in fails the mount, rather than
+    show a root with files missing.
+
+    Nothing runs on the directory or the image meanwhile (the disk's lock is held, and
+    the image is mounted nowhere else). Both may hold what sandboxed code made: cp(1)
+    copies links as links and never follows one, and ``--remove-destination`` makes it
+    look at each name in the image with lstat and replace it, never write through it (a
+    directory meeting a link there is an error, not a way out)."""
+    staging = _staging(directory)
+    await _mount_image(image, staging)
     try:
-        # No sandbox runs on the old directory (it is about to be mounted over): cp(1)
-        # copies links as links and never follows one.
-        await _tool("cp", "-a", "--no-dereference", "--", f"{disk.mountpoint}/.", str(staging))
+        await _tool(
+            "cp", "-a", "--no-dereference", "--remove-destination", "--",
+            f"{directory}/.", str(staging),
+        )  # fmt: skip
     finally:
-        await _unmount(staging)
-        staging.rmdir()
-    os.rename(new, disk.image)
-    _clear(disk.mountpoint)
-    await _mount_image(disk.image, disk.mountpoint)
-    return False
+        await _unmount_staging(staging)
+    _clear(directory)
+
+
+def _staging(directory: Path) -> Path:
+    """Where an image is mounted on its way in: beside the root, out of every sandbox's
+    reach."""
+    staging = directory.with_name(f".{directory.name}.new")
+    staging.mkdir(mode=0o700, exist_ok=True)
+    return staging
+
+
+async def _unmount_staging(staging: Path) -> None:
+    await _tool("umount", "--", str(staging))
+    os.rmdir(staging)
+
+
+def _mounted(path: Path) -> bool:
+    return os.path.ismount(path)
 
 
 async def _mount_new(image: Path, mountpoint: Path, size: int) -> None:
@@ -239,15 +296,6 @@ async def _grow(image: Path, size: int) -> None:
         await _tool("resize2fs", "--", str(image))
     except DiskError as exc:
         log.warning("%s keeps its size: %s", image, exc)
-
-
-def _mounted_else_cleared(mountpoint: Path) -> bool:
-    """Whether ``mountpoint`` is mounted still (after an unmount that failed); if not,
-    anything in it is what a migration interrupted before its end left, removed."""
-    if os.path.ismount(mountpoint):
-        return True
-    _clear(mountpoint)
-    return False
 
 
 def _clear(directory: Path) -> None:

@@ -24,7 +24,7 @@ from baponi_core._records import Volume
 from baponi_core._storage.backend import Backend, Key
 from baponi_core._storage.cloud import CloudBackend, forget_copy
 from baponi_core._storage.disk import DiskBackend
-from baponi_core._storage.disks import Disks
+from baponi_core._storage.disks import Disks, image_of
 from baponi_core._storage.local import LocalTree
 from baponi_core._storage.signing import UrlSigner
 from baponi_core._storage.urls import CLOUD_SCHEMES, is_directory_url
@@ -54,6 +54,7 @@ class Storage:
         owner: int | None,
         signer: UrlSigner,
         thread_quota: int,
+        volume_size: int,
         disks: Disks | None = None,
     ) -> None:
         self.cache = home / "cache"
@@ -70,6 +71,7 @@ class Storage:
         self._cache_tree = LocalTree(self.cache, owner=owner)
         self.thread_quota = thread_quota  # bytes a thread home may hold
         self.disks = disks  # None: homes are directories, their size sampled while used
+        self.volume_size = volume_size  # bytes the filesystem of a volume without a quota holds
 
     def clear_staging(self) -> None:
         """Remove what a server that crashed left on its way to a bucket. Only the server
@@ -109,7 +111,10 @@ class Storage:
     def volume(self, volume: Volume) -> Place:
         if volume.url is None:
             key = ("volumes", volume.org_id, volume.id)  # a new volume of an old slug starts empty
-            size = volume.quota_bytes if self.disks is not None else None
+            # Every managed volume gets a filesystem of its own where they can be made, with
+            # a quota or not: a bound directory would show its host path in the sandbox's
+            # /proc/self/mountinfo (the root of a filesystem shows as "/").
+            size = (volume.quota_bytes or self.volume_size) if self.disks is not None else None
             return Place(self.main, key, "volume_mount_error", volume.read_only, size)
         backend = self._connections.get((volume.id, volume.url))
         if backend is None:
@@ -137,16 +142,25 @@ class Storage:
         ids = await live()
         removed: set[str] = set()
         for key in stored:
-            if key[-2] in ids and key[-1] not in ids[key[-2]]:
+            if _deleted(key, ids) and (
+                self.disk is None or await self._unmounted(self.disk.base, key)
+            ):
                 await self.main.destroy(key)
-                if self.disk is not None:  # its filesystem, if it had a quota
-                    self.disk.base.joinpath(*key).with_suffix(".img").unlink(missing_ok=True)
                 removed.add(key[-1])
         for names in cached:
-            if names[-2] in ids and names[-1] not in ids[names[-2]]:
+            if _deleted(names, ids) and await self._unmounted(self.cache, names):
                 await anyio.to_thread.run_sync(forget_copy, self._cache_tree, names)
                 removed.add(names[-1])
         return len(removed)
+
+    async def _unmounted(self, base: Path, key: Key) -> bool:
+        """Whether a deleted volume's filesystem (if it has one) is unmounted and its image
+        gone; False while an execution or a request still holds it (the next sweep)."""
+        directory = base.joinpath(*key)
+        if self.disks is None:  # an image a root server made before
+            image_of(directory).unlink(missing_ok=True)
+            return True
+        return await self.disks.discard(directory)
 
     def _cached_volumes(self) -> list[Key]:
         tree = self._cache_tree
@@ -156,6 +170,13 @@ class Storage:
             for org in tree.children(prefix)
             for volume in tree.children((*prefix, org))
         ]
+
+
+def _deleted(key: Key, ids: dict[str, set[str]]) -> bool:
+    """Whether ``key`` names a volume of a known organisation that is no longer; never a
+    name of the server's own (``.<volume>.new``, where an image is mounted on its way in)."""
+    org, volume = key[-2], key[-1]
+    return org in ids and volume not in ids[org] and not volume.startswith(".")
 
 
 def cloud(

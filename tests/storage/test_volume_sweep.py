@@ -56,8 +56,9 @@ def test_deleted_volumes_files_go_from_local_storage(tmp_path: Path) -> None:
             cli(home, "volumes", "create", slug)
         use_volumes(server, "keep", "drop", thread="t1")
         org, volumes = ids(home)
-        base = home / "volumes" / org
+        base = server.volumes / org  # as root each volume is a filesystem the server mounts
         assert (base / volumes["drop"] / "f.txt").read_text() == "drop"
+        assert (home / "volumes" / org / f"{volumes['drop']}.img").exists()
         foreign = home / "volumes" / "org_of_another_server" / "vol_x"
         foreign.mkdir(parents=True)
         (foreign / "f.txt").write_text("not ours")
@@ -66,8 +67,12 @@ def test_deleted_volumes_files_go_from_local_storage(tmp_path: Path) -> None:
         server = restarted(server)
         server.client().get("/ready").raise_for_status()
 
-        assert not (base / volumes["drop"]).exists()
-        assert (base / volumes["keep"] / "f.txt").read_text() == "keep"
+        assert not (home / "volumes" / org / volumes["drop"]).exists()
+        assert not (home / "volumes" / org / f"{volumes['drop']}.img").exists()
+        kept = {"source": "volume", "id": "keep", "path": "f.txt"}
+        listed_keep = server.client().post("/v1/files/list", json=kept).json()
+        assert "files" in listed_keep, listed_keep
+        assert [f["path"] for f in listed_keep["files"]] == ["f.txt"]
         assert (foreign / "f.txt").read_text() == "not ours"  # an organisation we do not know
         (thread,) = (home / "threads" / org).glob("*.img")  # its home, a filesystem image
         home_file = {"source": "thread", "id": thread.stem, "path": "home.txt"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -569,12 +568,13 @@ def test_signed_urls_of_a_deleted_volume_stop_working(env: Env) -> None:
         assert_error(httpx.put(put["url"], content=b"late", headers=headers, timeout=10), 404)
 
     refused()
-    assert (root / "kept.txt").exists() and not (root / "new").exists()  # not swept yet
-    shutil.rmtree(root)  # as the sweep removes it
+    seen = env.server.seen(root)  # as root, its filesystem: mounted in the server's namespace
+    assert (seen / "kept.txt").exists() and not (seen / "new").exists()  # not swept yet
+    (seen / "kept.txt").unlink()  # as the sweep removes its files
     refused()
     cli(home, "volumes", "create", slug)  # the slug again: another volume, another id
     refused()
-    assert not root.exists()
+    assert list(seen.iterdir()) == []  # no upload made the deleted volume's directories again
 
 
 def test_upload_never_makes_a_missing_root(tmp_path: Path) -> None:
