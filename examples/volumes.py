@@ -134,14 +134,19 @@ def tour(client: Baponi) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as scratch:
         home = Path(scratch) / "home"
-        print(cli(home, "volumes", "create", "reports"))
+        created = cli(home, "volumes", "create", "reports")
+        print(created)
+        reports = created.split("(")[1].split(")")[0]  # its id: "created volume reports (vol_...)"
         print(cli(home, "volumes", "create", "reference", "--read-only"))
         key = cli(home, "keys", "create", "--volume", "reports", "--volume", "reference")
         with server(home) as url, Baponi(api_key=key, base_url=url) as client:
             tour(client)
         print(cli(home, "volumes", "list"))  # slug, id, mode
-        # On local storage the bytes live under the home: volumes/<org id>/<volume id>/.
-        (stored,) = (home / "volumes").glob("*/*/out/summary.json")
+        # On local storage a volume lives under the home, volumes/<org id>/<volume id>: a
+        # filesystem image of its own (<volume id>.img) where the server can make one (as
+        # root), else a directory holding the files.
+        images = [*(home / "volumes").glob(f"*/{reports}.img")]
+        (stored,) = images or (home / "volumes").glob(f"*/{reports}/out/summary.json")
         print("on disk:", stored.relative_to(home))
 
 
