@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -98,5 +99,5 @@ async def _probe(sandbox: Sandbox, python: tuple[str, ...]) -> int | None:
     process.close()  # it says nothing: were it to, it would fail, and be no answer
     with anyio.move_on_after(PROBE_S):
         return await process.wait()
-    await process.signal(9)
+    await process.signal(signal.SIGKILL)
     return None

@@ -181,16 +181,18 @@ async def _mount(disk: _Disk, size: int, owner: int) -> bool:
         if not any(os.scandir(disk.mountpoint)):
             await _create(image, size, owner, disk.mountpoint)
             return True
-        # A root from before filesystems of their own: its files are moved in below.
+        # A root from before filesystems of their own: its files go into the new image.
         staging = _staging(disk.mountpoint)
         await _create(image, size, owner, staging)
-        await _unmount_staging(staging)
+        await _move_in(disk.mountpoint, staging)
     elif image.stat().st_size < image_size(size):
         await _grow(image, size)
     if _mounted(disk.mountpoint):  # an unmount that failed: it is in place still
         return False
     if any(os.scandir(disk.mountpoint)):
-        await _move_in(disk.mountpoint, image)
+        staging = _staging(disk.mountpoint)
+        await _mount_image(image, staging)
+        await _move_in(disk.mountpoint, staging)
     await _mount_image(image, disk.mountpoint)
     return False
 
@@ -229,20 +231,19 @@ async def _create(image: Path, size: int, owner: int, mountpoint: Path) -> None:
     os.rename(new, image)
 
 
-async def _move_in(directory: Path, image: Path) -> None:
+async def _move_in(directory: Path, staging: Path) -> None:
     """Move what lies in a root's directory, under where its image is mounted, into the
-    image: the files of a root from before filesystems of their own, what an operator
-    copied in, or what a migration cut short left (copied again: the same files). Then
-    the directory is emptied. A file that cannot be moved in fails the mount, rather than
-    show a root with files missing.
+    image, mounted at ``staging`` (:func:`_staging`) and unmounted after: the files of a
+    root from before filesystems of their own, what an operator copied in, or what a
+    migration cut short left (copied again: the same files). Then the directory is
+    emptied. A file that cannot be moved in fails the mount, rather than show a root with
+    files missing.
 
     Nothing runs on the directory or the image meanwhile (the disk's lock is held, and
     the image is mounted nowhere else). Both may hold what sandboxed code made: cp(1)
     copies links as links and never follows one, and ``--remove-destination`` makes it
     look at each name in the image with lstat and replace it, never write through it (a
     directory meeting a link there is an error, not a way out)."""
-    staging = _staging(directory)
-    await _mount_image(image, staging)
     try:
         await _tool(
             "cp", "-a", "--no-dereference", "--remove-destination", "--",
